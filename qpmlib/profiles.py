@@ -1,0 +1,219 @@
+"""Profiles: one name picks every size of a run (dataset, backbone, model, QP, training, sweeps).
+
+Three profiles exist:
+
+* ``smoke``: tiny SynthBirds and a tiny random ViT; the whole book in a few minutes on 2 CPU cores (CI, nbval).
+* ``demo`` (default): SynthBirds at 224 px and DINOv2 ViT-S/14 with registers (random weights when no
+  pretrained weights are available locally; chapters show a banner then).
+* ``paper``: CUB-200-2011 (and Stanford Cars) with DINOv2 ViT-B/14-reg and the hyperparameters that produced the
+  paper's numbers (reference_spec §4.2, `qpm/dinov2.yaml`), 5 seeds; meant for a GPU and the real data.
+
+Profiles are frozen dataclasses so that a misspelt field fails when the profile is built.
+Use :func:`get_profile` to fetch one by name; ``QPMLIB_PROFILE`` sets the default name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+
+__all__ = [
+    "DataConfig",
+    "BackboneConfig",
+    "ModelConfig",
+    "QPConfig",
+    "TrainConfig",
+    "SweepConfig",
+    "Profile",
+    "PROFILES",
+    "DEFAULT_PROFILE",
+    "get_profile",
+    "default_profile_name",
+]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which images feed the pipeline."""
+
+    dataset: str  # "synthbirds" | "cub" | "cars"
+    image_size: int  # px; images are resized anisotropically to image_size x image_size (reference_spec §4.4)
+    normalisation: str = "reference"  # "reference" (dataset mean/std then per-image min-max, §4.4) | "imagenet"
+    # SynthBirds generator sizes (ignored for real datasets)
+    n_classes: int = 0  # number of classes
+    n_train: int = 0  # training images per class
+    n_test: int = 0  # test images per class
+    seed: int = 0  # generator seed
+    shortcut: bool = False  # tie background to class in train only (failure-analysis variant)
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """Frozen feature extractor."""
+
+    name: str  # key of qpmlib.backbones.BACKBONES
+    weights: str = "auto"  # "auto" (pretrained if available, else fixed random) | "random" | a local file path
+    batch_size: int = 32  # images per forward pass during extraction
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Interpretability adapter (reference_spec §2)."""
+
+    n_layers: int = 4  # MLP depth; every layer is Linear -> BN -> ReLU (§2.2); 0 = no MLP
+    hidden_size: int = 2048  # width of hidden layers
+    n_features: int = 512  # N_f, dense features
+    pooling: str = "avg_pooling"  # "avg_pooling" (DINO-QPM) | "cls" (f_CLS ablation, Table 3)
+    dropout: float = 0.2  # dense head dropout (§2.4)
+
+
+@dataclass(frozen=True)
+class QPConfig:
+    """Feature selection and assignment (reference_spec §1)."""
+
+    n_selected: int = 50  # N*_f
+    n_per_class: int = 5  # N^c_f
+    r_mode: str = "dinoqpm"  # "dinoqpm" (threshold on 2R, penalty on R, §1.6) | "qpm" (original QPM) | "none"
+    solver: str = "auto"  # "auto" | "open" | "gurobi" | "exhaustive"
+    time_limit: float = 60.0  # seconds per solve
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Dense and fine-tune stages (reference_spec §3-4); defaults are `qpm/dinov2.yaml`."""
+
+    dense_epochs: int = 25
+    dense_batch_size: int = 32
+    dense_lr: float = 1e-3
+    dense_weight_decay: float = 7e-4
+    dense_fdl: float = 0.5  # lambda_div in the dense stage
+    ft_epochs: int = 25
+    ft_batch_size: int = 16
+    ft_lr: float = 5e-3
+    ft_weight_decay: float = 8e-4
+    ft_fdl: float = 1.0  # lambda_div in fine-tuning
+    ft_l1_fm: float = 5.0  # lambda_L1-FM
+    ft_l1_fv: float = 1.0  # lambda_L1-FV
+    device: str = "auto"  # "auto" | "cpu" | "cuda"
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """Grids for the ablation chapters (values are what each sweep tries)."""
+
+    l1_fm: tuple[float, ...] = (0.0, 1.0, 5.0, 10.0)  # Fig. 9
+    fdl: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0)  # Fig. 11
+    l1_fv: tuple[float, ...] = (0.0, 1.0, 5.0)  # Fig. 12
+    n_layers: tuple[int, ...] = (0, 1, 2, 4)  # Fig. 7
+    hidden_size: tuple[int, ...] = (512, 1024, 2048)  # Fig. 13
+    n_features: tuple[int, ...] = (128, 256, 512)  # Fig. 13
+    sparsity: tuple[tuple[int, int], ...] = ((40, 4), (50, 5), (60, 5))  # Fig. 8: (N*_f, N^c_f)
+    backbones: tuple[str, ...] = (  # Table 4
+        "dino_vitb16",
+        "dinov2_vits14_reg",
+        "dinov2_vitb14_reg",
+        "dinov2_vitl14_reg",
+    )
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Everything that sizes a run of the book."""
+
+    name: str
+    description: str
+    data: DataConfig
+    backbone: BackboneConfig
+    model: ModelConfig
+    qp: QPConfig
+    train: TrainConfig
+    sweeps: SweepConfig = field(default_factory=SweepConfig)
+    seeds: tuple[int, ...] = (0,)
+    extra_datasets: tuple[str, ...] = ()  # datasets beyond `data.dataset` (paper: Stanford Cars)
+
+    def replace(self, **changes) -> "Profile":
+        """Return a copy with top-level fields replaced (use ``dataclasses.replace`` on parts)."""
+        return dataclasses.replace(self, **changes)
+
+
+SMOKE = Profile(
+    name="smoke",
+    description="tiny SynthBirds, tiny random ViT: the whole book in minutes on 2 CPU cores (CI, nbval)",
+    data=DataConfig(dataset="synthbirds", image_size=112, n_classes=6, n_train=8, n_test=4, seed=0),
+    backbone=BackboneConfig(name="tiny_vit_test", weights="random", batch_size=32),
+    model=ModelConfig(n_layers=2, hidden_size=64, n_features=24),
+    qp=QPConfig(n_selected=8, n_per_class=2, time_limit=10.0),
+    train=TrainConfig(
+        dense_epochs=4, dense_batch_size=16, ft_epochs=3, ft_batch_size=16, device="cpu"
+    ),
+    sweeps=SweepConfig(
+        l1_fm=(0.0, 5.0),
+        fdl=(0.0, 1.0),
+        l1_fv=(0.0, 1.0),
+        n_layers=(0, 2),
+        hidden_size=(32, 64),
+        n_features=(16, 24),
+        sparsity=((6, 2), (8, 2)),
+        backbones=("tiny_vit_test",),
+    ),
+    seeds=(0,),
+)
+
+DEMO = Profile(
+    name="demo",
+    description="SynthBirds at 224 px with DINOv2 ViT-S/14-reg (random weights unless pretrained ones are local)",
+    data=DataConfig(dataset="synthbirds", image_size=224, n_classes=25, n_train=24, n_test=16, seed=0),
+    backbone=BackboneConfig(name="dinov2_vits14_reg", weights="auto", batch_size=32),
+    model=ModelConfig(n_layers=4, hidden_size=256, n_features=64),
+    qp=QPConfig(n_selected=20, n_per_class=5, time_limit=30.0),
+    train=TrainConfig(dense_epochs=10, dense_batch_size=32, ft_epochs=8, ft_batch_size=16),
+    sweeps=SweepConfig(
+        l1_fm=(0.0, 1.0, 5.0, 10.0),
+        fdl=(0.0, 0.5, 1.0, 2.0),
+        l1_fv=(0.0, 1.0, 5.0),
+        n_layers=(0, 1, 2, 4),
+        hidden_size=(128, 256, 512),
+        n_features=(32, 64, 128),
+        sparsity=((15, 3), (20, 5), (30, 5)),
+        backbones=("dinov2_vits14", "dinov2_vits14_reg"),
+    ),
+    seeds=(0, 1, 2),
+)
+
+PAPER = Profile(
+    name="paper",
+    description="CUB-200-2011 + Stanford Cars with DINOv2 ViT-B/14-reg and the reference code's hyperparameters",
+    data=DataConfig(dataset="cub", image_size=224),
+    backbone=BackboneConfig(name="dinov2_vitb14_reg", weights="auto", batch_size=64),
+    model=ModelConfig(n_layers=4, hidden_size=2048, n_features=512),
+    qp=QPConfig(n_selected=50, n_per_class=5, time_limit=600.0),
+    train=TrainConfig(),
+    seeds=(0, 1, 2, 3, 4),
+    extra_datasets=("cars",),
+)
+
+PROFILES: dict[str, Profile] = {p.name: p for p in (SMOKE, DEMO, PAPER)}
+DEFAULT_PROFILE = "demo"
+
+
+def default_profile_name() -> str:
+    """The profile name from ``$QPMLIB_PROFILE``, else ``"demo"``."""
+    return os.environ.get("QPMLIB_PROFILE", DEFAULT_PROFILE)
+
+
+def get_profile(name: str | Profile | None = None) -> Profile:
+    """Return the profile called ``name`` (default: :func:`default_profile_name`).
+
+    Raises:
+        ValueError: for an unknown name; the message lists the valid ones.
+    """
+    if isinstance(name, Profile):
+        return name
+    name = name or default_profile_name()
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown profile {name!r}; valid profiles: {', '.join(PROFILES)}"
+        ) from None
