@@ -1,0 +1,68 @@
+# The two commands of the README:
+#   make book   - environment, data, every chapter with papermill (demo profile), then the HTML book
+#   make test   - pytest over qpmlib, nbval over every chapter on the smoke profile, a checked book build
+# Re-running either reuses what is already computed.
+
+PROFILE ?= demo
+PYTHON  ?= python3
+VENV    := .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+VENDOR  := book/_vendor
+export HF_HUB_OFFLINE ?= 1
+export PYTHONUNBUFFERED := 1
+export MPLBACKEND := Agg
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+# npm packages that let the HTML render offline (pinned; fetched once with `npm pack`).
+MATHJAX_PKG      := mathjax@3.2.2
+HTMLMANAGER_PKG  := @jupyter-widgets/html-manager@1.0.15
+REQUIREJS_PKG    := requirejs@2.3.7
+
+.PHONY: book test env vendor data run html clean help
+
+help:
+	@echo "make book [PROFILE=demo|smoke|paper]   run every chapter and build the HTML book"
+	@echo "make test                              unit tests + chapters under nbval (smoke) + book check"
+	@echo "make clean                             remove built books (keeps data, caches and results)"
+
+env: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	@touch $(STAMP)
+
+vendor: $(VENDOR)/.complete
+
+$(VENDOR)/.complete:
+	@rm -rf $(VENDOR).tmp && mkdir -p $(VENDOR).tmp/pack
+	cd $(VENDOR).tmp/pack && npm pack --silent $(MATHJAX_PKG) $(HTMLMANAGER_PKG) $(REQUIREJS_PKG) >/dev/null
+	cd $(VENDOR).tmp && for t in pack/*.tgz; do n=$$(basename $$t .tgz); mkdir -p x/$$n && tar -xzf $$t -C x/$$n; done
+	mkdir -p $(VENDOR).tmp/out/mathjax $(VENDOR).tmp/out/html-manager
+	cp -r $(VENDOR).tmp/x/mathjax-*/package/es5 $(VENDOR).tmp/out/mathjax/es5
+	cp -r $(VENDOR).tmp/x/jupyter-widgets-html-manager-*/package/dist $(VENDOR).tmp/out/html-manager/dist
+	cp $(VENDOR).tmp/x/requirejs-*/package/require.js $(VENDOR).tmp/out/require.js
+	@touch $(VENDOR).tmp/out/.complete
+	@rm -rf $(VENDOR) && mv $(VENDOR).tmp/out $(VENDOR) && rm -rf $(VENDOR).tmp
+
+data: env
+	$(PY) data_scripts/make_synthbirds.py --profile $(PROFILE)
+
+run: env data
+	$(PY) -m qpmlib.bookrunner run --profile $(PROFILE)
+
+html: env vendor
+	$(PY) -m qpmlib.bookrunner build --profile $(PROFILE)
+
+book: env vendor data run html
+
+test: env vendor
+	$(MAKE) --no-print-directory book PROFILE=smoke
+	QPMLIB_PROFILE=smoke QPMLIB_BOOK_PROFILE=smoke QPMLIB_REQUIRE_BOOK=1 \
+		$(PY) -m pytest tests chapters --nbval-lax -p no:cacheprovider
+
+clean:
+	rm -rf book/_build

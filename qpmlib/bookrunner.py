@@ -1,0 +1,522 @@
+"""Run the book: papermill executes every chapter of ``_toc.yml`` in order, Jupyter Book renders the result.
+
+Command line (what ``make book`` and ``make test`` call)::
+
+    python -m qpmlib.bookrunner run   --profile demo [--chapters 01_introduction ...] [--force]
+    python -m qpmlib.bookrunner build --profile demo
+    python -m qpmlib.bookrunner all   --profile demo          # run, then build
+
+Layout of one profile's build, ``book/_build/<profile>/``::
+
+    src/                  staged book source: _config.yml, _toc.yml, book/*.md, executed chapters/*.ipynb
+    src/_vendor/vendor/   MathJax, require.js and the widget manager, served locally (offline HTML)
+    run.json              provenance of the run (profile, versions, commit, device, per-chapter times)
+    _build/html/          the rendered book (index.html)
+
+A chapter is re-executed only when its source notebook, its parameters, the library code or the pinned
+requirements changed (the key is stored in the executed copy's metadata), so running twice does no work twice.
+A failing chapter stops the run with its name and the failing cell; executed copies of earlier chapters stay.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from qpmlib.paths import REPO_ROOT
+from qpmlib.profiles import PROFILES, get_profile
+
+__all__ = [
+    "Chapter",
+    "ChapterFailed",
+    "toc_entries",
+    "chapters",
+    "select_chapters",
+    "parameters_cell_names",
+    "check_parameters",
+    "run_chapters",
+    "stage_book",
+    "build_book",
+    "provenance_markdown",
+    "build_dir",
+    "main",
+]
+
+KEY_METADATA = "qpmlib_run_key"
+VENDOR_DIR = REPO_ROOT / "book" / "_vendor"
+#: Packages from the npm registry that make the HTML render offline, and the file each provides.
+VENDOR_FILES = {
+    "mathjax": "mathjax/es5/tex-chtml.js",
+    "requirejs": "require.js",
+    "html-manager": "html-manager/dist/embed-amd.js",
+}
+PACKAGES_IN_PROVENANCE = (
+    "torch", "torchvision", "timm", "numpy", "scipy", "pandas", "scikit-learn", "schedulefree",
+    "gurobipy", "jupyter-book", "myst-nb", "papermill", "ipywidgets", "nbval", "matplotlib", "seaborn",
+)
+
+
+class ChapterFailed(RuntimeError):
+    """A chapter raised while papermill executed it."""
+
+
+@dataclass(frozen=True)
+class Chapter:
+    """One notebook listed in ``_toc.yml``."""
+
+    name: str  # file stem, e.g. "01_introduction"
+    source: Path  # chapters/<name>.ipynb in the repository
+
+
+def build_dir(profile: str) -> Path:
+    """Folder that holds one profile's staged source, run record and HTML."""
+    return REPO_ROOT / "book" / "_build" / profile
+
+
+def toc_entries(toc_file: Path | None = None) -> list[str]:
+    """Every ``file:`` entry of a Jupyter Book ``_toc.yml`` (default: the repository's), root first, in order."""
+    toc = yaml.safe_load((toc_file or REPO_ROOT / "_toc.yml").read_text())
+    found = [toc["root"]]
+
+    def walk(node):
+        if isinstance(node, dict):
+            if "file" in node:
+                found.append(node["file"])
+            for key in ("parts", "chapters", "sections"):
+                for child in node.get(key, []) or []:
+                    walk(child)
+        elif isinstance(node, list):
+            for child in node:
+                walk(child)
+
+    walk({k: v for k, v in toc.items() if k != "root"})
+    return found
+
+
+def chapters(toc_file: Path | None = None) -> list[Chapter]:
+    """The chapter notebooks of ``_toc.yml`` in order (entries under ``chapters/``)."""
+    toc_file = toc_file or REPO_ROOT / "_toc.yml"
+    out = []
+    for entry in toc_entries(toc_file):
+        if entry.startswith("chapters/"):
+            source = toc_file.parent / f"{entry}.ipynb"
+            if not source.exists():
+                raise FileNotFoundError(f"_toc.yml lists {entry} but {source} does not exist")
+            out.append(Chapter(name=source.stem, source=source))
+    return out
+
+
+def select_chapters(names: list[str] | None, available: list[Chapter]) -> list[Chapter]:
+    """Chapters whose name (or name without the number prefix) is in ``names``, in ``_toc.yml`` order.
+
+    Raises:
+        ValueError: for an unknown name; the message lists the valid ones.
+    """
+    if not names:
+        return list(available)
+    by_name = {c.name: c for c in available}
+    by_name.update({c.name.split("_", 1)[-1]: c for c in available})
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        valid = ", ".join(c.name for c in available)
+        raise ValueError(f"unknown chapter(s) {', '.join(unknown)}; valid chapters: {valid}")
+    wanted = {by_name[n].name for n in names}
+    return [c for c in available if c.name in wanted]
+
+
+def _notebook(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def parameters_cell_names(notebook: Path) -> set[str]:
+    """Names assigned in the cell tagged ``parameters``.
+
+    Raises:
+        ValueError: when the notebook has no ``parameters`` cell.
+    """
+    for cell in _notebook(notebook)["cells"]:
+        if cell["cell_type"] == "code" and "parameters" in cell.get("metadata", {}).get("tags", []):
+            tree = ast.parse("".join(cell["source"]))
+            names = set()
+            for node in ast.walk(tree):
+                if isinstance(node, (ast.Assign, ast.AnnAssign)):
+                    targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                    names.update(t.id for t in targets if isinstance(t, ast.Name))
+            return names
+    raise ValueError(f"{notebook} has no cell tagged 'parameters'")
+
+
+def check_parameters(notebook: Path, parameters: dict) -> None:
+    """Refuse parameters the notebook does not declare: papermill would inject them silently.
+
+    Raises:
+        ValueError: naming the unknown parameters and the ones the notebook declares.
+    """
+    declared = parameters_cell_names(notebook)
+    unknown = sorted(set(parameters) - declared)
+    if unknown:
+        raise ValueError(
+            f"{notebook.name} does not read parameter(s) {', '.join(unknown)}; "
+            f"its parameters cell declares: {', '.join(sorted(declared))}"
+        )
+
+
+def _code_fingerprint() -> str:
+    """Hash of the library sources and the pinned requirements (a change re-executes the chapters)."""
+    h = hashlib.sha256()
+    files = sorted((REPO_ROOT / "qpmlib").rglob("*.py")) + [REPO_ROOT / "requirements.txt"]
+    for f in files:
+        if f.exists():
+            h.update(f.relative_to(REPO_ROOT).as_posix().encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def _run_key(chapter: Chapter, parameters: dict, code: str) -> str:
+    nb = _notebook(chapter.source)
+    cells = [(c["cell_type"], "".join(c["source"])) for c in nb["cells"]]
+    blob = json.dumps({"cells": cells, "parameters": parameters, "code": code}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _executed_key(path: Path) -> str | None:
+    try:
+        return _notebook(path)["metadata"].get(KEY_METADATA)
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _failing_cell(nb_path: Path) -> str:
+    """Describe the first cell of an executed notebook that holds an error output."""
+    try:
+        nb = _notebook(nb_path)
+    except (OSError, ValueError):
+        return "unknown cell"
+    code_index = 0
+    for cell in nb["cells"]:
+        if cell["cell_type"] != "code":
+            continue
+        code_index += 1
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "error":
+                first = "".join(cell["source"]).strip().splitlines()
+                head = first[0] if first else ""
+                return f"code cell {code_index} ({head!r}): {out.get('ename')}: {out.get('evalue')}"
+    return "unknown cell"
+
+
+def run_chapters(
+    profile: str,
+    names: list[str] | None = None,
+    *,
+    force: bool = False,
+    extra_parameters: dict | None = None,
+    verbose: bool = True,
+) -> dict[str, dict]:
+    """Execute chapters with papermill, in ``_toc.yml`` order, into ``build_dir(profile)/src/chapters``.
+
+    Args:
+        profile: profile name injected as the ``profile`` parameter.
+        names: subset of chapters (all when None).
+        force: re-execute even when the executed copy is up to date.
+        extra_parameters: more papermill parameters; each must be declared by every selected chapter.
+        verbose: print one line per chapter.
+
+    Returns:
+        ``{chapter name: {"seconds": float, "reused": bool}}``.
+
+    Raises:
+        ValueError: unknown profile, chapter or parameter (the message lists valid ones).
+        ChapterFailed: a chapter raised; names the chapter and the failing cell.
+    """
+    import papermill
+
+    get_profile(profile)  # validates the name
+    selected = select_chapters(names, chapters())
+    parameters = {"profile": profile, **(extra_parameters or {})}
+    for chapter in selected:
+        check_parameters(chapter.source, parameters)
+
+    out_dir = build_dir(profile) / "src" / "chapters"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    code = _code_fingerprint()
+    timings: dict[str, dict] = {}
+    env_backup = {k: os.environ.get(k) for k in ("QPMLIB_PROFILE", "PATH")}
+    os.environ["QPMLIB_PROFILE"] = profile
+    # The "python3" kernel runs `python` from PATH: make that this interpreter (e.g. the book's .venv).
+    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    try:
+        for chapter in selected:
+            target = out_dir / chapter.source.name
+            key = _run_key(chapter, parameters, code)
+            if not force and target.exists() and _executed_key(target) == key:
+                if verbose:
+                    print(f"[book] {chapter.name}: up to date, reused", flush=True)
+                timings[chapter.name] = {"seconds": 0.0, "reused": True}
+                continue
+            if verbose:
+                print(f"[book] {chapter.name}: executing on profile {profile!r} ...", flush=True)
+            partial = target.with_suffix(".partial.ipynb")
+            start = time.perf_counter()
+            try:
+                papermill.execute_notebook(
+                    str(chapter.source),
+                    str(partial),
+                    parameters=parameters,
+                    cwd=str(chapter.source.parent),
+                    kernel_name="python3",
+                    progress_bar=False,
+                    log_output=False,
+                    report_mode=False,
+                )
+            except papermill.PapermillExecutionError as exc:
+                failed = target.with_suffix(".failed.ipynb")
+                partial.replace(failed)
+                raise ChapterFailed(
+                    f"chapter {chapter.name} failed at {_failing_cell(failed)}\n"
+                    f"  the executed notebook with the traceback is {failed}\n"
+                    f"  earlier chapters are kept; re-run with --chapters {chapter.name} after fixing"
+                ) from exc
+            seconds = time.perf_counter() - start
+            nb = _notebook(partial)
+            nb["metadata"][KEY_METADATA] = key
+            nb["metadata"]["qpmlib_seconds"] = round(seconds, 2)
+            partial.write_text(json.dumps(nb, indent=1))
+            partial.replace(target)
+            target.with_suffix(".failed.ipynb").unlink(missing_ok=True)
+            timings[chapter.name] = {"seconds": round(seconds, 2), "reused": False}
+            if verbose:
+                print(f"[book] {chapter.name}: done in {seconds:.1f} s", flush=True)
+    finally:
+        for k, v in env_backup.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    _record_run(profile, timings)
+    return timings
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO_ROOT, capture_output=True, text=True, check=True,
+        ).stdout.strip()
+        return out + ("+uncommitted changes" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+
+
+def _package_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    versions = {}
+    for name in PACKAGES_IN_PROVENANCE:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def _device() -> str:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return f"cuda: {torch.cuda.get_device_name(0)}"
+    except ImportError:  # pragma: no cover - torch is a hard dependency
+        pass
+    return f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+
+
+def _backbone_status(profile_name: str) -> str:
+    """Whether the profile's backbone has pretrained weights here (asked of qpmlib.backbones when present)."""
+    prof = get_profile(profile_name)
+    try:
+        from qpmlib import backbones
+    except ImportError:
+        return "unknown"
+    probe = getattr(backbones, "pretrained_available", None)
+    if probe is None:
+        return "unknown"
+    try:
+        return "pretrained" if probe(prof.backbone.name, prof.backbone.weights) else "random weights (no pretrained weights available)"
+    except Exception as exc:  # the probe must never break the provenance page
+        return f"unknown ({exc})"
+
+
+def _record_run(profile: str, timings: dict[str, dict]) -> None:
+    """Merge this run's timings into ``run.json`` (chapters not run now keep their earlier record)."""
+    path = build_dir(profile) / "run.json"
+    record = json.loads(path.read_text()) if path.exists() else {"chapters": {}}
+    prof = get_profile(profile)
+    record.update(
+        {
+            "profile": profile,
+            "profile_description": prof.description,
+            "dataset": prof.data.dataset,
+            "extra_datasets": list(prof.extra_datasets),
+            "backbone": prof.backbone.name,
+            "backbone_weights": _backbone_status(profile),
+            "seeds": list(prof.seeds),
+            "git_commit": _git_commit(),
+            "device": _device(),
+            "python": platform.python_version(),
+            "packages": _package_versions(),
+            "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+    )
+    for name, t in timings.items():
+        if t["reused"] and name in record["chapters"]:
+            continue
+        record["chapters"][name] = t
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=2))
+    tmp.replace(path)
+
+
+def provenance_markdown(record: dict) -> str:
+    """The provenance page of the book, from a ``run.json`` record."""
+    lines = [
+        "# Provenance of this build",
+        "",
+        "Every number in this book was produced by the run described here. The chapters were executed by "
+        "papermill in `_toc.yml` order; Jupyter Book only rendered them.",
+        "",
+        "| item | value |",
+        "| --- | --- |",
+        f"| profile | `{record['profile']}`: {record.get('profile_description', '')} |",
+        f"| dataset | {record['dataset']}"
+        + (f" (+ {', '.join(record['extra_datasets'])})" if record.get("extra_datasets") else "")
+        + " |",
+        f"| backbone | `{record['backbone']}`, {record.get('backbone_weights', 'unknown')} |",
+        f"| seeds | {', '.join(str(s) for s in record['seeds'])} |",
+        f"| git commit | `{record['git_commit']}` |",
+        f"| device | {record['device']} |",
+        f"| Python | {record['python']} |",
+        f"| finished | {record['finished']} |",
+        "",
+        "## Chapter run times",
+        "",
+        "| chapter | seconds | note |",
+        "| --- | ---: | --- |",
+    ]
+    total = 0.0
+    for name, t in record["chapters"].items():
+        total += t["seconds"]
+        note = "reused from an earlier run" if t.get("reused") else ""
+        lines.append(f"| {name} | {t['seconds']:.1f} | {note} |")
+    lines += [f"| **total** | {total:.1f} | |", "", "## Package versions", "", "| package | version |",
+              "| --- | --- |"]
+    lines += [f"| {k} | {v} |" for k, v in record["packages"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def stage_book(profile: str) -> Path:
+    """Assemble the book source for ``profile``: config, prose pages, executed chapters, provenance, vendor JS.
+
+    Raises:
+        FileNotFoundError: when a chapter has not been executed yet or the vendored JavaScript is missing.
+    """
+    src = build_dir(profile) / "src"
+    src.mkdir(parents=True, exist_ok=True)
+    for name in ("_config.yml", "_toc.yml"):
+        shutil.copy2(REPO_ROOT / name, src / name)
+    book_src = src / "book"
+    if book_src.exists():
+        shutil.rmtree(book_src)
+    shutil.copytree(REPO_ROOT / "book", book_src, ignore=shutil.ignore_patterns("_build", "_vendor"))
+    missing = [c.name for c in chapters() if not (src / "chapters" / c.source.name).exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"chapters not executed yet for profile {profile!r}: {', '.join(missing)}; "
+            f"run: python -m qpmlib.bookrunner run --profile {profile}"
+        )
+    record_path = build_dir(profile) / "run.json"
+    record = json.loads(record_path.read_text())
+    (book_src / "provenance.md").write_text(provenance_markdown(record))
+    vendor_target = src / "_vendor" / "vendor"
+    for name, rel in VENDOR_FILES.items():
+        if not (VENDOR_DIR / rel).exists():
+            raise FileNotFoundError(
+                f"offline JavaScript missing: {VENDOR_DIR / rel}; run `make vendor` (needs the npm registry once)"
+            )
+    if not vendor_target.exists():
+        vendor_target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(VENDOR_DIR, vendor_target)
+    return src
+
+
+def build_book(profile: str, *, verbose: bool = True) -> Path:
+    """Stage the book and build the HTML with Jupyter Book (execution off, warnings are errors).
+
+    Returns:
+        Path of the built ``index.html``.
+
+    Raises:
+        RuntimeError: when ``jupyter-book build`` fails (its output is shown).
+    """
+    src = stage_book(profile)
+    out = build_dir(profile)
+    cmd = [
+        str(Path(sys.executable).parent / "jupyter-book"), "build", str(src), "--path-output", str(out),
+        "-W", "-n", "--keep-going",
+    ]
+    if verbose:
+        print("[book] jupyter-book " + " ".join(cmd[1:]), flush=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"jupyter-book build failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}")
+    index = out / "_build" / "html" / "index.html"
+    if verbose:
+        print(f"[book] the book is at {index}", flush=True)
+    return index
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; see the module docstring."""
+    parser = argparse.ArgumentParser(prog="python -m qpmlib.bookrunner", description=__doc__.split("\n\n")[0])
+    parser.add_argument("action", choices=("run", "build", "all"))
+    parser.add_argument("--profile", default=None, help=f"one of: {', '.join(PROFILES)} (default: $QPMLIB_PROFILE or demo)")
+    parser.add_argument("--chapters", nargs="*", default=None, help="run only these chapters (names from _toc.yml)")
+    parser.add_argument("--force", action="store_true", help="re-execute chapters even when up to date")
+    parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                        help="extra papermill parameter (YAML value); every selected chapter must declare it")
+    args = parser.parse_args(argv)
+    profile = args.profile or os.environ.get("QPMLIB_PROFILE", "demo")
+    extra = {name: yaml.safe_load(value) for name, value in args.parameter}
+    if "profile" in extra:
+        profile = extra.pop("profile")
+    try:
+        get_profile(profile)
+        if args.action in ("run", "all"):
+            run_chapters(profile, args.chapters, force=args.force, extra_parameters=extra)
+        if args.action in ("build", "all"):
+            build_book(profile)
+    except (ValueError, FileNotFoundError, ChapterFailed, RuntimeError) as exc:
+        print(f"[book] error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
