@@ -15,6 +15,7 @@ import http.server
 import os
 import shutil
 import subprocess
+import tempfile
 import threading
 from html.parser import HTMLParser
 from pathlib import Path
@@ -127,10 +128,15 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 
 def _chromium(*args: str, timeout: int = 90) -> str:
+    with tempfile.TemporaryDirectory() as user_data:
+        return _chromium_in(user_data, *args, timeout=timeout)
+
+
+def _chromium_in(user_data: str, *args: str, timeout: int) -> str:
     cmd = [
         CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-quic", "--no-first-run", "--disable-component-update", "--disable-sync",
-        "--user-data-dir=" + str(SHOTS / ".profile"), "--virtual-time-budget=15000", *args,
+        "--user-data-dir=" + user_data, "--virtual-time-budget=15000", *args,
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"chromium failed: {proc.stderr[-2000:]}"
