@@ -1,0 +1,56 @@
+"""Extract (or check) the embedding stores of a profile: frozen-backbone tokens for the train and test splits.
+
+Usage::
+
+    python data_scripts/extract_embeddings.py --profile demo
+    python data_scripts/extract_embeddings.py --profile paper --device cuda --batch-size 128
+
+A store that is already complete and up to date is left alone; an interrupted run resumes; a stale one is rebuilt
+(see ``qpmlib.embeddings``). The folder of each store is printed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+try:
+    import qpmlib  # noqa: F401
+except ImportError:  # running from a checkout without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from qpmlib.embeddings import SPLITS, get_store
+from qpmlib.profiles import PROFILES, default_profile_name, get_profile
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default=default_profile_name(), choices=sorted(PROFILES))
+    parser.add_argument("--split", default="both", choices=(*SPLITS, "both"))
+    parser.add_argument("--device", default=None, help="auto | cpu | cuda (default: the profile's)")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the profile's")
+    parser.add_argument("--weights", default=None, help="auto | pretrained | random | a checkpoint path")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+
+    profile = get_profile(args.profile)
+    backbone = profile.backbone
+    if args.batch_size is not None:
+        backbone = dataclasses.replace(backbone, batch_size=args.batch_size)
+    if args.weights is not None:
+        backbone = dataclasses.replace(backbone, weights=args.weights)
+    train = profile.train if args.device is None else dataclasses.replace(profile.train, device=args.device)
+    profile = profile.replace(backbone=backbone, train=train)
+
+    for split in SPLITS if args.split == "both" else (args.split,):
+        store = get_store(profile, split, verbose=not args.quiet)
+        weights = "pretrained" if store.pretrained else "RANDOM"
+        shape = store.patch_tokens.shape
+        print(f"{split}: {len(store)} images, tokens {shape} fp16, {weights} weights -> {store.path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

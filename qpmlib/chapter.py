@@ -1,0 +1,114 @@
+"""What every chapter does first: pick the profile, say what produced the numbers, warn about random weights.
+
+A chapter's first code cell after ``parameters`` is::
+
+    from qpmlib.chapter import start
+    prof = start(profile)
+
+which displays the provenance line (profile, dataset, backbone and whether its weights are pretrained, seeds,
+device, commit) and, when the backbone has no pretrained weights here, a banner saying that the numbers show the
+pipeline working, not DINOv2's quality.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+
+from qpmlib.paths import REPO_ROOT
+from qpmlib.profiles import Profile, get_profile
+
+__all__ = ["Provenance", "provenance", "provenance_line", "banner_markdown", "start"]
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where a chapter's numbers come from."""
+
+    profile: str
+    dataset: str
+    backbone: str
+    pretrained: bool
+    seeds: tuple[int, ...]
+    device: str
+    commit: str
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _device(prof: Profile) -> str:
+    import torch
+
+    if prof.train.device == "cpu" or not torch.cuda.is_available():
+        return f"CPU ({os.cpu_count()} cores)"
+    return f"GPU ({torch.cuda.get_device_name(0)})"
+
+
+def _pretrained(prof: Profile) -> bool:
+    from qpmlib import backbones
+
+    return backbones.pretrained_available(prof.backbone.name, prof.backbone.weights)
+
+
+def provenance(profile: str | Profile) -> Provenance:
+    """Collect the provenance of a chapter run on ``profile``."""
+    prof = get_profile(profile)
+    datasets = "+".join((prof.data.dataset, *prof.extra_datasets))
+    return Provenance(
+        profile=prof.name,
+        dataset=datasets,
+        backbone=prof.backbone.name,
+        pretrained=_pretrained(prof),
+        seeds=prof.seeds,
+        device=_device(prof),
+        commit=_commit(),
+    )
+
+
+def provenance_line(p: Provenance) -> str:
+    """One Markdown line naming everything that produced a chapter's numbers."""
+    weights = "pretrained weights" if p.pretrained else "**random weights**"
+    seeds = ", ".join(str(s) for s in p.seeds)
+    return (
+        f"*Provenance:* profile `{p.profile}` · dataset {p.dataset} · backbone `{p.backbone}` ({weights}) · "
+        f"seeds {seeds} · {p.device} · commit `{p.commit}`"
+    )
+
+
+def banner_markdown(p: Provenance) -> str | None:
+    """A warning block when the backbone runs with random weights, else None."""
+    if p.pretrained:
+        return None
+    return (
+        ":::{warning}\n"
+        f"The backbone `{p.backbone}` runs with **fixed random weights** here, because no pretrained weights are "
+        "available on this machine. The numbers below show the pipeline working end to end on the "
+        f"`{p.profile}` profile; they say nothing about DINOv2's quality. Use the `paper` profile with real "
+        "weights and data to reproduce the paper's values.\n:::"
+    )
+
+
+def start(profile: str | Profile) -> Profile:
+    """Display the provenance line (and the random-weights banner) and return the profile.
+
+    Raises:
+        ValueError: for an unknown profile name (the message lists the valid ones).
+    """
+    from IPython.display import Markdown, display
+
+    prof = get_profile(profile)
+    p = provenance(prof)
+    notice = banner_markdown(p)
+    if notice is not None:
+        # Rendered as an admonition by MyST in the book and as a bold note in Jupyter.
+        display(Markdown(notice.replace(":::{warning}\n", "**Warning.** ").replace("\n:::", "")))
+    display(Markdown(provenance_line(p)))
+    return prof

@@ -1,0 +1,490 @@
+"""Embedding cache: frozen-backbone tokens computed once, stored fp16, memory-mapped, fingerprinted.
+
+The reference code writes two ``torch.save`` files per image and trusts any file that exists
+(reference_spec §4.4 "Storage", §9 "Staleness"). Here one store is one folder per
+(dataset root, split, backbone, weights, image size, normalisation) that holds
+
+* ``patch_tokens.npy``: fp16 (N, P, D), the last block's normed patch tokens, registers dropped (§4.4);
+* ``cls.npy``: fp16 (N, D), the normed CLS token;
+* ``labels.npy``, ``image_ids.npy``: int64 (N,), rows sorted by image id;
+* ``manifest.json``: the fingerprint of every input (image list with file sizes, backbone, weights id, image size,
+  normalisation, dataset, format version) plus provenance (pretrained flag, created, torch version) and a
+  ``complete`` flag that is set last, by an atomic rename;
+* ``progress.json`` while an extraction runs: rows written so far, committed after each batch is flushed.
+
+A store whose fingerprint differs from its inputs is rebuilt, with a message naming what changed; an interrupted
+extraction resumes at the last committed batch. Reads use ``np.load(mmap_mode="r")``, so a batch read from a
+store touches only that batch's pages. An image replaced by another of exactly the same byte size is not
+detected (the fingerprint uses sizes, not contents, to stay cheap on every call).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from . import paths
+from .backbones import FrozenBackbone, build_backbone
+from .data.images import NORMALISATIONS, load_image
+
+__all__ = [
+    "FORMAT_VERSION",
+    "SPLITS",
+    "PATCH_FILE",
+    "CLS_FILE",
+    "LABELS_FILE",
+    "IDS_FILE",
+    "MANIFEST_FILE",
+    "PROGRESS_FILE",
+    "EmbeddingStore",
+    "open_store",
+    "store_dir",
+    "extract",
+    "get_store",
+]
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "test")
+PATCH_FILE = "patch_tokens.npy"
+CLS_FILE = "cls.npy"
+LABELS_FILE = "labels.npy"
+IDS_FILE = "image_ids.npy"
+MANIFEST_FILE = "manifest.json"
+PROGRESS_FILE = "progress.json"
+_DATA_FILES = (PATCH_FILE, CLS_FILE, LABELS_FILE, IDS_FILE)
+
+
+@dataclass(frozen=True, eq=False)
+class EmbeddingStore:
+    """A complete embedding store, memory-mapped read-only.
+
+    Attributes:
+        path: the store's folder.
+        patch_tokens: fp16 memmap (N, P, D).
+        cls: fp16 memmap (N, D).
+        labels: int64 (N,), 0-based class labels.
+        image_ids: int64 (N,), dataset image ids (ascending).
+        manifest: the parsed ``manifest.json``.
+    """
+
+    path: Path
+    patch_tokens: np.ndarray
+    cls: np.ndarray
+    labels: np.ndarray
+    image_ids: np.ndarray
+    manifest: dict
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def grid(self) -> int:
+        """Patches per side (16 for 224 px at patch 14)."""
+        return int(self.manifest["inputs"]["grid"])
+
+    @property
+    def pretrained(self) -> bool:
+        """Whether the backbone weights were pretrained (``False``: random weights)."""
+        return bool(self.manifest["inputs"]["pretrained"])
+
+
+def open_store(path: str | Path) -> EmbeddingStore:
+    """Open a complete store read-only (memory-mapped).
+
+    Args:
+        path: the store's folder.
+
+    Returns:
+        The :class:`EmbeddingStore`.
+
+    Raises:
+        ValueError: when the store has no manifest, is not marked complete, or its arrays do not have the shapes
+            the manifest promises (re-run :func:`extract` to rebuild it).
+    """
+    path = Path(path)
+    manifest = _read_json(path / MANIFEST_FILE)
+    if manifest is None or not manifest.get("complete"):
+        raise ValueError(f"{path} is not a complete embedding store; run qpmlib.embeddings.extract to (re)build it")
+    inp = manifest["inputs"]
+    n, p, d = inp["n_images"], inp["grid"] ** 2, inp["embed_dim"]
+    expected = {PATCH_FILE: ((n, p, d), np.float16), CLS_FILE: ((n, d), np.float16),
+                LABELS_FILE: ((n,), np.int64), IDS_FILE: ((n,), np.int64)}
+    arrays = {}
+    for name, (shape, dtype) in expected.items():
+        try:
+            arr = np.load(path / name, mmap_mode="r")
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{path / name} cannot be read ({exc}); re-run extract to rebuild the store") from exc
+        if arr.shape != shape or arr.dtype != dtype:
+            raise ValueError(
+                f"{path / name} holds {arr.dtype} {arr.shape}, the manifest expects {np.dtype(dtype)} {shape}; "
+                "re-run extract to rebuild the store"
+            )
+        arrays[name] = arr
+    return EmbeddingStore(path, arrays[PATCH_FILE], arrays[CLS_FILE], arrays[LABELS_FILE], arrays[IDS_FILE], manifest)
+
+
+def store_dir(
+    root: str | Path,
+    split: str,
+    backbone: FrozenBackbone,
+    *,
+    dataset: str,
+    normalisation: str = "reference",
+    out_dir: str | Path | None = None,
+) -> Path:
+    """The folder of the store for these inputs: ``<out_dir>/<dataset>_<split>_<backbone>_<S>px_<norm>_<key>``.
+
+    ``key`` hashes the resolved dataset root and the backbone's ``weights_id``; ``out_dir`` defaults to
+    ``qpmlib.paths.cache_dir()``.
+    """
+    key = hashlib.sha256(f"{Path(root).resolve()}|{backbone.weights_id}".encode()).hexdigest()[:10]
+    name = f"{dataset}_{split}_{backbone.name}_{backbone.image_size}px_{normalisation}_{key}"
+    return Path(out_dir if out_dir is not None else paths.cache_dir()) / name
+
+
+class _ImageRows(torch.utils.data.Dataset):
+    """Decodes one image per row; a failure becomes an error string so the main process can name the path."""
+
+    def __init__(self, files: list[str], image_size: int, dataset: str, normalisation: str) -> None:
+        self.files, self.image_size, self.dataset, self.normalisation = files, image_size, dataset, normalisation
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor, str]:
+        try:
+            x = load_image(self.files[i], self.image_size, dataset=self.dataset, normalisation=self.normalisation)
+            return i, x, ""
+        except Exception as exc:  # reported by path in the main process, which stops the extraction
+            return i, torch.zeros(3, self.image_size, self.image_size), f"{self.files[i]}: {exc}"
+
+
+def extract(
+    index_df: pd.DataFrame,
+    root: str | Path,
+    split: str,
+    backbone: FrozenBackbone,
+    *,
+    image_size: int,
+    dataset: str,
+    normalisation: str = "reference",
+    out_dir: str | Path | None = None,
+    batch_size: int = 32,
+    device: str = "auto",
+    num_workers: int | None = None,
+    verbose: bool = True,
+) -> EmbeddingStore:
+    """Embed one split with a frozen backbone, or return its up-to-date cached store (reference_spec §4.4).
+
+    Images are read with ``qpmlib.data.images.load_image`` (the reference preprocessing), decoded by DataLoader
+    workers and embedded in batches (fp16 autocast on CUDA; fp32 with every core on the CPU). Each batch is
+    flushed to disk and then committed to ``progress.json``, so an interrupted run resumes where it stopped.
+
+    Args:
+        index_df: the dataset index, columns ``image_id``, ``path`` (absolute, or relative to ``root``),
+            ``label`` (0-based) and, optionally, ``is_train``; when present, rows are filtered to ``split``.
+        root: dataset root folder.
+        split: ``"train"`` or ``"test"``.
+        backbone: a :class:`~qpmlib.backbones.FrozenBackbone` built for ``image_size``.
+        image_size: input side in pixels (must equal ``backbone.image_size``).
+        dataset: dataset name for the normalisation statistics (``qpmlib.data.images.DATASET_STATS``).
+        normalisation: ``"reference"`` or ``"imagenet"`` (reference_spec §10 row 1).
+        out_dir: folder under which the store's own folder is made (default ``qpmlib.paths.cache_dir()``).
+        batch_size: images per forward pass.
+        device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+        num_workers: decoding processes (default: none for a single batch, else ``min(8, cpu count)``).
+        verbose: show a progress bar and status lines.
+
+    Returns:
+        The complete :class:`EmbeddingStore` (rows sorted by ``image_id``).
+
+    Raises:
+        ValueError: bad arguments, missing columns, an empty split, or ``image_size`` not the backbone's.
+        FileNotFoundError: an image in the index does not exist (named).
+        OSError: images that cannot be decoded, named by path (the store stays incomplete).
+    """
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+    if normalisation not in NORMALISATIONS:
+        raise ValueError(f"unknown normalisation {normalisation!r}; valid: {', '.join(NORMALISATIONS)}")
+    if image_size != backbone.image_size:
+        raise ValueError(
+            f"image_size {image_size} differs from the backbone's {backbone.image_size}; "
+            f"build the backbone with image_size={image_size}"
+        )
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive; got {batch_size}")
+    missing = {"image_id", "path", "label"} - set(index_df.columns)
+    if missing:
+        raise ValueError(f"index_df lacks columns {sorted(missing)}; expected image_id, path, label[, is_train]")
+    rows = index_df
+    if "is_train" in rows.columns:
+        rows = rows[rows["is_train"].astype(bool) == (split == "train")]
+    rows = rows.sort_values("image_id", kind="stable").reset_index(drop=True)
+    if len(rows) == 0:
+        raise ValueError(f"the index has no {split} images")
+
+    root = Path(root)
+    folder = store_dir(root, split, backbone, dataset=dataset, normalisation=normalisation, out_dir=out_dir)
+    files, manifest = _fingerprint(rows, root, split, backbone, dataset, normalisation)
+    inputs = manifest["inputs"]
+    say = print if verbose else (lambda *a, **k: None)
+
+    old = _read_json(folder / MANIFEST_FILE)
+    if old is not None and old.get("inputs") != inputs:
+        log.warning("embedding store %s is stale (%s): rebuilding it", folder, _describe_changes(old, manifest))
+        _clear(folder)
+    elif old is not None and old.get("complete"):
+        try:
+            store = open_store(folder)
+            say(f"embedding store up to date: {folder}")
+            return store
+        except ValueError as exc:
+            log.warning("embedding store %s is damaged (%s): rebuilding it", folder, exc)
+            _clear(folder)
+
+    n, p, d = inputs["n_images"], inputs["grid"] ** 2, inputs["embed_dim"]
+    start, arrays = _resume(folder, inputs, (n, p, d))
+    if arrays is None:
+        start, arrays = 0, _start_fresh(folder, manifest, rows, (n, p, d))
+    else:
+        say(f"resuming extraction of {folder.name} at row {start} of {n}")
+    patch_mm, cls_mm = arrays
+    if start < n:
+        _embed_rows(backbone, files, start, patch_mm, cls_mm, folder, inputs,
+                    image_size=image_size, dataset=dataset, normalisation=normalisation, batch_size=batch_size,
+                    device=device, num_workers=num_workers, verbose=verbose)
+    del patch_mm, cls_mm
+    manifest["complete"] = True
+    manifest["completed"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    _write_json(folder / MANIFEST_FILE, manifest)  # the complete flag is the last thing written
+    (folder / PROGRESS_FILE).unlink(missing_ok=True)
+    say(f"embedding store written: {folder}")
+    return open_store(folder)
+
+
+def _embed_rows(backbone, files, start, patch_mm, cls_mm, folder, inputs, *, image_size, dataset, normalisation,
+                batch_size, device, num_workers, verbose) -> None:
+    """Embed rows ``start:`` batch by batch, flushing and committing progress after each batch."""
+    dev = _resolve_device(device)
+    todo = files[start:]
+    if num_workers is None:
+        num_workers = 0 if len(todo) <= batch_size else min(8, os.cpu_count() or 1)
+    loader = torch.utils.data.DataLoader(
+        _ImageRows(todo, image_size, dataset, normalisation),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=dev.type == "cuda",
+    )
+    home_device = next(backbone.parameters()).device
+    threads = torch.get_num_threads()
+    if dev.type == "cpu":
+        torch.set_num_threads(os.cpu_count() or threads)
+    backbone.to(dev)
+    done = start
+    try:
+        bar = tqdm(total=len(files), initial=start, unit="img", desc=f"embed {inputs['split']}", disable=not verbose)
+        with bar:
+            for idx, images, errors in loader:
+                bad = [e for e in errors if e]
+                if bad:
+                    raise OSError(
+                        f"{len(bad)} image(s) cannot be decoded: " + "; ".join(bad)
+                        + f". Extraction stopped after {done} of {len(files)} rows; fix or remove these images "
+                        "and run again."
+                    )
+                with torch.autocast("cuda", dtype=torch.float16, enabled=dev.type == "cuda"):
+                    cls, patches = backbone(images.to(dev, non_blocking=True))  # (B, D), (B, P, D)
+                end = done + len(idx)
+                patch_mm[done:end] = patches.float().cpu().numpy().astype(np.float16)
+                cls_mm[done:end] = cls.float().cpu().numpy().astype(np.float16)
+                patch_mm.flush()
+                cls_mm.flush()
+                done = end
+                _write_json(folder / PROGRESS_FILE, {"inputs_sha256": _sha(inputs), "rows_done": done})
+                bar.update(len(idx))
+    finally:
+        backbone.to(home_device)
+        torch.set_num_threads(threads)
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _fingerprint(rows, root, split, backbone, dataset, normalisation) -> tuple[list[str], dict]:
+    """Absolute image paths and the manifest (complete=False) describing every input."""
+    files, images = [], []
+    resolved_root = root.resolve()
+    for image_id, rel, label in zip(rows["image_id"], rows["path"], rows["label"]):
+        f = Path(rel) if Path(rel).is_absolute() else root / rel
+        try:
+            size = f.stat().st_size
+        except FileNotFoundError:
+            raise FileNotFoundError(f"image {f} (image_id {image_id}) listed in the index does not exist") from None
+        files.append(str(f))
+        try:
+            shown = str(f.resolve().relative_to(resolved_root))
+        except ValueError:
+            shown = str(f.resolve())
+        images.append([int(image_id), shown, int(label), int(size)])
+    inputs = {
+        "format_version": FORMAT_VERSION,
+        "dataset": dataset,
+        "split": split,
+        "root": str(resolved_root),
+        "n_images": len(images),
+        "images_sha256": hashlib.sha256(json.dumps(images).encode()).hexdigest(),
+        "backbone": backbone.name,
+        "weights_id": backbone.weights_id,
+        "pretrained": bool(backbone.pretrained),
+        "image_size": int(backbone.image_size),
+        "grid": int(backbone.grid),
+        "embed_dim": int(backbone.embed_dim),
+        "normalisation": normalisation,
+    }
+    manifest = {
+        "inputs": inputs,
+        "complete": False,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "torch_version": torch.__version__,
+        "numpy_version": np.__version__,
+        "weights_source": backbone.source,
+        "dtype": "float16",
+        "files": {"patch_tokens": PATCH_FILE, "cls": CLS_FILE, "labels": LABELS_FILE, "image_ids": IDS_FILE},
+        "images": images,  # [image_id, path relative to root, label, file size in bytes]
+    }
+    return files, manifest
+
+
+def _describe_changes(old: dict, new: dict) -> str:
+    """A short human-readable list of what differs between two manifests' inputs."""
+    a, b = old.get("inputs", {}), new["inputs"]
+    changes = [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in b if k not in ("images_sha256", "n_images")
+               and a.get(k) != b.get(k)]
+    if a.get("images_sha256") != b["images_sha256"]:
+        before = {r[0]: r for r in old.get("images", [])}
+        after = {r[0]: r for r in new["images"]}
+        changed = [after[i][1] for i in after if i in before and before[i] != after[i]]
+        added, removed = len(after.keys() - before.keys()), len(before.keys() - after.keys())
+        text = f"image list: {len(changed)} changed, {added} added, {removed} removed"
+        if changed:
+            text += " (e.g. " + ", ".join(changed[:3]) + ")"
+        changes.append(text)
+    return "; ".join(changes) or "unknown change"
+
+
+def _resume(folder: Path, inputs: dict, shape: tuple[int, int, int]):
+    """``(rows_done, (patch_mm, cls_mm))`` opened read-write when ``folder`` holds a matching partial run."""
+    progress = _read_json(folder / PROGRESS_FILE)
+    if progress is None or progress.get("inputs_sha256") != _sha(inputs):
+        return 0, None
+    try:
+        patch_mm = np.load(folder / PATCH_FILE, mmap_mode="r+")
+        cls_mm = np.load(folder / CLS_FILE, mmap_mode="r+")
+    except (OSError, ValueError):
+        return 0, None
+    n, p, d = shape
+    if patch_mm.shape != (n, p, d) or cls_mm.shape != (n, d) or patch_mm.dtype != np.float16:
+        return 0, None
+    return int(progress["rows_done"]), (patch_mm, cls_mm)
+
+
+def _start_fresh(folder: Path, manifest: dict, rows: pd.DataFrame, shape: tuple[int, int, int]):
+    n, p, d = shape
+    _clear(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_json(folder / MANIFEST_FILE, manifest)  # complete: False
+    np.save(folder / LABELS_FILE, rows["label"].to_numpy(np.int64))
+    np.save(folder / IDS_FILE, rows["image_id"].to_numpy(np.int64))
+    patch_mm = np.lib.format.open_memmap(folder / PATCH_FILE, mode="w+", dtype=np.float16, shape=(n, p, d))
+    cls_mm = np.lib.format.open_memmap(folder / CLS_FILE, mode="w+", dtype=np.float16, shape=(n, d))
+    _write_json(folder / PROGRESS_FILE, {"inputs_sha256": _sha(manifest["inputs"]), "rows_done": 0})
+    return patch_mm, cls_mm
+
+
+def _clear(folder: Path) -> None:
+    """Remove the store's own files (and nothing else) from ``folder``."""
+    for name in (*_DATA_FILES, MANIFEST_FILE, PROGRESS_FILE):
+        (folder / name).unlink(missing_ok=True)
+
+
+def _sha(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    """Write JSON atomically: a temporary file, fsync, then rename over ``path``."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as fh:
+        json.dump(obj, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+@functools.lru_cache(maxsize=2)
+def _profile_backbone(name: str, weights: str, image_size: int) -> FrozenBackbone:
+    return build_backbone(name, weights=weights, image_size=image_size)
+
+
+def get_store(profile, split: str, *, verbose: bool = True) -> EmbeddingStore:
+    """The (cached) embedding store of a profile's dataset split, extracting it on first use.
+
+    Args:
+        profile: a :class:`qpmlib.profiles.Profile` or its name.
+        split: ``"train"`` or ``"test"``.
+        verbose: show progress.
+
+    Returns:
+        The complete :class:`EmbeddingStore`; ``store.pretrained`` says whether the backbone was pretrained.
+
+    Raises:
+        ValueError: unknown profile or split.
+    """
+    from . import data
+    from .profiles import get_profile
+
+    profile = get_profile(profile)
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+    root = data.prepare(profile.data)
+    index = data.read_index(root, profile.data.dataset)
+    backbone = _profile_backbone(profile.backbone.name, str(profile.backbone.weights), profile.data.image_size)
+    return extract(
+        index,
+        root,
+        split,
+        backbone,
+        image_size=profile.data.image_size,
+        dataset=profile.data.dataset,
+        normalisation=profile.data.normalisation,
+        batch_size=profile.backbone.batch_size,
+        device=profile.train.device,
+        verbose=verbose,
+    )
