@@ -99,14 +99,18 @@ def walkthrough_figure(
         ax.set_title(title, fontsize=9)
     k = 3
     if part_fractions is not None:
+        from matplotlib import colormaps
+        from matplotlib.patches import Patch
+
         labels = part_label_map(part_fractions)
         n_parts = part_fractions.shape[0]
-        axes[k].imshow(labels, cmap="tab10" if n_parts < 10 else "tab20", vmin=0, vmax=max(n_parts, 1),
-                       interpolation="nearest")
-        present = sorted(set(np.unique(labels)) - {0})
+        cmap = colormaps["tab10" if n_parts <= 10 else "tab20"].with_extremes(bad="white")
+        axes[k].imshow(np.ma.masked_equal(labels, 0), cmap=cmap, vmin=1, vmax=cmap.N, interpolation="nearest")
         names = part_names or [f"part {i}" for i in range(1, n_parts + 1)]
-        axes[k].set_title("true parts: " + ", ".join(names[i - 1] for i in present[:4])
-                          + ("…" if len(present) > 4 else ""), fontsize=8)
+        present = sorted(int(i) for i in set(np.unique(labels)) - {0})
+        handles = [Patch(color=cmap(i - 1), label=names[i - 1]) for i in present]
+        axes[k].legend(handles=handles, fontsize=7, loc="lower left", framealpha=0.8)
+        axes[k].set_title("true parts (SynthBirds)", fontsize=9)
         k += 1
     if feature_map is not None:
         axes[k].imshow(np.asarray(feature_map), cmap="magma", interpolation="nearest")

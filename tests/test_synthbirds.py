@@ -158,10 +158,11 @@ def test_argument_checks(tmp_path, bad):
 
 
 def test_sample_grid_titles_every_class(root):
+    import matplotlib.figure
+
     fig = sb.sample_grid(root, per_class=1)
     assert isinstance(fig, matplotlib.figure.Figure)
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     assert len(titles) == ARGS["n_classes"]
     fig2 = sb.sample_grid(root, per_class=2, max_classes=2)
     assert len([ax for ax in fig2.axes if ax.images]) == 4
-    matplotlib.pyplot.close("all")

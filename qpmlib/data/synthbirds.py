@@ -564,7 +564,7 @@ def sample_grid(root: str | Path, *, per_class: int = 1, max_classes: int | None
     Returns:
         matplotlib Figure.
     """
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     if per_class < 1:
         raise ValueError(f"per_class must be >= 1, got {per_class}")
@@ -577,14 +577,14 @@ def sample_grid(root: str | Path, *, per_class: int = 1, max_classes: int | None
         picks += [(p, names[lab]) for p in rows["path"]]
     cols = per_class if per_class > 1 else min(ncols, len(picks))
     nrows = -(-len(picks) // cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(2.3 * cols, 2.9 * nrows), squeeze=False)
+    fig = Figure(figsize=(2.3 * cols, 2.9 * nrows), layout="constrained")
+    axes = fig.subplots(nrows, cols, squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, (path, name) in zip(axes.ravel(), picks):
         with Image.open(path) as im:
             ax.imshow(im.convert("RGB"))
         ax.set_title(textwrap.fill(name.replace("_", " "), 22), fontsize=7)
-    fig.tight_layout()
     return fig
 
 
