@@ -11,7 +11,6 @@ STAMP   := $(VENV)/.installed
 VENDOR  := book/_vendor
 export HF_HUB_OFFLINE ?= 1
 export PYTHONUNBUFFERED := 1
-export MPLBACKEND := Agg
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 # npm packages that let the HTML render offline (pinned; fetched once with `npm pack`).

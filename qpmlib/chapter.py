@@ -96,6 +96,15 @@ def banner_markdown(p: Provenance) -> str | None:
     )
 
 
+def _inline_figures() -> None:
+    """Make figures render as PNG in the notebook, whatever ``MPLBACKEND`` the kernel inherited."""
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    if shell is not None:
+        shell.run_line_magic("matplotlib", "inline")
+
+
 def start(profile: str | Profile) -> Profile:
     """Display the provenance line (and the random-weights banner) and return the profile.
 
@@ -105,6 +114,7 @@ def start(profile: str | Profile) -> Profile:
     from IPython.display import Markdown, display
 
     prof = get_profile(profile)
+    _inline_figures()
     p = provenance(prof)
     notice = banner_markdown(p)
     if notice is not None:
