@@ -150,7 +150,7 @@ def _rendered_dom(url: str) -> str:
 def _screenshot(url: str, name: str) -> Path:
     SHOTS.mkdir(parents=True, exist_ok=True)
     out = SHOTS / f"{name}.png"
-    _chromium(f"--screenshot={out}", "--window-size=1280,1600", "--hide-scrollbars", url)
+    _chromium(f"--screenshot={out}", "--window-size=1280,4800", "--hide-scrollbars", url)
     assert out.exists() and out.stat().st_size > 10_000, f"screenshot of {url} is missing or empty"
     return out
 
