@@ -66,6 +66,8 @@ class ModelConfig:
     n_features: int = 512  # N_f, dense features
     pooling: str = "avg_pooling"  # "avg_pooling" (DINO-QPM) | "cls" (f_CLS ablation, Table 3)
     dropout: float = 0.2  # dense head dropout (§2.4)
+    last_layer_bn_relu: bool = True  # BN+ReLU after the last Linear too (reference code; §10 row 13)
+    standardise: bool = True  # sparse head uses (f_S - mu)/sigma from dense train features (reference; §10 row 4)
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,8 @@ class TrainConfig:
     ft_fdl: float = 1.0  # lambda_div in fine-tuning
     ft_l1_fm: float = 5.0  # lambda_L1-FM
     ft_l1_fv: float = 1.0  # lambda_L1-FV
+    recalibrate_bn: bool = False  # recompute BN stats for the schedule-free averaged weights (reference: no; §4.1)
+    fdl_scale: str = "features"  # FDL map scale: "features" (post-dropout v, reference) | "map_mean" (paper; §3.2)
     device: str = "auto"  # "auto" | "cpu" | "cuda"
 
 
@@ -165,7 +169,7 @@ DEMO = Profile(
     description="SynthBirds at 224 px with DINOv2 ViT-S/14-reg (random weights unless pretrained ones are local)",
     data=DataConfig(dataset="synthbirds", image_size=224, n_classes=25, n_train=24, n_test=16, seed=0),
     backbone=BackboneConfig(name="dinov2_vits14_reg", weights="auto", batch_size=32),
-    model=ModelConfig(n_layers=4, hidden_size=256, n_features=64),
+    model=ModelConfig(n_layers=4, hidden_size=128, n_features=64),
     qp=QPConfig(n_selected=20, n_per_class=5, time_limit=30.0),
     train=TrainConfig(dense_epochs=10, dense_batch_size=32, ft_epochs=8, ft_batch_size=16),
     sweeps=SweepConfig(
@@ -173,7 +177,7 @@ DEMO = Profile(
         fdl=(0.0, 0.5, 1.0, 2.0),
         l1_fv=(0.0, 1.0, 5.0),
         n_layers=(0, 1, 2, 4),
-        hidden_size=(128, 256, 512),
+        hidden_size=(64, 128, 256),
         n_features=(32, 64, 128),
         sparsity=((15, 3), (20, 5), (30, 5)),
         backbones=("dinov2_vits14", "dinov2_vits14_reg"),

@@ -1,0 +1,521 @@
+"""The whole DINO-QPM pipeline for one profile and seed: what the chapters call (reference_spec §0).
+
+    run = run_dino_qpm("demo", seed=0, overrides={"train.ft_l1_fm": 0.0})
+    run.metrics["dino_qpm"]["accuracy"], run.qpm_model(), run.predictions()
+
+Stages, each cached in the results store (:mod:`qpmlib.results`) under a hash of everything that determines it,
+so that a fine-tune sweep reuses the dense model and the QP selection:
+
+1. ``dense``: train the MLP + dense head (CE + FDL), evaluate it ("Dense F_froz", reference_spec §6.2), keep its
+   eval-mode training features (§1.1) with their mean and population std.
+2. ``qp``: A, R from those features, the R threshold (``qp.r_mode``; none for ``"none"``), :func:`qpmlib.qp.solve_qpm`.
+3. ``qpm``: sparse head on the standardised selected features (§2.5), fine-tune the MLP, evaluate.
+
+Metrics (keys as :data:`qpmlib.paper.METRICS`): ``accuracy``, ``plausibility`` (test split, datasets with
+segmentations), ``sid_at_5`` (None when no class has 5 features), ``class_independence`` and ``contrastiveness``
+(training features), ``n_features``, ``n_per_class``, ``seconds_per_epoch`` and, on SynthBirds,
+``part_alignment``. A model with ``n_layers == 0`` stops after the dense stage, as the reference does (§6.1).
+
+Paper-vs-code switches are profile fields whose defaults are the reference code's (reference_spec §10):
+``model.last_layer_bn_relu``, ``model.standardise``, ``train.recalibrate_bn`` and ``train.fdl_scale``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from qpmlib import metrics as qmetrics
+from qpmlib import qp
+from qpmlib.model import POOLINGS, DinoQPM, build_model
+from qpmlib.profiles import Profile, get_profile
+from qpmlib.results import (
+    FEATURES_FILE,
+    HISTORY_FILE,
+    MODEL_FILE,
+    MODEL_SPEC_FILE,
+    PREDICTIONS_FILE,
+    SELECTION_FILE,
+    SPARSE_FILE,
+    Result,
+    ResultData,
+    ResultStore,
+    provenance,
+)
+from qpmlib.train import (
+    TokenData,
+    evaluate,
+    extract_features,
+    resolve_device,
+    stage_config,
+    train_dense,
+    train_finetune,
+)
+
+__all__ = [
+    "KINDS",
+    "QPMRun",
+    "apply_overrides",
+    "check_profile",
+    "run_dino_qpm",
+    "load_run",
+    "summarise",
+]
+
+#: Result kinds (sub-folders of the profile's results store).
+KINDS = ("dense", "qp", "qpm")
+SECTIONS = ("data", "backbone", "model", "qp", "train")
+R_MODES = ("dinoqpm", "qpm", "none")
+
+
+# ---------------------------------------------------------------------------------------------- configuration
+def apply_overrides(profile: str | Profile, overrides: dict[str, Any] | None = None) -> Profile:
+    """Apply flat dotted overrides such as ``{"train.ft_l1_fm": 0.0, "qp.n_selected": 40}`` to a profile.
+
+    Numbers are converted to the type of the field they replace (so ``5`` and ``5.0`` give the same run).
+
+    Args:
+        profile: a profile or its name.
+        overrides: ``"<section>.<field>" -> value`` with section in data, backbone, model, qp, train.
+
+    Returns:
+        The new (frozen) profile; its name is unchanged, so results stay in the same store.
+
+    Raises:
+        ValueError: for an unknown section or field (the message lists the valid ones) or a value of the
+            wrong type.
+    """
+    prof = get_profile(profile)
+    for key, value in (overrides or {}).items():
+        section, _, name = key.partition(".")
+        if section not in SECTIONS or not name:
+            raise ValueError(f"override {key!r} must be '<section>.<field>' with section in {', '.join(SECTIONS)}")
+        part = getattr(prof, section)
+        fields = {f.name: f for f in dataclasses.fields(part)}
+        if name not in fields:
+            raise ValueError(f"unknown field {key!r}; valid fields of {section}: {', '.join(fields)}")
+        old = getattr(part, name)
+        if isinstance(old, bool) or isinstance(value, bool):
+            ok = isinstance(value, bool) and isinstance(old, bool)
+        elif isinstance(old, float) and isinstance(value, (int, float)):
+            value, ok = float(value), True
+        elif isinstance(old, (int, str, tuple)):
+            ok = isinstance(value, type(old))
+        else:
+            ok = True
+        if not ok:
+            raise ValueError(f"override {key!r} expects {type(old).__name__} like {old!r}, got {value!r}")
+        prof = dataclasses.replace(prof, **{section: dataclasses.replace(part, **{name: value})})
+    return prof
+
+
+def check_profile(profile: Profile, n_classes: int | None = None) -> None:
+    """Check the model, QP and training settings before any work starts.
+
+    Args:
+        profile: the profile (after overrides).
+        n_classes: when known, also check that the QP can give every class a distinct feature set.
+
+    Raises:
+        ValueError: naming the field that is out of range and what would be valid.
+    """
+    m, q = profile.model, profile.qp
+    stage_config(profile.train, "dense")  # validates every train.* field
+    if m.n_layers < 0 or m.hidden_size < 1 or m.n_features < 1:
+        raise ValueError(f"model.n_layers must be >= 0 and model.hidden_size, model.n_features >= 1; got "
+                         f"{m.n_layers}, {m.hidden_size}, {m.n_features}")
+    if m.pooling not in POOLINGS:
+        raise ValueError(f"model.pooling must be one of {', '.join(POOLINGS)}, got {m.pooling!r}")
+    if not 0 <= m.dropout < 1:
+        raise ValueError(f"model.dropout must be in [0, 1), got {m.dropout}")
+    if q.r_mode not in R_MODES:
+        raise ValueError(f"qp.r_mode must be one of {', '.join(R_MODES)}, got {q.r_mode!r}")
+    if not 1 <= q.n_per_class <= q.n_selected:
+        raise ValueError(f"qp.n_per_class must be in [1, qp.n_selected={q.n_selected}], got {q.n_per_class}")
+    if m.n_layers > 0 and q.n_selected > m.n_features:
+        raise ValueError(f"qp.n_selected={q.n_selected} exceeds model.n_features={m.n_features}")
+    n_sets = math.comb(q.n_selected, q.n_per_class)
+    if n_classes is not None and m.n_layers > 0 and n_sets < n_classes:
+        raise ValueError(f"qp.n_selected={q.n_selected} with qp.n_per_class={q.n_per_class} allows only "
+                         f"{n_sets} distinct class feature sets for {n_classes} classes")
+
+
+def _embedding_id(store: Any) -> dict[str, Any]:
+    """What identifies a split's embeddings, without machine-specific paths."""
+    inputs = {k: v for k, v in store.manifest["inputs"].items() if k != "root"}
+    return {"sha256": hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16],
+            "weights_id": inputs.get("weights_id"), "pretrained": inputs.get("pretrained")}
+
+
+def _configs(prof: Profile, seed: int, train_store: Any, test_store: Any) -> dict[str, dict[str, Any]]:
+    """The hashed configuration of each stage; each one contains the previous one."""
+    base = {
+        "profile": prof.name,
+        "seed": seed,
+        "data": dataclasses.asdict(prof.data),
+        "backbone": {k: v for k, v in dataclasses.asdict(prof.backbone).items() if k != "batch_size"},
+        "embeddings": {"train": _embedding_id(train_store), "test": _embedding_id(test_store)},
+    }
+    model = {k: v for k, v in dataclasses.asdict(prof.model).items() if k != "standardise"}  # QPM stage only
+    model["last_layer_bn_relu"] = prof.model.last_layer_bn_relu
+    dense = base | {
+        "model": model,
+        "dense": dataclasses.asdict(stage_config(prof.train, "dense")),
+        "recalibrate_bn": prof.train.recalibrate_bn,
+    }
+    qp_cfg = dense | {"qp": dataclasses.asdict(prof.qp)}
+    qpm = qp_cfg | {
+        "finetune": dataclasses.asdict(stage_config(prof.train, "finetune")),
+        "standardise": prof.model.standardise,
+    }
+    return {"dense": dense, "qp": qp_cfg, "qpm": qpm}
+
+
+# ---------------------------------------------------------------------------------------------- run object
+@dataclass
+class QPMRun:
+    """A finished pipeline run (read from the results store; nothing here trains).
+
+    Attributes:
+        profile: profile name.
+        seed: run seed.
+        dense: the dense-stage :class:`~qpmlib.results.Result`.
+        qp: the QP-stage result (None for ``n_layers == 0``).
+        qpm: the fine-tuned QPM result (None for ``n_layers == 0``).
+        dataset: dataset key.
+    """
+
+    profile: str
+    seed: int
+    dense: Result
+    qp: Result | None
+    qpm: Result | None
+    dataset: str
+
+    @property
+    def metrics(self) -> dict[str, dict[str, Any]]:
+        """``{"dense": {...}, "dino_qpm": {...}}`` (method keys of :data:`qpmlib.paper.METHODS`)."""
+        out = {"dense": self.dense.metrics}
+        if self.qpm is not None:
+            out["dino_qpm"] = self.qpm.metrics
+        return out
+
+    def _require_qpm(self) -> Result:
+        if self.qpm is None:
+            raise ValueError("this run has no QPM stage (model.n_layers == 0 stops after the dense stage)")
+        return self.qpm
+
+    @property
+    def selected(self) -> np.ndarray:
+        """(N*_f,) sorted indices of the selected features."""
+        return self.qp_solution()["selected"]
+
+    @property
+    def assignment(self) -> np.ndarray:
+        """(N_c, N*_f) bool assignment; column j is feature ``selected[j]``."""
+        return self.qp_solution()["assignment"]
+
+    def qp_solution(self) -> dict[str, np.ndarray]:
+        """The stored QP arrays: ``selected``, ``assignment`` (bool), ``A`` and ``R``."""
+        if self.qp is None:
+            raise ValueError("this run has no QP stage (model.n_layers == 0)")
+        t = {k: v.numpy() for k, v in self.qp.tensors(SELECTION_FILE).items()}
+        t["assignment"] = t["assignment"].astype(bool)
+        return t
+
+    def sparse_head(self) -> dict[str, np.ndarray]:
+        """``selected``, ``assignment`` (float 0/1), ``mean`` and ``std`` (of the selected features)."""
+        return {k: v.numpy() for k, v in self._require_qpm().tensors(SPARSE_FILE).items()}
+
+    def dense_model(self) -> DinoQPM:
+        """The trained dense model, rebuilt on the CPU in eval mode."""
+        model = DinoQPM(**self.dense.json(MODEL_SPEC_FILE))
+        model.load_state_dict(self.dense.tensors(MODEL_FILE))
+        return model.eval()
+
+    def qpm_model(self) -> DinoQPM:
+        """The fine-tuned DINO-QPM model (sparse head), rebuilt on the CPU in eval mode."""
+        result = self._require_qpm()
+        spec = result.json(MODEL_SPEC_FILE)
+        standardise = spec.pop("standardise")
+        model = DinoQPM(**spec)
+        head = self.sparse_head()
+        model.set_sparse_head(head["selected"], head["assignment"], head["mean"], head["std"],
+                              standardise=standardise)
+        model.load_state_dict(result.tensors(MODEL_FILE))
+        return model.eval()
+
+    def train_features(self, method: str = "dense") -> dict[str, np.ndarray]:
+        """Eval-mode training features of ``"dense"`` or ``"dino_qpm"``: ``features``, ``labels`` (+ mean/std)."""
+        result = self.dense if method == "dense" else self._require_qpm()
+        return {k: v.numpy() for k, v in result.tensors(FEATURES_FILE).items()}
+
+    def predictions(self) -> pd.DataFrame:
+        """Per test sample: ``image_id``, ``label``, ``dense_pred`` and (with a QPM stage) ``qpm_pred``."""
+        dense = self.dense.tensors(PREDICTIONS_FILE)
+        df = pd.DataFrame({"image_id": dense["image_ids"].numpy(), "label": dense["labels"].numpy(),
+                           "dense_pred": dense["pred"].numpy()})
+        if self.qpm is not None:
+            df["qpm_pred"] = self.qpm.tensors(PREDICTIONS_FILE)["pred"].numpy()
+        return df
+
+    def history(self, method: str = "dense") -> pd.DataFrame:
+        """Per-epoch training log of ``"dense"`` or ``"dino_qpm"``."""
+        result = self.dense if method == "dense" else self._require_qpm()
+        return pd.DataFrame(result.json(HISTORY_FILE)["epochs"])
+
+    def records(self) -> pd.DataFrame:
+        """Long table (method, dataset, profile, seed, metric, value) of the numeric metrics."""
+        rows = [
+            {"method": method, "dataset": self.dataset, "profile": self.profile, "seed": self.seed,
+             "metric": name, "value": float("nan") if value is None else float(value)}
+            for method, values in self.metrics.items()
+            for name, value in values.items()
+            if value is None or isinstance(value, (int, float))
+        ]
+        return pd.DataFrame(rows, columns=["method", "dataset", "profile", "seed", "metric", "value"])
+
+
+def summarise(runs: list[QPMRun], *, ddof: int = 0) -> pd.DataFrame:
+    """Mean ± std over seeds of every metric (via :func:`qpmlib.tables.summarise_runs`).
+
+    Args:
+        runs: finished runs (any mix of seeds; other keys stay separate groups).
+        ddof: 0 = population std (the authors' aggregation), 1 = sample std.
+
+    Returns:
+        One row per (method, dataset, profile, metric) with columns mean, std, n.
+    """
+    from qpmlib.tables import summarise_runs
+
+    if not runs:
+        raise ValueError("summarise needs at least one run")
+    return summarise_runs(pd.concat([r.records() for r in runs], ignore_index=True), ddof=ddof)
+
+
+# ---------------------------------------------------------------------------------------------- entry points
+def run_dino_qpm(
+    profile: str | Profile,
+    seed: int = 0,
+    *,
+    overrides: dict[str, Any] | None = None,
+    verbose: bool = True,
+) -> QPMRun:
+    """Run (or load) the dense stage, the QP and the fine-tune stage for one seed.
+
+    Args:
+        profile: a profile or its name.
+        seed: the run seed (model init, shuffling, dropout, QP solver).
+        overrides: flat dotted overrides, see :func:`apply_overrides`.
+        verbose: progress bars.
+
+    Returns:
+        The :class:`QPMRun`.
+
+    Raises:
+        ValueError: for invalid overrides or settings (see :func:`check_profile`).
+    """
+    return _run(profile, seed, overrides, verbose=verbose, compute=True)
+
+
+def load_run(
+    profile: str | Profile,
+    seed: int = 0,
+    *,
+    overrides: dict[str, Any] | None = None,
+    verbose: bool = False,
+) -> QPMRun:
+    """The stored run, without training (the embedding stores are opened to identify the run).
+
+    Args:
+        profile: a profile or its name.
+        seed: the run seed.
+        overrides: the same overrides the run was computed with.
+        verbose: progress output while opening the embedding stores.
+
+    Returns:
+        The :class:`QPMRun`.
+
+    Raises:
+        FileNotFoundError: when a stage has not been computed yet; the message says how to compute it.
+    """
+    return _run(profile, seed, overrides, verbose=verbose, compute=False)
+
+
+def _run(profile, seed: int, overrides, *, verbose: bool, compute: bool) -> QPMRun:
+    from qpmlib.embeddings import get_store
+
+    prof = apply_overrides(profile, overrides)
+    check_profile(prof)
+    train_store, test_store = get_store(prof, "train", verbose=verbose), get_store(prof, "test", verbose=verbose)
+    train, test = TokenData.from_store(train_store), TokenData.from_store(test_store)
+    n_classes = max(train.n_classes, test.n_classes)
+    check_profile(prof, n_classes)
+    cfgs = _configs(prof, seed, train_store, test_store)
+    stores = {kind: ResultStore.for_profile(prof.name, kind) for kind in KINDS}
+    ctx = _Context(prof, seed, train, test, n_classes, bool(train_store.pretrained), verbose)
+
+    def stage(kind: str, fn) -> Result:
+        found = stores[kind].get(cfgs[kind])
+        if found is not None:
+            return found
+        if not compute:
+            raise FileNotFoundError(
+                f"no stored {kind} result for profile {prof.name!r}, seed {seed} and these overrides "
+                f"(looked in {stores[kind].path(cfgs[kind])}); compute it with qpmlib.pipeline.run_dino_qpm"
+            )
+        return stores[kind].put(cfgs[kind], fn(stores[kind].work_dir(cfgs[kind])))
+
+    dense = stage("dense", ctx.run_dense)
+    if prof.model.n_layers == 0:
+        return QPMRun(prof.name, seed, dense, None, None, prof.data.dataset)
+    qp_result = stage("qp", lambda _: ctx.run_qp(dense))
+    qpm = stage("qpm", lambda work: ctx.run_qpm(work, dense, qp_result))
+    return QPMRun(prof.name, seed, dense, qp_result, qpm, prof.data.dataset)
+
+
+@dataclass
+class _Context:
+    prof: Profile
+    seed: int
+    train: TokenData
+    test: TokenData
+    n_classes: int
+    pretrained: bool
+    verbose: bool
+    _cache: dict = dataclasses.field(default_factory=dict)
+
+    # ------------------------------------------------------------------ helpers
+    def _device(self) -> str:
+        dev = resolve_device(self.prof.train.device)
+        return f"cuda ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else str(dev)
+
+    def _spec(self) -> dict[str, Any]:
+        m = self.prof.model
+        return {"in_dim": self.train.dim, "n_classes": self.n_classes, "n_layers": m.n_layers,
+                "hidden_size": m.hidden_size, "n_features": m.n_features, "pooling": m.pooling,
+                "dropout": m.dropout, "last_layer_bn_relu": self.prof.model.last_layer_bn_relu}
+
+    def _masks_and_parts(self) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Test-split object masks (CUB format) and SynthBirds part maps on the patch grid (read once)."""
+        from qpmlib import data
+        from qpmlib.data import cub, synthbirds
+
+        dataset = self.prof.data.dataset
+        if dataset not in ("cub", "synthbirds") or self.test.image_ids is None:
+            return None, None
+        if "masks" not in self._cache:
+            root = data.prepare(self.prof.data, verbose=False)
+            grid = math.isqrt(self.test.n_patches)
+            ids = np.asarray(self.test.image_ids)
+            self._cache["masks"] = cub.patch_masks(root, ids, grid)
+            self._cache["parts"] = synthbirds.part_maps(root, ids, grid) if dataset == "synthbirds" else None
+        return self._cache["masks"], self._cache["parts"]
+
+    def _metrics(self, model: DinoQPM, history) -> tuple[dict[str, Any], Any, np.ndarray]:
+        """Test-split and train-split metrics of one model (reference_spec §5)."""
+        dev = self.prof.train.device
+        ev = evaluate(model, self.test, device=dev)
+        train_feats, _ = extract_features(model, self.train, device=dev)
+        weight = model.head_weight.detach().cpu().numpy()  # (N_c, K)
+        rows = weight[ev.predictions]  # (N, K): each sample's predicted-class weights
+        masks, parts = self._masks_and_parts()
+        out: dict[str, Any] = {
+            "accuracy": qmetrics.accuracy(ev.logits, ev.labels),
+            "plausibility": None if masks is None else qmetrics.plausibility(ev.feature_maps, rows, masks),
+            "sid_at_5": (qmetrics.sid_at_k(ev.feature_maps, rows, k=5)
+                         if (weight != 0).sum(axis=1).max() >= 5 else None),
+            "class_independence": qmetrics.class_independence(train_feats, self.train.labels),
+            "contrastiveness": qmetrics.contrastiveness(train_feats, seed=self.seed),
+            **qmetrics.compactness(weight),
+            "seconds_per_epoch": history.seconds_per_epoch,
+        }
+        if parts is not None:
+            out["part_alignment"] = qmetrics.part_alignment(ev.feature_maps, parts).score
+        return out, ev, train_feats
+
+    def _predictions(self, ev) -> dict[str, np.ndarray]:
+        ids = self.test.image_ids if self.test.image_ids is not None else np.arange(len(self.test))
+        return {"image_ids": np.asarray(ids, dtype=np.int64), "labels": ev.labels,
+                "pred": ev.predictions.astype(np.int64), "logits": ev.logits}
+
+    # ------------------------------------------------------------------ stages
+    def run_dense(self, work_dir) -> ResultData:
+        t0 = time.perf_counter()
+        spec = self._spec()
+        model = build_model(self.prof.model, spec["in_dim"], self.n_classes, seed=self.seed,
+                            last_layer_bn_relu=spec["last_layer_bn_relu"])
+        history = train_dense(model, self.train, self.prof.train, seed=self.seed, run_dir=work_dir,
+                              eval_data=self.test, recalibrate_bn=self.prof.train.recalibrate_bn,
+                              verbose=self.verbose)
+        train_seconds = time.perf_counter() - t0
+        metrics, ev, feats = self._metrics(model, history)
+        return ResultData(
+            metrics=metrics,
+            provenance=provenance(seed=self.seed, device=self._device(), pretrained=self.pretrained,
+                                  train_seconds=train_seconds, total_seconds=time.perf_counter() - t0),
+            tensors={
+                MODEL_FILE: model.state_dict(),
+                FEATURES_FILE: {"features": feats, "labels": self.train.labels,
+                                "mean": feats.mean(axis=0), "std": feats.std(axis=0)},  # population std (§1.1)
+                PREDICTIONS_FILE: self._predictions(ev),
+            },
+            json_files={HISTORY_FILE: history.to_dict(), MODEL_SPEC_FILE: spec},
+        )
+
+    def run_qp(self, dense: Result) -> ResultData:
+        t0 = time.perf_counter()
+        q = self.prof.qp
+        stored = dense.tensors(FEATURES_FILE)
+        A, R = qp.qpm_matrices(stored["features"].numpy(), stored["labels"].numpy())
+        threshold = None if q.r_mode == "none" else qp.r_threshold(R, q.n_selected, mode=q.r_mode)
+        sol = qp.solve_qpm(A, R, q.n_selected, q.n_per_class, r_threshold=threshold, solver=q.solver,
+                           time_limit=q.time_limit, seed=self.seed, verbose=self.verbose)
+        metrics = {"objective": sol.objective, "bound": sol.bound, "gap": sol.gap, "solver": sol.solver,
+                   "solve_seconds": sol.runtime, "r_threshold": sol.r_threshold,
+                   "n_penalised": None if threshold is None else threshold.n_penalised}
+        return ResultData(
+            metrics=metrics,
+            provenance=provenance(seed=self.seed, device="cpu", pretrained=self.pretrained,
+                                  total_seconds=time.perf_counter() - t0),
+            tensors={SELECTION_FILE: {"selected": sol.selected, "assignment": sol.assignment.astype(np.uint8),
+                                      "A": A.astype(np.float32), "R": R.astype(np.float32)}},
+        )
+
+    def run_qpm(self, work_dir, dense: Result, qp_result: Result) -> ResultData:
+        t0 = time.perf_counter()
+        spec = dense.json(MODEL_SPEC_FILE)
+        model = DinoQPM(**spec)
+        model.load_state_dict(dense.tensors(MODEL_FILE))
+        sel = qp_result.tensors(SELECTION_FILE)
+        stats = dense.tensors(FEATURES_FILE)
+        standardise = self.prof.model.standardise
+        model.set_sparse_head(sel["selected"], sel["assignment"].float(), stats["mean"], stats["std"],
+                              standardise=standardise)
+        history = train_finetune(model, self.train, self.prof.train, seed=self.seed, run_dir=work_dir,
+                                 eval_data=self.test,
+                                 recalibrate_bn=self.prof.train.recalibrate_bn, verbose=self.verbose)
+        train_seconds = time.perf_counter() - t0
+        metrics, ev, feats = self._metrics(model, history)
+        return ResultData(
+            metrics=metrics,
+            provenance=provenance(seed=self.seed, device=self._device(), pretrained=self.pretrained,
+                                  train_seconds=train_seconds, total_seconds=time.perf_counter() - t0),
+            tensors={
+                MODEL_FILE: model.state_dict(),
+                SPARSE_FILE: {"selected": model.selected, "assignment": model.assignment,
+                              "mean": model.feature_mean, "std": model.feature_std},
+                FEATURES_FILE: {"features": feats, "labels": self.train.labels},
+                PREDICTIONS_FILE: self._predictions(ev),
+            },
+            json_files={HISTORY_FILE: history.to_dict(), MODEL_SPEC_FILE: spec | {"standardise": standardise}},
+        )

@@ -1,0 +1,296 @@
+"""Content-addressed results store: compute once, show many times.
+
+A result is identified by the SHA-256 of the canonical JSON of its full configuration (profile, dataset, backbone
+and weights id, seed, every hyperparameter, and :data:`FORMAT_VERSION`). It lives in
+``<root>/<kind>/<hash>/`` (``root`` is :func:`qpmlib.paths.results_dir` of the profile) with fixed file names:
+
+* :data:`CONFIG_FILE` ``config.json``: the configuration that was hashed.
+* :data:`METRICS_FILE` ``metrics.json``: numbers the chapters show.
+* :data:`PROVENANCE_FILE` ``provenance.json``: seed, device, git commit, torch version, pretrained flag, timings.
+* ``*.safetensors``: small tensors, e.g. :data:`MODEL_FILE` (a state dict), :data:`SPARSE_FILE` (selection,
+  assignment, mean, std), :data:`SELECTION_FILE` (QP solution, A, R), :data:`FEATURES_FILE` (training features)
+  and :data:`PREDICTIONS_FILE` (per-sample test predictions).
+* extra JSON files, e.g. :data:`HISTORY_FILE` (per-epoch log) and :data:`MODEL_SPEC_FILE` (model arguments).
+
+Writes are atomic: everything goes into a temporary folder beside the target, which is then renamed. A finished
+result is never overwritten; :meth:`ResultStore.work_dir` gives an unfinished run a stable scratch folder for its
+resumable checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from qpmlib import paths
+
+__all__ = [
+    "FORMAT_VERSION",
+    "CONFIG_FILE",
+    "METRICS_FILE",
+    "PROVENANCE_FILE",
+    "MODEL_FILE",
+    "SPARSE_FILE",
+    "PREDICTIONS_FILE",
+    "FEATURES_FILE",
+    "HISTORY_FILE",
+    "SELECTION_FILE",
+    "MODEL_SPEC_FILE",
+    "Result",
+    "ResultData",
+    "ResultStore",
+    "canonical_json",
+    "config_hash",
+    "provenance",
+]
+
+#: Bumped whenever the meaning of stored results changes; part of every hash.
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.json"
+PROVENANCE_FILE = "provenance.json"
+HISTORY_FILE = "history.json"
+MODEL_FILE = "model.safetensors"
+SPARSE_FILE = "sparse_head.safetensors"
+PREDICTIONS_FILE = "predictions.safetensors"
+FEATURES_FILE = "features.safetensors"
+SELECTION_FILE = "selection.safetensors"
+MODEL_SPEC_FILE = "model_spec.json"
+_HASH_CHARS = 16
+_WORK_PREFIX = ".work-"
+_TMP_PREFIX = ".tmp-"
+
+
+def _plain(value: Any) -> Any:
+    """Dataclasses, tuples, numpy scalars and paths -> JSON-ready builtins (NaN and inf -> None)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _plain(dataclasses.asdict(value))
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN/inf; a missing value reads back as None
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"cannot put {type(value).__name__} into a result config; use dataclasses, dicts, lists, "
+                    "numbers and strings")
+
+
+def canonical_json(config: Any) -> str:
+    """Canonical JSON of a config (dataclass or dict): sorted keys, no spaces, tuples as lists.
+
+    Raises:
+        TypeError: for values that have no JSON form (tensors, arbitrary objects).
+    """
+    return json.dumps(_plain(config), sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def config_hash(config: Any) -> str:
+    """First 16 hex digits of the SHA-256 of ``{"format": FORMAT_VERSION, "config": config}`` (canonical JSON)."""
+    payload = canonical_json({"format": FORMAT_VERSION, "config": config})
+    return hashlib.sha256(payload.encode()).hexdigest()[:_HASH_CHARS]
+
+
+def provenance(*, seed: int, device: str, pretrained: bool | None, **extra: Any) -> dict[str, Any]:
+    """Where a result came from: seed, device, git commit, library versions, plus ``extra`` (timings...).
+
+    Args:
+        seed: the run seed.
+        device: e.g. "cpu" or "cuda (NVIDIA H100)".
+        pretrained: whether the backbone weights were pretrained (None when unknown).
+        **extra: more JSON-ready fields.
+
+    Returns:
+        A JSON-ready dict.
+    """
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=paths.REPO_ROOT, capture_output=True,
+                                text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return _plain({
+        "seed": seed,
+        "device": device,
+        "pretrained": pretrained,
+        "git_commit": commit,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        **extra,
+    })
+
+
+@dataclass
+class ResultData:
+    """What a computation hands to :meth:`ResultStore.put`.
+
+    Attributes:
+        metrics: JSON-ready numbers.
+        provenance: JSON-ready provenance (see :func:`provenance`).
+        tensors: file name (ending in ``.safetensors``) -> {name: tensor or array}.
+        json_files: extra JSON files, file name -> JSON-ready object (e.g. :data:`HISTORY_FILE`).
+    """
+
+    metrics: dict[str, Any]
+    provenance: dict[str, Any]
+    tensors: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    json_files: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclass
+class Result:
+    """A finished entry of the store (read-only view of its folder).
+
+    Attributes:
+        path: the result folder.
+        config: the stored configuration.
+        metrics: the stored metrics.
+        provenance: the stored provenance.
+    """
+
+    path: Path
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    provenance: dict[str, Any]
+
+    @property
+    def key(self) -> str:
+        """The configuration hash (the folder name)."""
+        return self.path.name
+
+    def tensors(self, file: str) -> dict[str, torch.Tensor]:
+        """Load one ``.safetensors`` file of this result onto the CPU.
+
+        Raises:
+            FileNotFoundError: when the result has no such file; lists the files it has.
+        """
+        target = self.path / file
+        if not target.exists():
+            have = sorted(p.name for p in self.path.iterdir())
+            raise FileNotFoundError(f"result {self.path} has no {file}; it has {', '.join(have)}")
+        return load_file(target)
+
+    def json(self, file: str) -> Any:
+        """Load one extra JSON file of this result."""
+        return json.loads((self.path / file).read_text())
+
+
+class ResultStore:
+    """Results of one kind (e.g. "dense", "qp", "qpm") under one root folder.
+
+    Args:
+        root: the store root, normally :func:`qpmlib.paths.results_dir` of the profile.
+        kind: sub-folder name for this kind of result (letters, digits, ``_`` and ``-``).
+
+    Raises:
+        ValueError: for an empty or path-like kind.
+    """
+
+    def __init__(self, root: str | Path, kind: str) -> None:
+        if not kind or not all(c.isalnum() or c in "_-" for c in kind):
+            raise ValueError(f"kind must be a simple name like 'dense' or 'qpm', got {kind!r}")
+        self.root = Path(root)
+        self.kind = kind
+
+    @classmethod
+    def for_profile(cls, profile: str, kind: str) -> "ResultStore":
+        """The store of ``kind`` in :func:`qpmlib.paths.results_dir` of the profile name."""
+        return cls(paths.results_dir(profile), kind)
+
+    def path(self, config: Any) -> Path:
+        """Folder of the finished result of ``config`` (it may not exist)."""
+        return self.root / self.kind / config_hash(config)
+
+    def work_dir(self, config: Any) -> Path:
+        """Stable scratch folder (created) for an unfinished run of ``config``: resumable checkpoints go here."""
+        folder = self.root / self.kind / f"{_WORK_PREFIX}{config_hash(config)}"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def get(self, config: Any) -> Result | None:
+        """The finished result of ``config``, or None."""
+        folder = self.path(config)
+        if not (folder / CONFIG_FILE).exists():
+            return None
+        read = lambda name: json.loads((folder / name).read_text())  # noqa: E731
+        return Result(folder, read(CONFIG_FILE), read(METRICS_FILE), read(PROVENANCE_FILE))
+
+    def put(self, config: Any, data: ResultData) -> Result:
+        """Write a finished result atomically; an existing finished result is kept, not overwritten.
+
+        Args:
+            config: the full configuration (dataclass or dict).
+            data: metrics, provenance, tensors and extra JSON files.
+
+        Returns:
+            The stored :class:`Result` (the earlier one when it already existed).
+
+        Raises:
+            ValueError: for file names that would collide with the fixed ones or are not plain names.
+        """
+        for name in list(data.tensors) + list(data.json_files):
+            if Path(name).name != name or name in (CONFIG_FILE, METRICS_FILE, PROVENANCE_FILE):
+                raise ValueError(f"invalid extra file name {name!r}")
+        for name in data.tensors:
+            if not name.endswith(".safetensors"):
+                raise ValueError(f"tensor files must end in .safetensors, got {name!r}")
+        existing = self.get(config)
+        if existing is not None:
+            return existing
+        final = self.path(config)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.parent / f"{_TMP_PREFIX}{final.name}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            files = {CONFIG_FILE: _plain(config), METRICS_FILE: _plain(data.metrics),
+                     PROVENANCE_FILE: _plain(data.provenance)}
+            files.update({k: _plain(v) for k, v in data.json_files.items()})
+            for name, obj in files.items():
+                (tmp / name).write_text(json.dumps(obj, indent=1, sort_keys=True))
+            for name, tensors in data.tensors.items():
+                save_file({k: _to_tensor(v) for k, v in tensors.items()}, str(tmp / name))
+            try:
+                os.rename(tmp, final)
+            except OSError:
+                if self.get(config) is None:  # not a lost race with an identical writer
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(self.root / self.kind / f"{_WORK_PREFIX}{final.name}", ignore_errors=True)
+        return self.get(config)
+
+    def get_or_run(self, config: Any, fn: Callable[[], ResultData]) -> Result:
+        """The stored result of ``config``; when missing, ``fn()`` computes it and it is stored first."""
+        found = self.get(config)
+        return found if found is not None else self.put(config, fn())
+
+    def keys(self) -> list[str]:
+        """Hashes of all finished results of this kind."""
+        folder = self.root / self.kind
+        if not folder.exists():
+            return []
+        return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".") and (p / CONFIG_FILE).exists())
+
+
+def _to_tensor(value: Any) -> torch.Tensor:
+    t = value.detach().cpu() if torch.is_tensor(value) else torch.from_numpy(np.array(value))  # a writable copy
+    return t.contiguous()

@@ -1,0 +1,186 @@
+"""Tests for qpmlib.train: data access, determinism, resuming, NaN stop, fine-tuning (reference_spec §4)."""
+
+import dataclasses
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from qpmlib.model import DinoQPM
+from qpmlib.profiles import TrainConfig
+from qpmlib.train import (
+    StageConfig,
+    TokenData,
+    check_train_config,
+    evaluate,
+    extract_features,
+    stage_config,
+    train_dense,
+    train_finetune,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: several threads only contend on the shared CPU (BN goes from ~30 us to ~20 ms)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+CFG = TrainConfig(dense_epochs=3, dense_batch_size=8, dense_lr=1e-2, ft_epochs=2, ft_batch_size=8, device="cpu")
+
+
+def _data(n_per_class=8, n_classes=3, p=4, d=8, seed=0, dtype=np.float32):
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(n_classes), n_per_class)
+    centres = rng.normal(size=(n_classes, d)) * 3
+    patches = (centres[labels][:, None] + rng.normal(size=(len(labels), p, d))).astype(dtype)
+    cls = (centres[labels] + rng.normal(size=(len(labels), d))).astype(dtype)
+    return TokenData(patches, cls, labels, image_ids=np.arange(len(labels)) + 1)
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    return DinoQPM(8, 3, n_layers=2, hidden_size=16, n_features=6)
+
+
+def _same_weights(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_batch_reads_memmap_rows_in_request_order(tmp_path):
+    data = _data(dtype=np.float16)
+    mm = np.lib.format.open_memmap(tmp_path / "p.npy", mode="w+", dtype=np.float16, shape=data.patches.shape)
+    mm[:] = data.patches
+    mapped = TokenData(np.load(tmp_path / "p.npy", mmap_mode="r"), data.cls, data.labels)
+    x = mapped.batch(np.array([5, 2]))
+    assert x.dtype == torch.float32 and x.shape == (2, 5, 8)
+    assert torch.equal(x[0, :4], torch.from_numpy(data.patches[5]).float())
+    assert torch.equal(x[1, 4], torch.from_numpy(data.cls[2]).float())  # CLS last
+
+
+def test_from_store_and_shape_errors():
+    data = _data()
+    store = SimpleNamespace(patch_tokens=data.patches, cls_tokens=data.cls, labels=data.labels)
+    assert TokenData.from_store(store).n_patches == 4
+    with pytest.raises(ValueError, match="labels"):
+        TokenData.from_store(SimpleNamespace(patches=data.patches, cls=data.cls))
+    with pytest.raises(ValueError, match="expected patches"):
+        TokenData(data.patches, data.cls[:3], data.labels)
+
+
+def test_dense_training_learns_and_is_deterministic():
+    data = _data()
+    m1, m2, m3 = _model(), _model(), _model()
+    cfg = dataclasses.replace(CFG, dense_epochs=30)
+    h1 = train_dense(m1, data, cfg, seed=0, eval_data=data, verbose=False)
+    train_dense(m2, data, cfg, seed=0, verbose=False)
+    train_dense(m3, data, cfg, seed=1, verbose=False)
+    assert len(h1.epochs) == 30 and h1.epochs[-1]["loss"] < h1.epochs[0]["loss"]
+    assert h1.epochs[0]["fdl"] < 0 and h1.epochs[0]["l1_fm"] == 0.0  # dense: CE + FDL only
+    assert [e["epoch"] for e in h1.epochs if "test_accuracy" in e] == [0, 5, 10, 15, 20, 25, 29]
+    assert h1.epochs[-1]["test_accuracy"] == 1.0  # three well-separated classes
+    assert _same_weights(m1, m2) and not _same_weights(m1, m3)
+    assert not m1.training
+
+
+class _Interrupt(Exception):
+    pass
+
+
+class _FailingData(TokenData):
+    """Raises after a given number of batch reads, as a killed process would stop."""
+
+    fail_after = 10**9
+
+    def batch(self, idx):
+        type(self).fail_after -= 1
+        if type(self).fail_after < 0:
+            raise _Interrupt
+        return super().batch(idx)
+
+
+def test_interrupted_run_resumes_to_identical_weights(tmp_path):
+    base = _data()
+    flaky = _FailingData(base.patches, base.cls, base.labels)
+    full = _model()
+    train_dense(full, base, CFG, seed=3, verbose=False)
+    resumed = _model()
+    _FailingData.fail_after = 3 + 1  # epoch 0 (3 batches) finishes, epoch 1 dies in its second batch
+    with pytest.raises(_Interrupt):
+        train_dense(resumed, flaky, CFG, seed=3, run_dir=tmp_path, verbose=False)
+    _FailingData.fail_after = 10**9
+    resumed = _model(seed=99)  # a fresh process: weights come from the checkpoint
+    h = train_dense(resumed, flaky, CFG, seed=3, run_dir=tmp_path, verbose=False)
+    assert h.resumed_at == 1 and [e["epoch"] for e in h.epochs] == [0, 1, 2]
+    assert _same_weights(full, resumed)
+    with pytest.raises(ValueError, match="another configuration"):
+        train_dense(_model(), flaky, CFG, seed=4, run_dir=tmp_path, verbose=False)
+
+
+def test_nan_loss_names_epoch_and_batch():
+    data = _data()
+    data.patches[20, 0, 0] = np.nan  # lands in some batch of epoch 0
+    with pytest.raises(FloatingPointError, match=r"epoch 0, batch \d"):
+        train_dense(_model(), data, CFG, seed=0, verbose=False)
+
+
+@pytest.mark.parametrize(
+    "field, value", [("ft_l1_fm", -1.0), ("dense_epochs", -1), ("ft_batch_size", 0), ("dense_lr", 0.0),
+                     ("device", "tpu")],
+)
+def test_config_validation_names_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        check_train_config(dataclasses.replace(CFG, **{field: value}))
+
+
+def test_finetune_trains_only_the_mlp_and_keeps_head_frozen():
+    data = _data()
+    m = _model()
+    with pytest.raises(ValueError, match="set_sparse_head"):
+        train_finetune(m, data, CFG, seed=0, verbose=False)
+    train_dense(m, data, CFG, seed=0, verbose=False)
+    feats, labels = extract_features(m, data)
+    assert feats.shape == (24, 6) and np.array_equal(labels, data.labels)
+    w = np.array([[1, 1, 0], [0, 1, 1], [1, 0, 1]])
+    m.set_sparse_head([0, 2, 5], w, feats.mean(0), feats.std(0))
+    head = {k: v.clone() for k, v in m.state_dict().items() if not k.startswith("mlp")}
+    mlp = {k: v.clone() for k, v in m.state_dict().items() if k.startswith("mlp") and "weight" in k}
+    with pytest.raises(ValueError, match="dense model"):
+        train_dense(m, data, CFG, seed=0, verbose=False)
+    h = train_finetune(m, data, CFG, seed=0, verbose=False)
+    assert len(h.epochs) == 2 and h.epochs[0]["l1_fm"] > 0 and h.epochs[0]["l1_fv"] > 0
+    state = m.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in head.items())
+    assert all(not torch.equal(state[k], v) for k, v in mlp.items())
+
+
+def test_recalibrated_bn_holds_full_data_statistics():
+    data = _data()
+    m = _model()
+    train_dense(m, data, dataclasses.replace(CFG, dense_batch_size=64), seed=0, recalibrate_bn=True, verbose=False)
+    h = m.mlp[0](data.batch(np.arange(24))).reshape(-1, 16).detach()
+    assert torch.allclose(m.mlp[1].running_mean, h.mean(0), atol=1e-5)
+    assert torch.allclose(m.mlp[1].running_var, h.var(0, unbiased=True), atol=1e-4)
+
+
+def test_evaluate_matches_a_single_forward_pass():
+    data = _data()
+    m = _model().eval()
+    ev = evaluate(m, data, batch_size=5)
+    with torch.no_grad():
+        out = m(data.batch(np.arange(24)))
+    assert ev.feature_maps.shape == (24, 6, 2, 2)
+    assert np.allclose(ev.logits, out.logits.numpy(), atol=1e-5)
+    assert np.array_equal(ev.predictions, out.logits.argmax(1).numpy())
+
+
+def test_stage_config_maps_profile_fields():
+    st = stage_config(CFG, "finetune")
+    assert st == StageConfig("finetune", 2, 8, CFG.ft_lr, CFG.ft_weight_decay, CFG.ft_fdl, CFG.ft_l1_fm, CFG.ft_l1_fv)
+    assert stage_config(CFG, "dense").l1_fm == 0.0
+    with pytest.raises(ValueError, match="dense, finetune"):
+        stage_config(CFG, "sparse")
