@@ -1,0 +1,205 @@
+"""Tests for qpmlib.sparse_baselines: SLDD selection and weights, QSENN ternary head, baseline settings."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from qpmlib.glm import GLMPath, GLMPathEntry, elastic_net_path
+from qpmlib.profiles import ModelConfig, TrainConfig, get_profile
+from qpmlib.sparse_baselines import (
+    QSENN,
+    SLDD,
+    linear_probe_config,
+    pick_sldd_entry,
+    qsenn_bias,
+    qsenn_config,
+    qsenn_schedule,
+    qsenn_weights,
+    sldd_config,
+    sldd_select,
+    sldd_selection_order,
+    sldd_weights,
+    standardise,
+    ternarise,
+    train_val_split,
+)
+
+FAST = dataclasses.replace(SLDD, n_lambdas=25)  # shorter paths keep the file fast; the rules are unchanged
+FAST_QSENN = dataclasses.replace(QSENN, n_lambdas=25)
+
+
+def _features(n_per_class=20, n_classes=5, d=16, informative=(2, 5, 9, 13), seed=0):
+    """Non-negative features (like post-ReLU ones); only `informative` columns depend on the class."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(n_classes), n_per_class)
+    means = np.zeros((n_classes, d))
+    means[:, list(informative)] = rng.normal(size=(n_classes, len(informative))) * 2.5
+    X = np.maximum(means[y] + 3.0 + rng.normal(size=(len(y), d)), 0.0)
+    return X, y
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def test_standardise_is_idempotent_and_uses_population_std():
+    X, _ = _features()
+    Z, mean, std = standardise(X)
+    assert np.allclose(std, X.std(axis=0, ddof=0))
+    assert np.allclose(Z.mean(0), 0) and np.allclose(Z.std(0), 1)
+    assert np.allclose(standardise(Z)[0], Z)
+    const = np.ones((4, 2))
+    assert np.array_equal(standardise(const)[0], np.zeros((4, 2)))  # sigma clamped, no NaN
+
+
+def test_train_val_split_sizes_and_seed():
+    tr, va = train_val_split(105, 0.1, seed=3)
+    assert len(va) == 10 and len(tr) == 95
+    assert np.array_equal(np.sort(np.concatenate([tr, va])), np.arange(105))
+    assert np.array_equal(va, train_val_split(105, 0.1, seed=3)[1])
+    assert not np.array_equal(va, train_val_split(105, 0.1, seed=4)[1])
+
+
+# ---------------------------------------------------------------------------- SLDD selection
+
+
+def test_sldd_select_finds_informative_features():
+    X, y = _features()
+    selected = sldd_select(X, y, 4, seed=0)
+    assert selected.tolist() == [2, 5, 9, 13]
+
+
+def test_sldd_selection_order_is_deterministic():
+    X, y = _features()
+    order = sldd_selection_order(X, y, 6, seed=1)
+    assert len(order) == 6 and len(set(order.tolist())) == 6
+    assert set(order[:4].tolist()) == {2, 5, 9, 13}  # informative features enter first
+    assert np.array_equal(order, sldd_selection_order(X, y, 6, seed=1))
+    assert np.array_equal(sldd_select(X, y, 6, seed=1), np.sort(order))
+
+
+def test_sldd_selection_falls_back_when_the_sweep_ends():
+    X, y = _features(d=6, informative=(1, 4))
+    X[:, [0, 5]] = 2.0  # constant columns never enter the path (zero gradient after standardising)
+    order = sldd_selection_order(X, y, 6, seed=0, settings=FAST)
+    assert sorted(order.tolist()) == list(range(6))
+    assert set(order[:2].tolist()) == {1, 4} and set(order[-2:].tolist()) == {0, 5}
+
+
+def test_sldd_select_rejects_bad_n_select():
+    X, y = _features()
+    with pytest.raises(ValueError, match="n_select"):
+        sldd_select(X, y, 17)
+
+
+# ---------------------------------------------------------------------------- SLDD weights
+
+
+def _entry(nnz, n_classes=5, d=8):
+    w = np.zeros(n_classes * d)
+    w[:nnz] = 1.0
+    return GLMPathEntry(lam=1.0, weight=w.reshape(n_classes, d), bias=np.zeros(n_classes),
+                        train_acc=0.0, val_acc=None, nnz=nnz, n_iter=1, converged=True)
+
+
+def test_pick_sldd_entry_densest_below_limit():
+    # 5 classes, 2 per class / 0.5 -> at most 4 per class on average -> nnz <= 20
+    path = GLMPath(entries=[_entry(k) for k in (0, 10, 18, 18, 25, 40)], lambda_max=1.0, alpha=0.99, group=False)
+    assert pick_sldd_entry(path, 2) == 3  # densest is 18; the tie goes to the later entry
+    assert pick_sldd_entry(path, 1) == 1  # limit 10
+    with pytest.raises(ValueError, match="non-zeros per class"):
+        pick_sldd_entry(GLMPath(entries=[_entry(30)], lambda_max=1.0, alpha=0.99, group=False), 1)
+
+
+def test_sldd_weights_keeps_top_k_of_the_chosen_entry():
+    X, y = _features(d=8, informative=(0, 1, 2, 3, 4, 5, 6, 7))
+    n_per_class = 2
+    W, b = sldd_weights(X, y, n_per_class, seed=0, settings=FAST)
+    assert W.shape == (5, 8) and b.shape == (5,) and W.dtype == np.float32
+    assert int((W != 0).sum()) == 5 * n_per_class
+    # recompute the path independently and check which entry and which weights were kept
+    Z, _, _ = standardise(X)
+    tr, va = train_val_split(len(y), 0.1, seed=0)
+    path = elastic_net_path(Z[tr], y[tr], alpha=0.99, n_lambdas=FAST.n_lambdas, X_val=Z[va], y_val=y[va])
+    ok = [i for i, e in enumerate(path.entries) if e.nnz / 5 <= n_per_class / 0.5]
+    chosen = path[max(ok, key=lambda i: (path[i].nnz, i))]
+    kept = W != 0
+    assert np.allclose(W[kept], chosen.weight[kept], atol=1e-6)
+    assert np.abs(chosen.weight[~kept]).max() <= np.abs(chosen.weight[kept]).min()
+    assert np.allclose(b, chosen.bias, atol=1e-6)
+    assert np.array_equal(W, sldd_weights(X, y, n_per_class, seed=0, settings=FAST)[0])
+
+
+# ---------------------------------------------------------------------------- QSENN
+
+
+def test_ternarise_hand_values():
+    w = np.array([[0.5, -0.2, 0.1], [0.05, -0.4, 0.3]])
+    # magnitudes .5 .4 .3 | .2 ... -> cut (0.3 + 0.2) / 2; kept mean |w| = 0.4
+    expected = np.array([[0.4, 0.0, 0.0], [0.0, -0.4, 0.4]])
+    assert np.allclose(ternarise(w, 3), expected)
+    # a tie at the k-th place: cut = 0.3 and only weights strictly above it survive
+    assert np.allclose(ternarise(np.array([[0.5, 0.3, -0.3]]), 2), [[0.5, 0.0, 0.0]])
+    # k beyond the non-zeros keeps every non-zero
+    assert np.allclose(ternarise(np.array([[2.0, 0.0, -1.0]]), 3), [[1.5, 0.0, -1.5]])
+
+
+def test_qsenn_bias_hand_values():
+    W = np.array([[1, 1, 0], [1, -1, 0], [-1, -1, -1]], dtype=float)  # n = 2, 0, -3
+    b = np.array([0.5, -2.0, 1.0])  # max |b| = 2
+    # spread n - min n = 5, 3, 0; b_c = 2 - spread * 4 / 5
+    assert np.allclose(qsenn_bias(W, b), [-2.0, -0.4, 2.0])
+    assert np.allclose(qsenn_bias(np.eye(3), b), [2.0, 2.0, 2.0])  # equal n: constant bias, no NaN
+
+
+def test_qsenn_weights_are_ternary_with_bias_rule():
+    X, y = _features(d=8, informative=(0, 1, 2, 3, 4, 5, 6, 7))
+    W, b = qsenn_weights(X, y, 2, seed=0, settings=FAST_QSENN)
+    values = np.unique(np.abs(W[W != 0]))
+    assert len(values) == 1 and int((W != 0).sum()) == 10
+    n = (W > 0).sum(1) - (W < 0).sum(1)
+    big = np.abs(b).max()
+    assert b[np.argmin(n)] == pytest.approx(big) and b[np.argmax(n)] == pytest.approx(-big)
+    assert np.array_equal(W, qsenn_weights(X, y, 2, seed=0, settings=FAST_QSENN)[0])
+
+
+# ---------------------------------------------------------------------------- settings
+
+
+def test_qsenn_schedule_variants():
+    assert qsenn_schedule(25, 5e-3) == [(25, 5e-3)] * 4
+    intended = qsenn_schedule(25, 5e-3, variant="qsenn")
+    assert [e for e, _ in intended] == [10] * 4
+    assert np.allclose([lr for _, lr in intended], [5e-3, 4.5e-3, 4.05e-3, 3.645e-3])
+    with pytest.raises(ValueError, match="reference, qsenn"):
+        qsenn_schedule(25, 5e-3, variant="fast")
+
+
+def _profile_keys_exist(config):
+    fields = {"model": ModelConfig, "train": TrainConfig}
+    for key in config:
+        part, name = key.split(".")
+        if part in fields:
+            assert name in {f.name for f in dataclasses.fields(fields[part])}, key
+
+
+def test_linear_probe_config():
+    config = linear_probe_config("paper")
+    assert config["model.n_layers"] == 0 and config["model.pooling"] == "cls"
+    assert config["train.dense_fdl"] == 0.0 and config["train.ft_epochs"] == 0
+    assert config["train.dense_epochs"] == 40
+    assert linear_probe_config("smoke")["train.dense_epochs"] == get_profile("smoke").train.dense_epochs
+    _profile_keys_exist(config)
+
+
+def test_sldd_and_qsenn_configs():
+    sldd = sldd_config("paper")
+    assert sldd["train.dense_fdl"] == sldd["train.ft_fdl"] == 0.196
+    assert sldd["train.ft_l1_fm"] == sldd["train.ft_l1_fv"] == 0.0
+    assert sldd["head.dropout"] == 0.1 and sldd["train.ft_epochs"] == 50
+    _profile_keys_exist(sldd)
+    qsenn = qsenn_config("demo")
+    ft = get_profile("demo").train.ft_epochs
+    assert qsenn["qsenn.schedule"] == [(ft, 5e-3)] * 4
+    assert [e for e, _ in qsenn_config("demo", schedule="qsenn")["qsenn.schedule"]] == [10] * 4
+    assert SLDD.select_alpha == 0.8 and QSENN.weights_alpha == 0.99 and QSENN.n_iterations == 4
