@@ -56,6 +56,8 @@ __all__ = [
 ]
 
 KEY_METADATA = "qpmlib_run_key"
+#: Longest a single cell may run before papermill stops the chapter (None: no limit, for GPU-length training).
+CELL_TIMEOUT_S = {"smoke": 600, "demo": 3600, "paper": None}
 VENDOR_DIR = REPO_ROOT / "book" / "_vendor"
 #: Packages from the npm registry that make the HTML render offline, and the file each provides.
 VENDOR_FILES = {
@@ -279,14 +281,19 @@ def run_chapters(
                     cwd=str(chapter.source.parent),
                     kernel_name="python3",
                     progress_bar=False,
+                    execution_timeout=CELL_TIMEOUT_S.get(profile),
                     log_output=False,
                     report_mode=False,
                 )
-            except papermill.PapermillExecutionError as exc:
+            except Exception as exc:  # a cell error, a cell timeout or a dead kernel all stop the run here
                 failed = target.with_suffix(".failed.ipynb")
-                partial.replace(failed)
+                if partial.exists():
+                    partial.replace(failed)
+                where = _failing_cell(failed) if failed.exists() else "unknown cell"
+                if where == "unknown cell":
+                    where = f"{where} ({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''})"
                 raise ChapterFailed(
-                    f"chapter {chapter.name} failed at {_failing_cell(failed)}\n"
+                    f"chapter {chapter.name} failed at {where}\n"
                     f"  the executed notebook with the traceback is {failed}\n"
                     f"  earlier chapters are kept; re-run with --chapters {chapter.name} after fixing"
                 ) from exc

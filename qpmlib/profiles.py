@@ -106,6 +106,8 @@ class TrainConfig:
 class SweepConfig:
     """Grids for the ablation chapters (values are what each sweep tries)."""
 
+    seeds: tuple[int, ...] = ()  # seeds of every sweep point; empty: the profile's seeds
+
     l1_fm: tuple[float, ...] = (0.0, 1.0, 5.0, 10.0)  # Fig. 9
     fdl: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0)  # Fig. 11
     l1_fv: tuple[float, ...] = (0.0, 1.0, 5.0)  # Fig. 12
@@ -173,12 +175,13 @@ DEMO = Profile(
     qp=QPConfig(n_selected=20, n_per_class=5, time_limit=30.0),
     train=TrainConfig(dense_epochs=10, dense_batch_size=32, ft_epochs=8, ft_batch_size=16),
     sweeps=SweepConfig(
+        seeds=(0,),  # one seed per sweep point keeps the demo sweeps at minutes on a laptop CPU
         l1_fm=(0.0, 1.0, 5.0, 10.0),
         fdl=(0.0, 0.5, 1.0, 2.0),
         l1_fv=(0.0, 1.0, 5.0),
         n_layers=(0, 1, 2, 4),
-        hidden_size=(64, 128, 256),
-        n_features=(32, 64, 128),
+        hidden_size=(64, 128),
+        n_features=(32, 64),
         sparsity=((15, 3), (20, 5), (30, 5)),
         backbones=("dinov2_vits14", "dinov2_vits14_reg"),
     ),

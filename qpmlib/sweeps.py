@@ -1,0 +1,565 @@
+"""Sweeps for the ablation chapters: run a grid of pipeline variations and return long tables (Figs. 7-13).
+
+Each sweep parameter maps to the profile field(s) the reference code's config changes for that experiment
+(reference_spec §8.3) and is passed to :func:`qpmlib.pipeline.run_dino_qpm` as a dotted override. The pipeline
+caches its three stages separately (``dense``, ``qp``, ``qpm``), each under a hash of what determines it, so a
+fine-tune-only variation (λ_L1-FM, λ_L1-FV, fine-tune λ_div) trains the dense model and solves the QP once per
+seed, and a sparsity variation trains the dense model once per seed; :data:`SWEEPS` records what each parameter
+reuses.
+
+    df = sweep("smoke", "l1_fm")                         # grid from profile.sweeps.l1_fm, profile seeds
+    table = summarise(df)                                # mean, std, n over seeds
+    trend(table, "l1_fm", "accuracy", stage="dino_qpm")  # Spearman correlation of the means with λ
+
+Long format (one row per run, stage and metric): the swept column(s) (``l1_fm``; ``n_selected`` and
+``n_per_class`` for ``sparsity``), ``seed``, ``stage`` (``"dense"`` or ``"dino_qpm"``, the method keys of
+:data:`qpmlib.paper.METHODS`), ``metric`` (keys of :data:`qpmlib.paper.METRICS` and the pipeline's extras) and
+``value`` (fractions in [0, 1] for accuracy-like metrics; NaN where a metric is undefined, e.g. SID@5 with fewer
+than 5 features per class).
+
+Public names: :class:`Sweep`, :data:`SWEEPS`, :data:`STAGES`, :func:`sweep_values`, :func:`overrides_for`,
+:func:`sweep`, :func:`sweep_grid`, :func:`summarise`, :func:`means_table`, :func:`trend`, :func:`spread`,
+:func:`stage_gap`, :class:`FeatureMapView`, :func:`feature_map_view`, :func:`feature_maps_figure`, :func:`claim_row`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from scipy.stats import spearmanr
+from tqdm import tqdm
+
+from qpmlib.explain import local_explanation
+from qpmlib.model import POOLINGS
+from qpmlib.paper import CLAIMS, METRICS, method_display, metric_display
+from qpmlib.profiles import Profile, get_profile
+from qpmlib.tables import mean_std
+
+__all__ = [
+    "Sweep",
+    "SWEEPS",
+    "STAGES",
+    "Runner",
+    "sweep_values",
+    "overrides_for",
+    "sweep",
+    "sweep_grid",
+    "summarise",
+    "means_table",
+    "trend",
+    "spread",
+    "stage_gap",
+    "FeatureMapView",
+    "feature_map_view",
+    "feature_maps_figure",
+    "claim_row",
+]
+
+#: Stages a sweep reports: the dense model ("Dense F_froz") and the fine-tuned DINO-QPM.
+STAGES = ("dense", "dino_qpm")
+
+#: ``runner(profile, seed, overrides) -> {stage: {metric: value}}``; the default runs the pipeline.
+Runner = Callable[[Profile, int, dict[str, Any]], Mapping[str, Mapping[str, Any]]]
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """One sweepable parameter.
+
+    Attributes:
+        keys: dotted profile fields it sets (see :func:`qpmlib.pipeline.apply_overrides`).
+        columns: the DataFrame column(s) holding its value; one column for several keys means the same value
+            goes to every key (λ_div in both stages), one column per key means the value is a tuple.
+        reuses: pipeline stages shared by all values of this parameter (same seed): ``("dense", "qp")``,
+            ``("dense",)`` or ``()``.
+        figure: the paper's figure(s).
+        label: axis label.
+    """
+
+    keys: tuple[str, ...]
+    columns: tuple[str, ...]
+    reuses: tuple[str, ...]
+    figure: str
+    label: str
+
+
+#: Sweep parameters (reference_spec §8.3, §3.4). Grids for the first seven come from ``profile.sweeps``.
+SWEEPS: dict[str, Sweep] = {
+    "l1_fm": Sweep(("train.ft_l1_fm",), ("l1_fm",), ("dense", "qp"), "Figs. 9-10", "λ_L1-FM (fine-tune)"),
+    "l1_fv": Sweep(("train.ft_l1_fv",), ("l1_fv",), ("dense", "qp"), "Fig. 12", "λ_L1-FV (fine-tune)"),
+    "fdl": Sweep(("train.dense_fdl", "train.ft_fdl"), ("fdl",), (), "Fig. 11", "λ_div (dense and fine-tune)"),
+    "ft_fdl": Sweep(("train.ft_fdl",), ("ft_fdl",), ("dense", "qp"), "Fig. 11", "λ_div (fine-tune only)"),
+    "dense_fdl": Sweep(("train.dense_fdl",), ("dense_fdl",), (), "Fig. 11", "λ_div (dense only)"),
+    "n_layers": Sweep(("model.n_layers",), ("n_layers",), (), "Fig. 7", "MLP layers"),
+    "pooling": Sweep(("model.pooling",), ("pooling",), (), "Fig. 7, Table 3", "feature-vector source"),
+    "hidden_size": Sweep(("model.hidden_size",), ("hidden_size",), (), "Fig. 13", "N_hidden"),
+    "n_features": Sweep(("model.n_features",), ("n_features",), (), "Fig. 13", "N_f"),
+    "sparsity": Sweep(("qp.n_selected", "qp.n_per_class"), ("n_selected", "n_per_class"), ("dense",), "Fig. 8",
+                      "(N*_f, N^c_f)"),
+    "n_selected": Sweep(("qp.n_selected",), ("n_selected",), ("dense",), "Fig. 8", "N*_f"),
+    "n_per_class": Sweep(("qp.n_per_class",), ("n_per_class",), ("dense",), "Fig. 8", "N^c_f"),
+}
+
+
+def _check_param(param: str) -> Sweep:
+    if param not in SWEEPS:
+        raise ValueError(f"unknown sweep parameter {param!r}; valid: {', '.join(SWEEPS)}")
+    return SWEEPS[param]
+
+
+def sweep_values(profile: str | Profile, param: str) -> tuple[Any, ...]:
+    """The grid of ``param`` for a profile: ``profile.sweeps.<param>``; both poolings for ``"pooling"``.
+
+    Args:
+        profile: a profile or its name.
+        param: a :data:`SWEEPS` key that has a grid (l1_fm, fdl, l1_fv, n_layers, hidden_size, n_features,
+            sparsity, pooling).
+
+    Returns:
+        The values in grid order.
+
+    Raises:
+        ValueError: unknown parameter, or one without a grid in the profile (pass ``values`` explicitly then).
+    """
+    _check_param(param)
+    prof = get_profile(profile)
+    if param == "pooling":
+        return POOLINGS
+    if not hasattr(prof.sweeps, param):
+        raise ValueError(f"profile {prof.name!r} has no grid for {param!r} (grids: "
+                         f"{', '.join(f for f in prof.sweeps.__dataclass_fields__ if f != 'backbones')}, "
+                         "pooling); pass values= explicitly")
+    return tuple(getattr(prof.sweeps, param))
+
+
+def overrides_for(param: str, value: Any) -> dict[str, Any]:
+    """The dotted overrides that set ``param`` to ``value`` (reference_spec §8.3).
+
+    Args:
+        param: a :data:`SWEEPS` key.
+        value: a number or pooling name; a pair (N*_f, N^c_f) for ``"sparsity"``.
+
+    Returns:
+        ``{"train.ft_l1_fm": 5.0}``, ``{"train.dense_fdl": 1.0, "train.ft_fdl": 1.0}``, ...
+
+    Raises:
+        ValueError: unknown parameter, or a value of the wrong length for a paired parameter.
+    """
+    spec = _check_param(param)
+    if len(spec.columns) == 1:
+        return {key: value for key in spec.keys}
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != len(spec.keys):
+        raise ValueError(f"{param} takes {len(spec.keys)} values {spec.columns} per grid point, got {value!r}")
+    return dict(zip(spec.keys, value))
+
+
+def _columns(param: str, value: Any) -> dict[str, Any]:
+    spec = SWEEPS[param]
+    return {spec.columns[0]: value} if len(spec.columns) == 1 else dict(zip(spec.columns, value))
+
+
+def _pipeline_runner(verbose: bool) -> Runner:
+    def run(prof: Profile, seed: int, overrides: dict[str, Any]) -> Mapping[str, Mapping[str, Any]]:
+        from qpmlib.pipeline import run_dino_qpm
+
+        return run_dino_qpm(prof, seed, overrides=overrides, verbose=verbose).metrics
+
+    return run
+
+
+def _number(value: Any) -> float | None:
+    """A metric value as float (None -> NaN); None for non-numeric entries such as the solver name."""
+    if value is None:
+        return math.nan
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return None
+    return float(value)
+
+
+def sweep_grid(
+    profile: str | Profile,
+    grid: Mapping[str, Sequence[Any] | None],
+    *,
+    seeds: Sequence[int] | None = None,
+    stages: Sequence[str] = STAGES,
+    fixed: Mapping[str, Any] | None = None,
+    runner: Runner | None = None,
+    verbose: bool = False,
+) -> pd.DataFrame:
+    """Run every combination of several sweep parameters for every seed (cached runs are only loaded).
+
+    Args:
+        profile: a profile or its name.
+        grid: ``{param: values}`` with :data:`SWEEPS` keys; None takes :func:`sweep_values`. The full product
+            is run, e.g. ``{"n_layers": None, "pooling": None}`` for Fig. 7.
+        seeds: run seeds; None: ``profile.sweeps.seeds``, or the profile's seeds when that is empty.
+        stages: which stages to report, a subset of :data:`STAGES`. A run without a QPM stage
+            (``model.n_layers == 0``, reference_spec §6.1) gives dense rows only.
+        fixed: further dotted overrides applied to every run (must not touch the swept fields).
+        runner: computes one run's metrics; default :func:`qpmlib.pipeline.run_dino_qpm` (results store).
+        verbose: a progress bar over the runs, and the pipeline's own progress.
+
+    Returns:
+        Long DataFrame with one column per swept value (``Sweep.columns``), then ``seed``, ``stage``,
+        ``metric`` and ``value`` (float, NaN when undefined); non-numeric metrics are dropped. Rows follow the
+        grid order, seeds innermost.
+
+    Raises:
+        ValueError: unknown parameter or stage, an empty grid or seed list, or two parameters (or ``fixed``)
+            setting the same field.
+    """
+    prof = get_profile(profile)
+    if not grid:
+        raise ValueError("grid is empty; give at least one parameter, e.g. {'l1_fm': None}")
+    bad = [s for s in stages if s not in STAGES]
+    if bad or not stages:
+        raise ValueError(f"stages must be a non-empty subset of {STAGES}, got {list(stages)}")
+    seeds = tuple((prof.sweeps.seeds or prof.seeds) if seeds is None else seeds)
+    if not seeds:
+        raise ValueError("seeds is empty; pass None for the profile's seeds")
+    values = {p: tuple(sweep_values(prof, p) if v is None else v) for p, v in grid.items()}
+    for p, vs in values.items():
+        if not vs:
+            raise ValueError(f"no values for {p!r}")
+    owners: dict[str, str] = {k: "fixed" for k in (fixed or {})}
+    for p in values:
+        for key in SWEEPS[p].keys:
+            if key in owners:
+                raise ValueError(f"{p!r} and {owners[key]!r} both set {key}; sweep each field once")
+            owners[key] = p
+    run = runner or _pipeline_runner(verbose)
+    combos = list(itertools.product(*values.values()))
+    rows = []
+    for combo in tqdm(combos, desc="sweep", disable=not verbose):
+        overrides = dict(fixed or {})
+        columns: dict[str, Any] = {}
+        for p, v in zip(values, combo):
+            overrides.update(overrides_for(p, v))
+            columns.update(_columns(p, v))
+        for seed in seeds:
+            metrics = run(prof, seed, overrides)
+            for stage in stages:
+                for name, raw in metrics.get(stage, {}).items():
+                    number = _number(raw)
+                    if number is not None:
+                        rows.append({**columns, "seed": seed, "stage": stage, "metric": name, "value": number})
+    cols = [c for p in values for c in SWEEPS[p].columns] + ["seed", "stage", "metric", "value"]
+    return pd.DataFrame.from_records(rows, columns=cols)
+
+
+def sweep(
+    profile: str | Profile,
+    param: str,
+    values: Sequence[Any] | None = None,
+    *,
+    seeds: Sequence[int] | None = None,
+    stages: Sequence[str] = STAGES,
+    fixed: Mapping[str, Any] | None = None,
+    runner: Runner | None = None,
+    verbose: bool = False,
+) -> pd.DataFrame:
+    """One-parameter sweep: :func:`sweep_grid` with ``{param: values}``.
+
+    Args:
+        profile: a profile or its name.
+        param: a :data:`SWEEPS` key, e.g. "l1_fm" (Fig. 9), "fdl" (Fig. 11), "sparsity" (Fig. 8).
+        values: the values to try; None: :func:`sweep_values` (``profile.sweeps``).
+        seeds, stages, fixed, runner, verbose: see :func:`sweep_grid`.
+
+    Returns:
+        The long DataFrame of :func:`sweep_grid`.
+
+    Raises:
+        ValueError: see :func:`sweep_grid`.
+    """
+    return sweep_grid(profile, {param: values}, seeds=seeds, stages=stages, fixed=fixed, runner=runner,
+                      verbose=verbose)
+
+
+def summarise(df: pd.DataFrame, *, ddof: int = 0) -> pd.DataFrame:
+    """Mean and std over seeds of a sweep table (NaN values ignored, :func:`qpmlib.tables.mean_std`).
+
+    Args:
+        df: output of :func:`sweep` / :func:`sweep_grid` (any columns besides seed and value are keys).
+        ddof: 0 population std (the authors' aggregation), 1 sample std.
+
+    Returns:
+        One row per group with the key columns, ``mean``, ``std`` (NaN for a single seed) and ``n`` (finite
+        values), in first-appearance order: the input of :mod:`qpmlib.plots`.
+
+    Raises:
+        ValueError: when ``seed`` or ``value`` is missing.
+    """
+    missing = {"seed", "value"} - set(df.columns)
+    if missing:
+        raise ValueError(f"df needs columns seed and value (a sweep table); missing {sorted(missing)}")
+    keys = [c for c in df.columns if c not in ("seed", "value")]
+    rows = []
+    for group, part in df.groupby(keys, sort=False, dropna=False):
+        mean, std = mean_std(part["value"], ddof=ddof)
+        n = int(np.isfinite(part["value"].to_numpy(dtype=float)).sum())
+        rows.append({**dict(zip(keys, group)), "mean": mean, "std": std, "n": n})
+    return pd.DataFrame.from_records(rows, columns=[*keys, "mean", "std", "n"])
+
+
+def means_table(summary: pd.DataFrame, index: str | Sequence[str], metrics: Sequence[str], *,
+                percent: bool = True, digits: int = 1) -> pd.DataFrame:
+    """Means of a sweep summary, one row per grid point and one column per (stage, metric), display names.
+
+    Args:
+        summary: output of :func:`summarise`.
+        index: the swept column(s), e.g. "l1_fm" or ["n_selected", "n_per_class"].
+        metrics: metric keys, in column order.
+        percent: show percent metrics (unit "%" in :data:`qpmlib.paper.METRICS`) × 100.
+        digits: rounding.
+
+    Returns:
+        DataFrame indexed by ``index`` with (stage, metric) column pairs, e.g. ("DINO-QPM", "Accuracy").
+
+    Raises:
+        ValueError: when none of ``metrics`` is in ``summary``.
+    """
+    part = summary[summary["metric"].isin(metrics)]
+    if part.empty:
+        raise ValueError(f"none of {list(metrics)} in the summary; metrics: {sorted(set(summary['metric']))}")
+    keys = [index] if isinstance(index, str) else list(index)
+    columns = {}
+    for stage in STAGES:
+        for metric in metrics:
+            cell = part[(part["stage"] == stage) & (part["metric"] == metric)]
+            if not cell.empty:
+                scale = 100.0 if percent and metric in METRICS and METRICS[metric].unit == "%" else 1.0
+                columns[(method_display(stage), metric_display(metric))] = cell.set_index(keys)["mean"] * scale
+    table = pd.DataFrame(columns)
+    table.columns = pd.MultiIndex.from_tuples(list(columns), names=["stage", "metric"])
+    return table.round(digits)
+
+
+def _select(summary: pd.DataFrame, metric: str, stage: str | None, where: Mapping[str, Any] | None) -> pd.DataFrame:
+    part = summary[summary["metric"] == metric]
+    if stage is not None:
+        part = part[part["stage"] == stage]
+    for column, wanted in (where or {}).items():
+        part = part[part[column] == wanted]
+    if part.empty:
+        raise ValueError(f"no rows for metric={metric!r}, stage={stage!r}, where={dict(where or {})}; "
+                         f"metrics: {sorted(set(summary['metric']))}, stages: {sorted(set(summary['stage']))}")
+    return part
+
+
+def trend(summary: pd.DataFrame, x: str, metric: str, *, stage: str = "dino_qpm",
+          where: Mapping[str, Any] | None = None) -> float:
+    """Spearman rank correlation between a swept value and a metric's mean (+1: rises with x, -1: falls).
+
+    Args:
+        summary: output of :func:`summarise`.
+        x: the swept column, e.g. "l1_fm".
+        metric: metric key, e.g. "accuracy".
+        stage: "dense" or "dino_qpm".
+        where: further column filters, e.g. {"pooling": "avg_pooling"}.
+
+    Returns:
+        The correlation in [-1, 1]; NaN with fewer than two finite points or a constant x or mean.
+
+    Raises:
+        ValueError: when no row matches (the message lists the metrics and stages present).
+    """
+    part = _select(summary, metric, stage, where)
+    xs, ys = part[x].to_numpy(dtype=float), part["mean"].to_numpy(dtype=float)
+    ok = np.isfinite(xs) & np.isfinite(ys)
+    xs, ys = xs[ok], ys[ok]
+    if len(xs) < 2 or np.ptp(xs) == 0 or np.ptp(ys) == 0:
+        return math.nan
+    return float(spearmanr(xs, ys).statistic)
+
+
+def spread(summary: pd.DataFrame, metric: str, *, stage: str = "dino_qpm",
+           where: Mapping[str, Any] | None = None) -> float:
+    """Largest minus smallest mean of a metric over a sweep (Fig. 8's "variation in accuracy").
+
+    Args:
+        summary: output of :func:`summarise`.
+        metric: metric key.
+        stage: "dense" or "dino_qpm".
+        where: further column filters.
+
+    Returns:
+        max − min of the finite means, in the metric's own unit (fractions for accuracy); NaN if none.
+
+    Raises:
+        ValueError: when no row matches.
+    """
+    means = _select(summary, metric, stage, where)["mean"].to_numpy(dtype=float)
+    means = means[np.isfinite(means)]
+    return float(means.max() - means.min()) if means.size else math.nan
+
+
+def stage_gap(summary: pd.DataFrame, x: str, metric: str = "accuracy", *,
+              where: Mapping[str, Any] | None = None) -> pd.Series:
+    """DINO-QPM's mean minus the dense model's mean at each value of ``x`` (Fig. 7's "QPM beats dense").
+
+    Args:
+        summary: output of :func:`summarise` with both stages.
+        x: the swept column, e.g. "n_layers".
+        metric: metric key.
+        where: further column filters, e.g. {"pooling": "avg_pooling"}.
+
+    Returns:
+        Series indexed by the values of ``x`` where both stages exist (ascending), named "<metric> gap".
+
+    Raises:
+        ValueError: when a stage has no matching rows, or one value of x appears twice (filter with where).
+    """
+    sides = []
+    for stage in ("dino_qpm", "dense"):
+        part = _select(summary, metric, stage, where)
+        if part[x].duplicated().any():
+            raise ValueError(f"several {stage} rows share one {x} value; narrow them with where=")
+        sides.append(part.set_index(x)["mean"])
+    qpm, dense = sides
+    common = sorted(set(qpm.index) & set(dense.index))
+    return (qpm.loc[common] - dense.loc[common]).rename(f"{metric} gap")
+
+
+# ---------------------------------------------------------------------------------------------- Fig. 10
+@dataclass
+class FeatureMapView:
+    """One test image through a fine-tuned DINO-QPM model (input of :func:`qpmlib.explain.local_explanation`).
+
+    Attributes:
+        image: (S, S, 3) float image in [0, 1], resized as the backbone saw it (without normalisation).
+        feature_maps: (N*_f, h, w) maps of the selected features on the patch grid.
+        feature_ids: positions (into feature_maps' first axis) of the predicted class's N^c_f features.
+        selected: (N*_f,) the dense feature index of each map.
+        label: true class (0-based).
+        prediction: predicted class.
+        image_id: the dataset's image id.
+    """
+
+    image: np.ndarray
+    feature_maps: np.ndarray
+    feature_ids: np.ndarray
+    selected: np.ndarray
+    label: int
+    prediction: int
+    image_id: int
+
+
+def feature_map_view(profile: str | Profile, run: Any, index: int) -> FeatureMapView:
+    """Feature maps of the ``index``-th test image under a run's fine-tuned model (paper Fig. 10).
+
+    Args:
+        profile: the profile the run belongs to (gives the dataset and its embedding store).
+        run: a :class:`qpmlib.pipeline.QPMRun` with a QPM stage.
+        index: row of the test split, in [0, number of test images).
+
+    Returns:
+        :class:`FeatureMapView`.
+
+    Raises:
+        ValueError: index out of range, or a run without a QPM stage.
+    """
+    import torch
+    from PIL import Image
+
+    from qpmlib.data import prepare, read_index
+    from qpmlib.embeddings import get_store
+    from qpmlib.train import TokenData
+
+    prof = get_profile(profile)
+    test = TokenData.from_store(get_store(prof, "test", verbose=False))
+    if not 0 <= index < len(test):
+        raise ValueError(f"index must lie in [0, {len(test)}) (test images), got {index}")
+    model = run.qpm_model()
+    with torch.no_grad():
+        out = model(test.batch(np.array([index])))
+    prediction = int(out.logits[0].argmax())
+    image_id = int(test.image_ids[index])
+    table = read_index(prepare(prof.data, verbose=False), prof.data.dataset)
+    path = table.loc[table["image_id"] == image_id, "path"].iloc[0]
+    size = prof.data.image_size
+    with Image.open(path) as im:
+        image = np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.float32) / 255.0
+    return FeatureMapView(
+        image=image,
+        feature_maps=out.feature_maps[0].numpy(),
+        feature_ids=np.flatnonzero(model.assignment[prediction].numpy()),
+        selected=model.selected.numpy(),
+        label=int(test.labels[index]),
+        prediction=prediction,
+        image_id=image_id,
+    )
+
+
+def feature_maps_figure(views: Mapping[str, FeatureMapView], *, cmap: str = "magma") -> Figure:
+    """Paper Fig. 10: one row per model, the local explanation and then each of the class's feature maps.
+
+    Each map is shown on the patch grid divided by its own maximum, so background activation shows up as
+    colour outside the bird whatever the map's scale.
+
+    Args:
+        views: row title -> :class:`FeatureMapView` (e.g. {"λ_L1-FM = 0": ..., "λ_L1-FM = 5": ...}).
+        cmap: colour map of the individual maps.
+
+    Returns:
+        Figure with len(views) rows and 1 + max N^c_f columns.
+
+    Raises:
+        ValueError: when ``views`` is empty.
+    """
+    if not views:
+        raise ValueError("views is empty; pass at least one FeatureMapView")
+    n_cols = 1 + max(len(v.feature_ids) for v in views.values())
+    fig = Figure(figsize=(2.3 * n_cols + 1.2, 2.4 * len(views)), layout="constrained")
+    axes = fig.subplots(len(views), n_cols, squeeze=False)
+    for row, (title, view) in zip(axes, views.items()):
+        local_explanation(view.image, view.feature_maps, view.feature_ids, ax=row[0],
+                          title=f"{title}\nclass {view.label}, predicted {view.prediction}")
+        for ax, j in zip(row[1:], view.feature_ids):
+            fmap = np.maximum(view.feature_maps[j], 0.0)
+            top = fmap.max()
+            ax.imshow(fmap / top if top > 0 else fmap, cmap=cmap, vmin=0.0, vmax=1.0)
+            ax.set_title(f"feature {j}", fontsize="small")
+        for ax in row[1:]:
+            ax.set_axis_off()
+    return fig
+
+
+def claim_row(source: str, observed: float, agrees: bool | None, *, which: int = 0, digits: int = 2,
+              criterion: str = "") -> dict[str, str]:
+    """One row of a "does the reproduction agree?" table: a claim of the paper beside our number.
+
+    Args:
+        source: the claim's ``source`` in :data:`qpmlib.paper.CLAIMS`, e.g. "fig9".
+        observed: our statistic (a correlation, a spread in points, ...); NaN when undefined here.
+        agrees: whether our statistic supports the claim; None when it cannot be judged.
+        which: the n-th claim with this source (Fig. 7 has two).
+        digits: decimals of ``observed``.
+        criterion: how ``agrees`` was decided, in words.
+
+    Returns:
+        {"figure", "paper says", "ours", "criterion", "agrees"} with "yes", "no" or "n/a".
+
+    Raises:
+        ValueError: when the paper has no such claim (the message lists the sources).
+    """
+    found = [c for c in CLAIMS if c.source == source]
+    if which >= len(found) or which < 0:
+        sources = ", ".join(dict.fromkeys(c.source for c in CLAIMS))
+        raise ValueError(f"no claim #{which} for {source!r}; sources: {sources}")
+    claim = found[which]
+    undefined = agrees is None or not math.isfinite(observed)
+    return {
+        "figure": "Fig. " + source.removeprefix("fig") if source.startswith("fig") else source,
+        "paper says": f"“{claim.text}”",
+        "ours": "undefined" if not math.isfinite(observed) else f"{observed:.{digits}f}",
+        "criterion": criterion,
+        "agrees": "n/a" if undefined else ("yes" if agrees else "no"),
+    }
