@@ -394,3 +394,20 @@ def bar_beside_paper(table: pd.DataFrame, *, metrics: Sequence[str] | None = Non
         fig.delaxes(ax)
     fig.legend(*axes[0].get_legend_handles_labels(), loc="outside upper center", ncols=2)
     return fig
+
+
+def figure_png(fig: Figure, *, dpi: int = 72) -> bytes:
+    """PNG bytes of a figure, e.g. for an ``ipywidgets.Image`` that a drop-down updates.
+
+    Args:
+        fig: the figure.
+        dpi: resolution.
+
+    Returns:
+        the PNG file's bytes.
+    """
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()

@@ -175,3 +175,16 @@ def test_radar_frame_takes_counts_from_any_dataset():
     assert frame.loc["m1"].tolist() == [0.9, 50.0]
     with pytest.raises(ValueError, match="m2"):
         plots.radar_frame(ours, value="mean", methods=["m2"])
+
+
+def test_figure_png_returns_png_bytes_of_the_figure():
+    from matplotlib.figure import Figure
+
+    from qpmlib.plots import figure_png
+
+    fig = Figure(figsize=(2, 1))
+    fig.subplots().plot([0, 1], [0, 1])
+    data = figure_png(fig, dpi=50)
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    # the IHDR chunk holds the size in pixels: 2 x 1 inches at 50 dpi
+    assert int.from_bytes(data[16:20], "big") == 100 and int.from_bytes(data[20:24], "big") == 50
