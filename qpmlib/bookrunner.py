@@ -256,8 +256,10 @@ def run_chapters(
     out_dir.mkdir(parents=True, exist_ok=True)
     code = _code_fingerprint()
     timings: dict[str, dict] = {}
-    env_backup = {k: os.environ.get(k) for k in ("QPMLIB_PROFILE", "PATH")}
+    env_backup = {k: os.environ.get(k) for k in ("QPMLIB_PROFILE", "PATH", "TQDM_MININTERVAL")}
     os.environ["QPMLIB_PROFILE"] = profile
+    # Plain-text progress bars in executed notebooks: a few updates, not one line per refresh.
+    os.environ.setdefault("TQDM_MININTERVAL", "30")
     # The "python3" kernel runs `python` from PATH: make that this interpreter (e.g. the book's .venv).
     os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     try:

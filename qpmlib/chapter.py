@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from qpmlib.paths import REPO_ROOT
 from qpmlib.profiles import Profile, get_profile
 
-__all__ = ["Provenance", "provenance", "provenance_line", "banner_markdown", "start"]
+__all__ = ["Provenance", "provenance", "provenance_line", "banner_markdown", "start", "plain_value", "glue"]
 
 
 @dataclass(frozen=True)
@@ -122,3 +122,22 @@ def start(profile: str | Profile) -> Profile:
         display(Markdown(notice.replace(":::{warning}\n", "**Warning.** ").replace("\n:::", "")))
     display(Markdown(provenance_line(p)))
     return prof
+
+
+def plain_value(value):
+    """A value MyST-NB's ``{glue:text}`` can format: numpy scalars become Python ``int``/``float``/``bool``."""
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def glue(name: str, value) -> None:
+    """Store ``value`` under ``name`` for ``{glue:text}`` in the chapter's prose, without displaying it.
+
+    numpy scalars are converted first: ``{glue:text}`name:.1f``` cannot format ``np.float64(…)``.
+    """
+    from myst_nb import glue as _glue
+
+    _glue(name, plain_value(value), display=False)
