@@ -35,7 +35,7 @@ from torch import nn
 
 from qpmlib import metrics as qmetrics
 from qpmlib import pipeline
-from qpmlib.model import STD_FLOOR, DinoQPM, ModelOutput
+from qpmlib.model import STD_FLOOR, DinoQPM, ModelOutput, check_selection
 from qpmlib.profiles import Profile, get_profile
 from qpmlib.results import (
     HISTORY_FILE,
@@ -199,15 +199,8 @@ class SparseHeadModel(nn.Module):
     def __init__(self, dense: DinoQPM, selected, weight, bias, mean, std, *, dropout: float = 0.1,
                  train_normalisation: bool = True) -> None:
         super().__init__()
-        sel = torch.as_tensor(np.asarray(selected), dtype=torch.long).flatten()
-        order = torch.argsort(sel)
-        w = torch.as_tensor(np.asarray(weight), dtype=torch.float32)
+        sel, order, w = check_selection(selected, weight, dense.n_features, dense.n_classes)
         k = sel.numel()
-        if k == 0 or sel.min() < 0 or sel.max() >= dense.n_features or torch.unique(sel).numel() != k:
-            raise ValueError(f"selected must hold distinct indices in [0, {dense.n_features}), got {sel.tolist()}")
-        if w.shape != (dense.n_classes, k):
-            raise ValueError(f"weight must have shape (n_classes, n_selected) = {(dense.n_classes, k)}, "
-                             f"got {tuple(w.shape)}")
         vectors = [torch.as_tensor(np.asarray(v), dtype=torch.float32).flatten() for v in (bias, mean, std)]
         if vectors[0].numel() != dense.n_classes or vectors[1].numel() != k or vectors[2].numel() != k:
             raise ValueError(f"expected bias ({dense.n_classes},), mean ({k},) and std ({k},); got "

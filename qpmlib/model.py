@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["POOLINGS", "ModelOutput", "DinoQPM", "build_model", "join_tokens"]
+__all__ = ["POOLINGS", "ModelOutput", "DinoQPM", "build_model", "check_selection", "join_tokens"]
 
 #: Valid values of ``pooling`` (reference_spec §2.3).
 POOLINGS = ("avg_pooling", "cls")
@@ -147,16 +147,9 @@ class DinoQPM(nn.Module):
             ValueError: for indices out of range or repeated, a non-binary or wrongly shaped assignment, or
                 statistics of the wrong length.
         """
-        sel = torch.as_tensor(np.asarray(selected), dtype=torch.long).flatten()
-        order = torch.argsort(sel)
+        sel, order, w = check_selection(selected, assignment, self.n_features, self.n_classes, what="assignment")
         sel = sel[order]
-        w = torch.as_tensor(np.asarray(assignment), dtype=torch.float32)
         k = sel.numel()
-        if k == 0 or sel.min() < 0 or sel.max() >= self.n_features or torch.unique(sel).numel() != k:
-            raise ValueError(f"selected must hold distinct indices in [0, {self.n_features}), got {sel.tolist()}")
-        if w.shape != (self.n_classes, k):
-            raise ValueError(f"assignment must have shape (n_classes, n_selected) = {(self.n_classes, k)}, "
-                             f"got {tuple(w.shape)}")
         if not torch.all((w == 0) | (w == 1)):
             raise ValueError("assignment must be binary (0/1); QPM keeps the weights exactly binary (§2.5)")
         w = w[:, order]
@@ -215,6 +208,34 @@ class DinoQPM(nn.Module):
         v = pooled[:, self.selected]  # (B, N*_f)
         z = (v - self.feature_mean) / self.feature_std.clamp_min(STD_FLOOR) if self.standardise else v
         return ModelOutput(z @ self.assignment.T, v, maps[:, self.selected])
+
+
+def check_selection(
+    selected, weight, n_features: int, n_classes: int, *, what: str = "weight"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Validate a feature selection and its class weight matrix for a sparse head.
+
+    Args:
+        selected: (k,) distinct feature indices in [0, n_features), any order.
+        weight: (n_classes, k) weights whose columns follow ``selected``.
+        n_features: N_f of the dense model.
+        n_classes: N_c.
+        what: the weight's name in error messages.
+
+    Returns:
+        ``(selected, order, weight)``: long (k,) as given, the argsort that sorts it, float32 (n_classes, k).
+
+    Raises:
+        ValueError: empty, repeated or out-of-range indices, or a weight of the wrong shape (both shapes named).
+    """
+    sel = torch.as_tensor(np.asarray(selected), dtype=torch.long).flatten()
+    w = torch.as_tensor(np.asarray(weight), dtype=torch.float32)
+    k = sel.numel()
+    if k == 0 or sel.min() < 0 or sel.max() >= n_features or torch.unique(sel).numel() != k:
+        raise ValueError(f"selected must hold distinct indices in [0, {n_features}), got {sel.tolist()}")
+    if w.shape != (n_classes, k):
+        raise ValueError(f"{what} must have shape (n_classes, n_selected) = {(n_classes, k)}, got {tuple(w.shape)}")
+    return sel, torch.argsort(sel), w
 
 
 def build_model(model_cfg, in_dim: int, n_classes: int, *, seed: int, last_layer_bn_relu: bool = True) -> DinoQPM:
