@@ -355,22 +355,9 @@ def method_metrics(model: nn.Module, train: TokenData, test: TokenData, *, k: in
         dict with accuracy, plausibility, sid_at_5, sid_k, class_independence, contrastiveness, n_features,
         n_per_class and seconds_per_epoch.
     """
-    ev = evaluate(model, test, device="cpu")
-    weight = model.head_weight.detach().cpu().numpy()  # (N_c, K)
-    rel = np.flatnonzero((weight != 0).any(axis=0))
-    train_feats, _ = extract_features(model, train, device="cpu")
-    rows = weight[ev.predictions][:, rel]  # (N, K_rel): each test sample's predicted-class weights
-    maps = ev.feature_maps[:, rel]
-    return {
-        "accuracy": qmetrics.accuracy(ev.logits, ev.labels),
-        "plausibility": None if masks is None else qmetrics.plausibility(maps, rows, masks),
-        "sid_at_5": qmetrics.sid_at_k(maps, rows, k=k) if (weight != 0).sum(axis=1).max() >= k else None,
-        "sid_k": k,
-        "class_independence": qmetrics.class_independence(train_feats[:, rel], train.labels),
-        "contrastiveness": qmetrics.contrastiveness(train_feats[:, rel], seed=seed),
-        **qmetrics.compactness(weight),
-        "seconds_per_epoch": seconds_per_epoch,
-    }
+    metrics, _, _ = pipeline.model_metrics(model, train, test, k=k, masks=masks,
+                                           seconds_per_epoch=seconds_per_epoch, seed=seed)
+    return {**metrics, "sid_k": k}
 
 
 def _test_masks(prof: Profile, test: TokenData) -> np.ndarray | None:
@@ -476,7 +463,7 @@ def _sparse_baseline(method: str, profile, seed: int, overrides, verbose: bool, 
     dense_overrides = dense_keys | (overrides or {})
     prof = pipeline.apply_overrides(profile, pipe | (overrides or {}))
     k = sid_k(profile)
-    base = pipeline.run_dino_qpm(profile, seed, overrides=dense_overrides, verbose=verbose)
+    base = pipeline.run_dense(profile, seed, overrides=dense_overrides, verbose=verbose)
     dense_result: Result = base.dense
     stage = StageConfig("finetune", prof.train.ft_epochs, prof.train.ft_batch_size, prof.train.ft_lr,
                         prof.train.ft_weight_decay, prof.train.ft_fdl, prof.train.ft_l1_fm, prof.train.ft_l1_fv)

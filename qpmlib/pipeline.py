@@ -67,6 +67,8 @@ __all__ = [
     "apply_overrides",
     "check_profile",
     "run_dino_qpm",
+    "run_dense",
+    "model_metrics",
     "load_run",
     "summarise",
 ]
@@ -327,6 +329,21 @@ def run_dino_qpm(
     return _run(profile, seed, overrides, verbose=verbose, compute=True)
 
 
+def run_dense(
+    profile: str | Profile,
+    seed: int = 0,
+    *,
+    overrides: dict[str, Any] | None = None,
+    verbose: bool = True,
+) -> QPMRun:
+    """Run (or load) only the dense stage; the returned run has no QP or fine-tune stage.
+
+    Baselines that start from their own dense model (DINO-SLDD, DINO-QSENN) use this instead of a full
+    :func:`run_dino_qpm`, whose QP and fine-tune stage they would not use.
+    """
+    return _run(profile, seed, overrides, verbose=verbose, compute=True, dense_only=True)
+
+
 def load_run(
     profile: str | Profile,
     seed: int = 0,
@@ -351,7 +368,7 @@ def load_run(
     return _run(profile, seed, overrides, verbose=verbose, compute=False)
 
 
-def _run(profile, seed: int, overrides, *, verbose: bool, compute: bool) -> QPMRun:
+def _run(profile, seed: int, overrides, *, verbose: bool, compute: bool, dense_only: bool = False) -> QPMRun:
     from qpmlib.embeddings import get_store
 
     prof = apply_overrides(profile, overrides)
@@ -376,11 +393,61 @@ def _run(profile, seed: int, overrides, *, verbose: bool, compute: bool) -> QPMR
         return stores[kind].put(cfgs[kind], fn(stores[kind].work_dir(cfgs[kind])))
 
     dense = stage("dense", ctx.run_dense)
-    if prof.model.n_layers == 0:
+    if dense_only or prof.model.n_layers == 0:
         return QPMRun(prof.name, seed, dense, None, None, prof.data.dataset)
     qp_result = stage("qp", lambda _: ctx.run_qp(dense))
     qpm = stage("qpm", lambda work: ctx.run_qpm(work, dense, qp_result))
     return QPMRun(prof.name, seed, dense, qp_result, qpm, prof.data.dataset)
+
+
+def model_metrics(
+    model: torch.nn.Module,
+    train: TokenData,
+    test: TokenData,
+    *,
+    k: int = 5,
+    masks: np.ndarray | None = None,
+    parts: np.ndarray | None = None,
+    seconds_per_epoch: float = float("nan"),
+    seed: int = 0,
+    device: str = "cpu",
+) -> tuple[dict[str, Any], Any, np.ndarray]:
+    """The Table 1-2 metrics of a trained model with a ``head_weight`` (reference_spec §5).
+
+    Only the features with a non-zero weight in some class (the reference's "rel features") enter the metrics.
+
+    Args:
+        model: a dense or sparse model; ``head_weight`` is (N_c, K).
+        train: training tokens (Class-Independence and Contrastiveness on train features, §5.3-5.4).
+        test: test tokens (Accuracy, Plausibility and SID@k with the predicted class, §5.1-5.2, §5.5).
+        k: the k of SID@k, stored under ``sid_at_5`` (None when no class has k non-zero weights).
+        masks: (N_test, H, W) bool object masks on the patch grid, or None (Plausibility is then None).
+        parts: (N_test, n_parts, H, W) SynthBirds part fractions, or None (no ``part_alignment``).
+        seconds_per_epoch: mean training time per epoch to report.
+        seed: Contrastiveness's GMM seed.
+        device: where the model is evaluated.
+
+    Returns:
+        ``(metrics, test evaluation, train features (N_train, K))``.
+    """
+    ev = evaluate(model, test, device=device)
+    train_feats, _ = extract_features(model, train, device=device)
+    weight = model.head_weight.detach().cpu().numpy()  # (N_c, K)
+    rel = np.flatnonzero((weight != 0).any(axis=0))
+    rows = weight[ev.predictions][:, rel]  # (N, K_rel): each test sample's predicted-class weights
+    maps = ev.feature_maps[:, rel]
+    out: dict[str, Any] = {
+        "accuracy": qmetrics.accuracy(ev.logits, ev.labels),
+        "plausibility": None if masks is None else qmetrics.plausibility(maps, rows, masks),
+        "sid_at_5": qmetrics.sid_at_k(maps, rows, k=k) if (weight != 0).sum(axis=1).max() >= k else None,
+        "class_independence": qmetrics.class_independence(train_feats[:, rel], train.labels),
+        "contrastiveness": qmetrics.contrastiveness(train_feats[:, rel], seed=seed),
+        **qmetrics.compactness(weight),
+        "seconds_per_epoch": seconds_per_epoch,
+    }
+    if parts is not None:
+        out["part_alignment"] = qmetrics.part_alignment(maps, parts).score
+    return out, ev, train_feats
 
 
 @dataclass
@@ -423,25 +490,10 @@ class _Context:
 
     def _metrics(self, model: DinoQPM, history) -> tuple[dict[str, Any], Any, np.ndarray]:
         """Test-split and train-split metrics of one model (reference_spec §5)."""
-        dev = self.prof.train.device
-        ev = evaluate(model, self.test, device=dev)
-        train_feats, _ = extract_features(model, self.train, device=dev)
-        weight = model.head_weight.detach().cpu().numpy()  # (N_c, K)
-        rows = weight[ev.predictions]  # (N, K): each sample's predicted-class weights
         masks, parts = self._masks_and_parts()
-        out: dict[str, Any] = {
-            "accuracy": qmetrics.accuracy(ev.logits, ev.labels),
-            "plausibility": None if masks is None else qmetrics.plausibility(ev.feature_maps, rows, masks),
-            "sid_at_5": (qmetrics.sid_at_k(ev.feature_maps, rows, k=5)
-                         if (weight != 0).sum(axis=1).max() >= 5 else None),
-            "class_independence": qmetrics.class_independence(train_feats, self.train.labels),
-            "contrastiveness": qmetrics.contrastiveness(train_feats, seed=self.seed),
-            **qmetrics.compactness(weight),
-            "seconds_per_epoch": history.seconds_per_epoch,
-        }
-        if parts is not None:
-            out["part_alignment"] = qmetrics.part_alignment(ev.feature_maps, parts).score
-        return out, ev, train_feats
+        return model_metrics(model, self.train, self.test, masks=masks, parts=parts,
+                             seconds_per_epoch=history.seconds_per_epoch, seed=self.seed,
+                             device=self.prof.train.device)
 
     def _predictions(self, ev) -> dict[str, np.ndarray]:
         ids = self.test.image_ids if self.test.image_ids is not None else np.arange(len(self.test))
