@@ -1,7 +1,8 @@
 """Training speed: seconds per dense and fine-tune epoch, and the share of the machine's matmul throughput.
 
 Random fp16 embeddings of the real shapes go through :func:`qpmlib.train.train_dense` and
-:func:`qpmlib.train.train_finetune` for one epoch each (reference_spec §4.6: the paper reports 6 s/epoch for
+:func:`qpmlib.train.train_finetune` for one epoch each, for one model alone and for ``--seeds`` models trained
+together in one pass (reference_spec §4.6: the paper reports 6 s/epoch for
 DINO-QPM on an RTX 3090 with cached embeddings). Sizes:
 
 * ``demo``: 600 x 256 x 384 (SynthBirds demo with ViT-S/14), MLP 4 x 256 -> 64, 25 classes, N*_f = 20.
@@ -18,7 +19,7 @@ layer's input gradient (not needed).
 Usage::
 
     python benchmarks/bench_training.py                          # CPU: demo + a 256-sample CUB subset
-    python benchmarks/bench_training.py --device cuda --size cub  # GPU: full CUB size
+    python benchmarks/bench_training.py --device cuda --size cub --precision bf16 --seeds 5  # GPU, CUB size
 """
 
 from __future__ import annotations
@@ -84,35 +85,45 @@ def gemm_flops_per_s(device: torch.device, dtype: torch.dtype, size: int, repeat
     return 2.0 * size**3 / best
 
 
-def time_epochs(name: str, n: int, device: torch.device, *, steady: bool = False,
-                seed: int = 0) -> dict[str, float]:
-    """Seconds of one dense and one fine-tune epoch at size ``name`` with ``n`` samples.
+def time_epochs(name: str, n: int, device: torch.device, *, steady: bool = False, seeds: int = 1,
+                precision: str = "fp32", seed: int = 0) -> dict[str, float]:
+    """Seconds of one dense and one fine-tune epoch at size ``name`` with ``n`` samples, ``seeds`` models at once.
 
-    With ``steady`` (used on CUDA) each stage runs once for 1 and once for 2 epochs from the same start and the
-    difference is reported, so the one-off costs (moving the tokens to the GPU, CUDA/cuBLAS start-up) drop out.
+    With ``seeds > 1`` the models train together in one pass (stacked weights, one vmapped step). With ``steady``
+    (used on CUDA) each stage runs once for 1 and once for 2 epochs from the same start and the difference is
+    reported, so the one-off costs (moving the tokens to the GPU, CUDA/cuBLAS start-up) drop out.
     """
     _, p, d, layers, hidden, n_f, n_c, n_sel, n_pc = SIZES[name]
     data = random_tokens(n, p, d, n_c, seed)
-    torch.manual_seed(seed)
-    dense = DinoQPM(d, n_c, n_layers=layers, hidden_size=hidden, n_features=n_f)
-    rng = np.random.default_rng(seed)
-    assignment = np.zeros((n_c, n_sel))
-    for c in range(n_c):
-        assignment[c, rng.choice(n_sel, n_pc, replace=False)] = 1
-    sparse = copy.deepcopy(dense)
-    sparse.set_sparse_head(np.arange(n_sel), assignment, np.zeros(n_f), np.ones(n_f))
+    dense, sparse = [], []
+    for s in range(seeds):
+        torch.manual_seed(seed + s)
+        model = DinoQPM(d, n_c, n_layers=layers, hidden_size=hidden, n_features=n_f)
+        rng = np.random.default_rng(seed + s)
+        assignment = np.zeros((n_c, n_sel))
+        for c in range(n_c):
+            assignment[c, rng.choice(n_sel, n_pc, replace=False)] = 1
+        head = copy.deepcopy(model)
+        head.set_sparse_head(rng.choice(n_f, n_sel, replace=False), assignment, np.zeros(n_f), np.ones(n_f))
+        dense.append(model)
+        sparse.append(head)
 
-    def seconds(model, train, stage: StageConfig, epochs: int) -> float:
-        model = copy.deepcopy(model)
+    def seconds(models, train, stage: StageConfig, epochs: int) -> float:
+        models = copy.deepcopy(models)
+        stage = dataclasses.replace(stage, epochs=epochs, precision=precision)
+        ids = list(range(seed, seed + seeds))
         t = time.perf_counter()
-        train(model, data, dataclasses.replace(stage, epochs=epochs), seed=seed, device=str(device), verbose=False)
+        train(models if seeds > 1 else models[0], data, stage, seed=ids if seeds > 1 else seed,
+              device=str(device), verbose=False)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         return time.perf_counter() - t
 
-    out = {"flops": mlp_train_flops(n, p, d, layers, hidden, n_f)}
-    for key, model, train, stage in (("dense_s", dense, train_dense, DENSE),
-                                     ("finetune_s", sparse, train_finetune, FINETUNE)):
-        one = seconds(model, train, stage, 1)
-        out[key] = seconds(model, train, stage, 2) - one if steady else one
+    out = {"flops": seeds * mlp_train_flops(n, p, d, layers, hidden, n_f)}
+    for key, models, train, stage in (("dense_s", dense, train_dense, DENSE),
+                                      ("finetune_s", sparse, train_finetune, FINETUNE)):
+        one = seconds(models, train, stage, 1)
+        out[key] = seconds(models, train, stage, 2) - one if steady else one
     return out
 
 
@@ -122,6 +133,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", default="both", choices=["demo", "cub", "both"])
     parser.add_argument("--cub-subset", type=int, default=None,
                         help="CUB-size samples (default: 256 on CPU, all 5,994 on CUDA)")
+    parser.add_argument("--seeds", type=int, default=3, help="models trained together in one pass (vs 1 alone)")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="training precision")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
     if args.threads:
@@ -143,17 +156,18 @@ def main(argv: list[str] | None = None) -> None:
         n = SIZES[size][0]
         if size == "cub":
             n = args.cub_subset or (256 if device.type == "cpu" else CUB_TRAIN)
-        r = time_epochs(size, n, device, steady=device.type == "cuda")
         scale = SIZES[size][0] / n
-        print(f"\n[{size}] {n} samples x {SIZES[size][1]} patches x {SIZES[size][2]} dims"
+        print(f"\n[{size}] {n} samples x {SIZES[size][1]} patches x {SIZES[size][2]} dims, {args.precision}"
               + (f" (subset; x{scale:.1f} extrapolates to {SIZES[size][0]})" if scale != 1 else ""))
-        for stage in ("dense", "finetune"):
-            sec = r[f"{stage}_s"]
-            rate = r["flops"] / sec
-            shares = ", ".join(f"{rate / v:.0%} of {k} GEMM" for k, v in peaks.items())
-            print(f"  {stage:8s}: {sec:7.2f} s/epoch ({sec * scale:7.1f} s at full size), "
-                  f"{rate / 1e9:7.1f} GFLOP/s = {shares}")
-
+        for seeds in sorted({1, args.seeds}):
+            r = time_epochs(size, n, device, steady=device.type == "cuda", seeds=seeds, precision=args.precision)
+            for stage in ("dense", "finetune"):
+                sec = r[f"{stage}_s"]
+                rate = r["flops"] / sec
+                shares = ", ".join(f"{rate / v:.0%} of {k} GEMM" for k, v in peaks.items())
+                label = "1 seed" if seeds == 1 else f"{seeds} seeds stacked"
+                print(f"  {stage:8s} {label:16s}: {sec:7.2f} s/epoch, {sec / seeds:7.2f} s per model "
+                      f"({sec * scale / seeds:7.1f} s at full size), {rate / 1e9:7.1f} GFLOP/s = {shares}")
 
 if __name__ == "__main__":
     main()

@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,6 +82,7 @@ __all__ = [
     "fit_qsenn",
     "method_metrics",
     "run_method",
+    "prepare",
     "run_linear_probe",
     "run_dense",
     "run_sldd",
@@ -220,11 +221,13 @@ class SparseHeadModel(nn.Module):
         """(N_c, K) frozen weights (what the FDL and the metrics see)."""
         return self.weight
 
-    def forward(self, tokens: torch.Tensor) -> ModelOutput:
+    def forward(self, tokens: torch.Tensor, noise: torch.Tensor | None = None) -> ModelOutput:
         """Logits, the selected (post-dropout, un-standardised) features and their maps.
 
         Args:
             tokens: (B, P + 1, D) patch tokens followed by the CLS token.
+            noise: (B, K) dropout multipliers to use instead of the dropout layer (see
+                :meth:`qpmlib.model.DinoQPM.forward`).
 
         Returns:
             :class:`~qpmlib.model.ModelOutput` with logits (B, N_c), features (B, K), feature_maps (B, K, H, W).
@@ -234,7 +237,8 @@ class SparseHeadModel(nn.Module):
         side = math.isqrt(n_patches)
         patches = t[:, :n_patches]  # (B, P, N_f)
         pooled = patches.mean(dim=1) if self.pooling == "avg_pooling" else t[:, n_patches]  # (B, N_f)
-        v = self.dropout(pooled[:, self.selected])  # (B, K)
+        v = pooled[:, self.selected]
+        v = self.dropout(v) if noise is None else v * noise  # (B, K)
         z = (v - self.mean) / self.std.clamp_min(STD_FLOOR)
         maps = patches[:, :, self.selected].transpose(1, 2).reshape(t.shape[0], -1, side, side)  # (B, K, H, W)
         return ModelOutput(z @ self.weight.T + self.bias, v, maps)
@@ -453,14 +457,22 @@ def run_dino_qpm_compact(profile: str | Profile, seed: int = 0, *, overrides: di
     return run
 
 
+def _sparse_config(method: str, profile, settings: SLDDSettings, schedule: str | None = None) -> dict[str, Any]:
+    if method == "dino_sldd":
+        return sldd_config(profile, settings)
+    return qsenn_config(profile, settings, schedule=schedule)
+
+
+def _dense_overrides(pipe: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """The overrides of a sparse baseline's dense stage: its pipeline fields without the fine-tune ones."""
+    return {k: v for k, v in pipe.items() if not k.startswith("train.ft_")} | (overrides or {})
+
+
 def _sparse_baseline(method: str, profile, seed: int, overrides, verbose: bool, *,
                      settings: SLDDSettings, schedule: str | None = None) -> MethodRun:
     settings = path_settings(profile, settings)
-    config = sldd_config(profile, settings) if method == "dino_sldd" else qsenn_config(profile, settings,
-                                                                                        schedule=schedule)
-    pipe, extra = _split(config)
-    dense_keys = {k: v for k, v in pipe.items() if not k.startswith("train.ft_")}
-    dense_overrides = dense_keys | (overrides or {})
+    pipe, extra = _split(_sparse_config(method, profile, settings, schedule))
+    dense_overrides = _dense_overrides(pipe, overrides)
     prof = pipeline.apply_overrides(profile, pipe | (overrides or {}))
     k = sid_k(profile)
     base = pipeline.run_dense(profile, seed, overrides=dense_overrides, verbose=verbose)
@@ -579,6 +591,34 @@ RUNNERS: dict[str, Callable[..., MethodRun]] = {
     "dino_qpm": run_dino_qpm,
     "dino_qpm_compact": run_dino_qpm_compact,
 }
+
+
+def prepare(method: str, profile: str | Profile, seeds: Sequence[int], *,
+            overrides: dict[str, Any] | None = None, verbose: bool = False) -> None:
+    """Compute the pipeline stages that ``method`` needs for all ``seeds`` at once.
+
+    :func:`qpmlib.pipeline.run_seeds` trains the missing seeds together on a GPU, so a table that then calls
+    :func:`run_method` seed by seed only loads them. DINO-SLDD and DINO-QSENN get their dense stage here; their
+    own selection and fine-tune still run per seed.
+
+    Raises:
+        ValueError: for an unknown method (lists the valid ones).
+    """
+    if method not in RUNNERS:
+        raise ValueError(f"unknown method {method!r}; valid: {', '.join(RUNNERS)}")
+    overrides = dict(overrides or {})
+    if method == "linear_probe":
+        overrides = _split(linear_probe_config(profile))[0] | overrides
+    elif method == "dino_qpm_compact":
+        n_selected, per_class = compact_sizes(profile)
+        overrides = {"qp.n_selected": n_selected, "qp.n_per_class": per_class} | overrides
+    elif method in ("dino_sldd", "dino_qsenn"):
+        settings = path_settings(profile, SLDD if method == "dino_sldd" else QSENN)
+        pipe, _ = _split(_sparse_config(method, profile, settings))
+        pipeline.run_seeds(profile, seeds, overrides=_dense_overrides(pipe, overrides), dense_only=True,
+                           verbose=verbose)
+        return
+    pipeline.run_seeds(profile, seeds, overrides=overrides, verbose=verbose)
 
 
 def run_method(method: str, profile: str | Profile, seed: int = 0, *, overrides: dict[str, Any] | None = None,

@@ -98,8 +98,12 @@ def table1_records(profile: str | Profile, seeds: Sequence[int] | None = None, *
     unknown = [m for m in methods if m not in baselines.RUNNERS]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; valid: {', '.join(baselines.RUNNERS)}")
-    runner = runner or baselines.run_method
     jobs = [(d, o, m, s) for d, o in dataset_overrides(prof).items() for m in methods for s in _seeds(prof, seeds)]
+    if runner is None:  # all seeds of a method at once: on a GPU the missing ones train together
+        for overrides in dataset_overrides(prof).values():
+            for method in methods:
+                baselines.prepare(method, prof, _seeds(prof, seeds), overrides=overrides)
+    runner = runner or baselines.run_method
     rows: list[dict[str, Any]] = []
     for dataset, overrides, method, seed in tqdm(jobs, desc="Table 1 runs", disable=not verbose):
         run = runner(method, prof, seed, overrides=overrides, verbose=False)
@@ -151,12 +155,17 @@ def table3_records(profile: str | Profile, seeds: Sequence[int] | None = None, *
         this profile are absent.
     """
     prof = get_profile(profile)
+    backbones = {row: b for row, b in table3_backbones(prof).items() if b is not None}
+    settings = {row: {"model.pooling": TABLE3_SETTINGS[row]["pooling"], "backbone.name": b}
+                for row, b in backbones.items()}
+    if runner is None:
+        for overrides in settings.values():
+            baselines.prepare("dino_qpm", prof, _seeds(prof, seeds), overrides=overrides)
     runner = runner or _qpm_runner
-    jobs = [(row, b, s) for row, b in table3_backbones(prof).items() if b is not None for s in _seeds(prof, seeds)]
+    jobs = [(row, s) for row in backbones for s in _seeds(prof, seeds)]
     rows: list[dict[str, Any]] = []
-    for row, backbone, seed in tqdm(jobs, desc="Table 3 runs", disable=not verbose):
-        overrides = {"model.pooling": TABLE3_SETTINGS[row]["pooling"], "backbone.name": backbone}
-        run = runner(prof, seed, overrides)
+    for row, seed in tqdm(jobs, desc="Table 3 runs", disable=not verbose):
+        run = runner(prof, seed, settings[row])
         rows += _rows({k: run.metrics.get(k) for k in ("accuracy", "plausibility")},
                       row=row, method="dino_qpm", dataset=prof.data.dataset, seed=seed)
     return pd.DataFrame(rows, columns=["row", *_COLUMNS])
@@ -269,11 +278,14 @@ def table4_records(profile: str | Profile, seeds: Sequence[int] | None = None, *
     unknown = [b for b in names if b not in BACKBONES]
     if unknown:
         raise ValueError(f"unknown backbone(s) {unknown}; valid: {', '.join(BACKBONES)}")
+    prepare = runner is None
     runner = runner or _qpm_runner
     context = context or (lambda p, b: patch_contextualisation_of(p, b))
     rows: list[dict[str, Any]] = []
     for backbone in tqdm(names, desc="Table 4 backbones", disable=not verbose):
         pc = context(prof, backbone)
+        if prepare:
+            baselines.prepare("dino_qpm", prof, _seeds(prof, seeds), overrides={"backbone.name": backbone})
         for seed in _seeds(prof, seeds):
             run = runner(prof, seed, {"backbone.name": backbone})
             rows += _rows({"accuracy": run.metrics.get("accuracy"), "patch_contextualisation": pc},

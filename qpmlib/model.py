@@ -179,18 +179,21 @@ class DinoQPM(nn.Module):
         return self.assignment if self.sparse else self.head.weight
 
     # ------------------------------------------------------------------ forward
-    def forward(self, tokens: torch.Tensor) -> ModelOutput:
+    def forward(self, tokens: torch.Tensor, noise: torch.Tensor | None = None) -> ModelOutput:
         """Run the adapter and the head.
 
         Args:
             tokens: (B, P + 1, D) float tensor; the patch tokens followed by the CLS token (last row). P must
                 be a square number (the patch grid).
+            noise: (B, N_f) dropout multipliers (0 or 1/(1-p)) to use instead of the dropout layer; the
+                training loop passes them so that every seed draws its own masks. Dense head only.
 
         Returns:
             :class:`ModelOutput` with logits (B, N_c), features (B, K) and feature_maps (B, K, H, W).
 
         Raises:
-            ValueError: when the token width is not D or P is not a square number.
+            ValueError: when the token width is not D, P is not a square number, or noise is given to the
+                sparse head.
         """
         if tokens.ndim != 3 or tokens.shape[-1] != self.in_dim:
             raise ValueError(f"tokens must have shape (B, P+1, {self.in_dim}), got {tuple(tokens.shape)}")
@@ -203,8 +206,10 @@ class DinoQPM(nn.Module):
         pooled = patches.mean(dim=1) if self.pooling == "avg_pooling" else t[:, n_patches]  # (B, N_f)
         maps = patches.transpose(1, 2).reshape(t.shape[0], self.n_features, side, side)  # (B, N_f, H, W)
         if not self.sparse:
-            v = self.dropout(pooled)  # (B, N_f)
+            v = self.dropout(pooled) if noise is None else pooled * noise  # (B, N_f)
             return ModelOutput(self.head(v), v, maps)
+        if noise is not None:
+            raise ValueError("the sparse head has no dropout; noise must be None")
         v = pooled[:, self.selected]  # (B, N*_f)
         z = (v - self.feature_mean) / self.feature_std.clamp_min(STD_FLOOR) if self.standardise else v
         return ModelOutput(z @ self.assignment.T, v, maps[:, self.selected])

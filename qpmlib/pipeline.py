@@ -2,6 +2,7 @@
 
     run = run_dino_qpm("demo", seed=0, overrides={"train.ft_l1_fm": 0.0})
     run.metrics["dino_qpm"]["accuracy"], run.qpm_model(), run.predictions()
+    runs = run_seeds("paper")            # the profile's 5 seeds; on a GPU the missing ones train together
 
 Stages, each cached in the results store (:mod:`qpmlib.results`) under a hash of everything that determines it,
 so that a fine-tune sweep reuses the dense model and the QP selection:
@@ -18,6 +19,7 @@ segmentations), ``sid_at_5`` (None when no class has 5 features), ``class_indepe
 
 Paper-vs-code switches are profile fields whose defaults are the reference code's (reference_spec §10):
 ``model.last_layer_bn_relu``, ``model.standardise``, ``train.recalibrate_bn`` and ``train.fdl_scale``.
+``train.precision="bf16"`` (not the reference) trains with bfloat16 matmuls, the fast choice on a GPU.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,6 +71,7 @@ __all__ = [
     "check_profile",
     "run_dino_qpm",
     "run_dense",
+    "run_seeds",
     "model_metrics",
     "load_run",
     "summarise",
@@ -326,7 +330,7 @@ def run_dino_qpm(
     Raises:
         ValueError: for invalid overrides or settings (see :func:`check_profile`).
     """
-    return _run(profile, seed, overrides, verbose=verbose, compute=True)
+    return _run(profile, [seed], overrides, verbose=verbose, compute=True)[0]
 
 
 def run_dense(
@@ -341,7 +345,7 @@ def run_dense(
     Baselines that start from their own dense model (DINO-SLDD, DINO-QSENN) use this instead of a full
     :func:`run_dino_qpm`, whose QP and fine-tune stage they would not use.
     """
-    return _run(profile, seed, overrides, verbose=verbose, compute=True, dense_only=True)
+    return _run(profile, [seed], overrides, verbose=verbose, compute=True, dense_only=True)[0]
 
 
 def load_run(
@@ -365,39 +369,86 @@ def load_run(
     Raises:
         FileNotFoundError: when a stage has not been computed yet; the message says how to compute it.
     """
-    return _run(profile, seed, overrides, verbose=verbose, compute=False)
+    return _run(profile, [seed], overrides, verbose=verbose, compute=False)[0]
 
 
-def _run(profile, seed: int, overrides, *, verbose: bool, compute: bool, dense_only: bool = False) -> QPMRun:
+def run_seeds(
+    profile: str | Profile,
+    seeds: Sequence[int] | None = None,
+    *,
+    overrides: dict[str, Any] | None = None,
+    stack: bool | None = None,
+    dense_only: bool = False,
+    verbose: bool = True,
+) -> list[QPMRun]:
+    """Run (or load) the pipeline for several seeds, training the missing ones together in one pass.
+
+    Each seed's stages are stored exactly as :func:`run_dino_qpm` stores them (same hashes), so a later
+    single-seed call finds them. With ``stack`` the dense stages of all missing seeds train as one stacked model
+    (:func:`qpmlib.train.train_dense` with a list), then every seed solves its own QP, then the fine-tune stages
+    train together; the results equal separate runs up to floating-point rounding.
+
+    Args:
+        profile: a profile or its name.
+        seeds: run seeds; None: the profile's.
+        overrides: flat dotted overrides, see :func:`apply_overrides`.
+        stack: train the missing seeds together; None (default) stacks on a GPU, where one small model leaves
+            most of the device idle, and trains one after another on a CPU, where stacking gains nothing.
+        dense_only: stop after the dense stage (see :func:`run_dense`).
+        verbose: progress bars.
+
+    Returns:
+        One :class:`QPMRun` per seed, in the order of ``seeds``.
+
+    Raises:
+        ValueError: for invalid overrides or settings, or an empty or repeated seed list.
+    """
+    return _run(profile, seeds, overrides, verbose=verbose, compute=True, dense_only=dense_only, stack=stack)
+
+
+def _run(profile, seeds: Sequence[int] | None, overrides, *, verbose: bool, compute: bool,
+         dense_only: bool = False, stack: bool | None = None) -> list[QPMRun]:
     from qpmlib.embeddings import get_store
 
     prof = apply_overrides(profile, overrides)
     check_profile(prof)
+    seeds = [int(s) for s in (prof.seeds if seeds is None else seeds)]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be a non-empty list of distinct integers, got {seeds}")
     train_store, test_store = get_store(prof, "train", verbose=verbose), get_store(prof, "test", verbose=verbose)
     train, test = TokenData.from_store(train_store), TokenData.from_store(test_store)
     n_classes = max(train.n_classes, test.n_classes)
     check_profile(prof, n_classes)
-    cfgs = _configs(prof, seed, train_store, test_store)
+    cfgs = {seed: _configs(prof, seed, train_store, test_store) for seed in seeds}
     stores = {kind: ResultStore.for_profile(prof.name, kind) for kind in KINDS}
-    ctx = _Context(prof, seed, train, test, n_classes, bool(train_store.pretrained), verbose)
+    ctx = _Context(prof, train, test, n_classes, bool(train_store.pretrained), verbose)
+    if stack is None:
+        stack = resolve_device(prof.train.device).type == "cuda"
 
-    def stage(kind: str, fn) -> Result:
-        found = stores[kind].get(cfgs[kind])
-        if found is not None:
-            return found
-        if not compute:
+    def stage(kind: str, fn, todo: Sequence[int]) -> dict[int, Result]:
+        """The stored results of ``kind`` for ``todo``; ``fn(missing seeds, work_dir)`` computes the rest."""
+        found = {seed: stores[kind].get(cfgs[seed][kind]) for seed in todo}
+        missing = [seed for seed, r in found.items() if r is None]
+        if missing and not compute:
+            seed = missing[0]
             raise FileNotFoundError(
                 f"no stored {kind} result for profile {prof.name!r}, seed {seed} and these overrides "
-                f"(looked in {stores[kind].path(cfgs[kind])}); compute it with qpmlib.pipeline.run_dino_qpm"
+                f"(looked in {stores[kind].path(cfgs[seed][kind])}); compute it with qpmlib.pipeline.run_dino_qpm"
             )
-        return stores[kind].put(cfgs[kind], fn(stores[kind].work_dir(cfgs[kind])))
+        groups = [missing] if stack and kind != "qp" and missing else [[seed] for seed in missing]
+        for group in groups:
+            # one seed resumes from its own folder; a stacked group from a folder of the whole group
+            key = cfgs[group[0]][kind] if len(group) == 1 else {"stacked": [cfgs[s][kind] for s in group]}
+            for seed, data in zip(group, fn(group, stores[kind].work_dir(key))):
+                found[seed] = stores[kind].put(cfgs[seed][kind], data)
+        return found
 
-    dense = stage("dense", ctx.run_dense)
+    dense = stage("dense", ctx.run_dense, seeds)
     if dense_only or prof.model.n_layers == 0:
-        return QPMRun(prof.name, seed, dense, None, None, prof.data.dataset)
-    qp_result = stage("qp", lambda _: ctx.run_qp(dense))
-    qpm = stage("qpm", lambda work: ctx.run_qpm(work, dense, qp_result))
-    return QPMRun(prof.name, seed, dense, qp_result, qpm, prof.data.dataset)
+        return [QPMRun(prof.name, seed, dense[seed], None, None, prof.data.dataset) for seed in seeds]
+    qp_results = stage("qp", lambda group, _: [ctx.run_qp(group[0], dense[group[0]])], seeds)
+    qpm = stage("qpm", lambda group, work: ctx.run_qpm(group, work, dense, qp_results), seeds)
+    return [QPMRun(prof.name, seed, dense[seed], qp_results[seed], qpm[seed], prof.data.dataset) for seed in seeds]
 
 
 def model_metrics(
@@ -453,7 +504,6 @@ def model_metrics(
 @dataclass
 class _Context:
     prof: Profile
-    seed: int
     train: TokenData
     test: TokenData
     n_classes: int
@@ -488,11 +538,11 @@ class _Context:
             self._cache["parts"] = synthbirds.part_maps(root, ids, grid) if dataset == "synthbirds" else None
         return self._cache["masks"], self._cache["parts"]
 
-    def _metrics(self, model: DinoQPM, history) -> tuple[dict[str, Any], Any, np.ndarray]:
+    def _metrics(self, model: DinoQPM, history, seed: int) -> tuple[dict[str, Any], Any, np.ndarray]:
         """Test-split and train-split metrics of one model (reference_spec §5)."""
         masks, parts = self._masks_and_parts()
         return model_metrics(model, self.train, self.test, masks=masks, parts=parts,
-                             seconds_per_epoch=history.seconds_per_epoch, seed=self.seed,
+                             seconds_per_epoch=history.seconds_per_epoch, seed=seed,
                              device=self.prof.train.device)
 
     def _predictions(self, ev) -> dict[str, np.ndarray]:
@@ -500,74 +550,91 @@ class _Context:
         return {"image_ids": np.asarray(ids, dtype=np.int64), "labels": ev.labels,
                 "pred": ev.predictions.astype(np.int64), "logits": ev.logits}
 
+    def _train(self, train_fn, models: list[DinoQPM], seeds: list[int], work_dir) -> tuple[list, float]:
+        """Train the models of ``seeds`` (together when several) and return their histories and the seconds."""
+        t0 = time.perf_counter()
+        histories = train_fn(models if len(seeds) > 1 else models[0], self.train, self.prof.train,
+                             seed=seeds if len(seeds) > 1 else seeds[0], run_dir=work_dir, eval_data=self.test,
+                             recalibrate_bn=self.prof.train.recalibrate_bn, verbose=self.verbose)
+        return (histories if len(seeds) > 1 else [histories]), time.perf_counter() - t0
+
+    def _provenance(self, seed: int, seeds: list[int], train_seconds: float, t0: float) -> dict[str, Any]:
+        extra = {"stacked_seeds": seeds} if len(seeds) > 1 else {}
+        return provenance(seed=seed, device=self._device(), pretrained=self.pretrained, train_seconds=train_seconds,
+                          total_seconds=time.perf_counter() - t0, **extra)
+
     # ------------------------------------------------------------------ stages
-    def run_dense(self, work_dir) -> ResultData:
+    def run_dense(self, seeds: list[int], work_dir) -> list[ResultData]:
         t0 = time.perf_counter()
         spec = self._spec()
-        model = build_model(self.prof.model, spec["in_dim"], self.n_classes, seed=self.seed,
-                            last_layer_bn_relu=spec["last_layer_bn_relu"])
-        history = train_dense(model, self.train, self.prof.train, seed=self.seed, run_dir=work_dir,
-                              eval_data=self.test, recalibrate_bn=self.prof.train.recalibrate_bn,
-                              verbose=self.verbose)
-        train_seconds = time.perf_counter() - t0
-        metrics, ev, feats = self._metrics(model, history)
-        return ResultData(
-            metrics=metrics,
-            provenance=provenance(seed=self.seed, device=self._device(), pretrained=self.pretrained,
-                                  train_seconds=train_seconds, total_seconds=time.perf_counter() - t0),
-            tensors={
-                MODEL_FILE: model.state_dict(),
-                FEATURES_FILE: {"features": feats, "labels": self.train.labels,
-                                "mean": feats.mean(axis=0), "std": feats.std(axis=0)},  # population std (§1.1)
-                PREDICTIONS_FILE: self._predictions(ev),
-            },
-            json_files={HISTORY_FILE: history.to_dict(), MODEL_SPEC_FILE: spec},
-        )
+        models = [build_model(self.prof.model, spec["in_dim"], self.n_classes, seed=seed,
+                              last_layer_bn_relu=spec["last_layer_bn_relu"]) for seed in seeds]
+        histories, train_seconds = self._train(train_dense, models, seeds, work_dir)
+        out = []
+        for seed, model, history in zip(seeds, models, histories):
+            metrics, ev, feats = self._metrics(model, history, seed)
+            out.append(ResultData(
+                metrics=metrics,
+                provenance=self._provenance(seed, seeds, train_seconds, t0),
+                tensors={
+                    MODEL_FILE: model.state_dict(),
+                    FEATURES_FILE: {"features": feats, "labels": self.train.labels,
+                                    "mean": feats.mean(axis=0), "std": feats.std(axis=0)},  # population std (§1.1)
+                    PREDICTIONS_FILE: self._predictions(ev),
+                },
+                json_files={HISTORY_FILE: history.to_dict(), MODEL_SPEC_FILE: spec},
+            ))
+        return out
 
-    def run_qp(self, dense: Result) -> ResultData:
+    def run_qp(self, seed: int, dense: Result) -> ResultData:
         t0 = time.perf_counter()
         q = self.prof.qp
         stored = dense.tensors(FEATURES_FILE)
         A, R = qp.qpm_matrices(stored["features"].numpy(), stored["labels"].numpy())
         threshold = None if q.r_mode == "none" else qp.r_threshold(R, q.n_selected, mode=q.r_mode)
         sol = qp.solve_qpm(A, R, q.n_selected, q.n_per_class, r_threshold=threshold, solver=q.solver,
-                           time_limit=q.time_limit, seed=self.seed, verbose=self.verbose)
+                           time_limit=q.time_limit, seed=seed, verbose=self.verbose)
         metrics = {"objective": sol.objective, "bound": sol.bound, "gap": sol.gap, "solver": sol.solver,
                    "solve_seconds": sol.runtime, "r_threshold": sol.r_threshold,
                    "n_penalised": None if threshold is None else threshold.n_penalised}
         return ResultData(
             metrics=metrics,
-            provenance=provenance(seed=self.seed, device="cpu", pretrained=self.pretrained,
+            provenance=provenance(seed=seed, device="cpu", pretrained=self.pretrained,
                                   total_seconds=time.perf_counter() - t0),
             tensors={SELECTION_FILE: {"selected": sol.selected, "assignment": sol.assignment.astype(np.uint8),
                                       "A": A.astype(np.float32), "R": R.astype(np.float32)}},
         )
 
-    def run_qpm(self, work_dir, dense: Result, qp_result: Result) -> ResultData:
+    def run_qpm(self, seeds: list[int], work_dir, dense: dict[int, Result],
+                qp_results: dict[int, Result]) -> list[ResultData]:
         t0 = time.perf_counter()
-        spec = dense.json(MODEL_SPEC_FILE)
-        model = DinoQPM(**spec)
-        model.load_state_dict(dense.tensors(MODEL_FILE))
-        sel = qp_result.tensors(SELECTION_FILE)
-        stats = dense.tensors(FEATURES_FILE)
         standardise = self.prof.model.standardise
-        model.set_sparse_head(sel["selected"], sel["assignment"].float(), stats["mean"], stats["std"],
-                              standardise=standardise)
-        history = train_finetune(model, self.train, self.prof.train, seed=self.seed, run_dir=work_dir,
-                                 eval_data=self.test,
-                                 recalibrate_bn=self.prof.train.recalibrate_bn, verbose=self.verbose)
-        train_seconds = time.perf_counter() - t0
-        metrics, ev, feats = self._metrics(model, history)
-        return ResultData(
-            metrics=metrics,
-            provenance=provenance(seed=self.seed, device=self._device(), pretrained=self.pretrained,
-                                  train_seconds=train_seconds, total_seconds=time.perf_counter() - t0),
-            tensors={
-                MODEL_FILE: model.state_dict(),
-                SPARSE_FILE: {"selected": model.selected, "assignment": model.assignment,
-                              "mean": model.feature_mean, "std": model.feature_std},
-                FEATURES_FILE: {"features": feats, "labels": self.train.labels},
-                PREDICTIONS_FILE: self._predictions(ev),
-            },
-            json_files={HISTORY_FILE: history.to_dict(), MODEL_SPEC_FILE: spec | {"standardise": standardise}},
-        )
+        models, specs = [], []
+        for seed in seeds:
+            spec = dense[seed].json(MODEL_SPEC_FILE)
+            model = DinoQPM(**spec)
+            model.load_state_dict(dense[seed].tensors(MODEL_FILE))
+            sel = qp_results[seed].tensors(SELECTION_FILE)
+            stats = dense[seed].tensors(FEATURES_FILE)
+            model.set_sparse_head(sel["selected"], sel["assignment"].float(), stats["mean"], stats["std"],
+                                  standardise=standardise)
+            models.append(model)
+            specs.append(spec)
+        histories, train_seconds = self._train(train_finetune, models, seeds, work_dir)
+        out = []
+        for seed, model, spec, history in zip(seeds, models, specs, histories):
+            metrics, ev, feats = self._metrics(model, history, seed)
+            out.append(ResultData(
+                metrics=metrics,
+                provenance=self._provenance(seed, seeds, train_seconds, t0),
+                tensors={
+                    MODEL_FILE: model.state_dict(),
+                    SPARSE_FILE: {"selected": model.selected, "assignment": model.assignment,
+                                  "mean": model.feature_mean, "std": model.feature_std},
+                    FEATURES_FILE: {"features": feats, "labels": self.train.labels},
+                    PREDICTIONS_FILE: self._predictions(ev),
+                },
+                json_files={HISTORY_FILE: history.to_dict(),
+                            MODEL_SPEC_FILE: spec | {"standardise": standardise}},
+            ))
+        return out

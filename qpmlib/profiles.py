@@ -99,6 +99,7 @@ class TrainConfig:
     ft_l1_fv: float = 1.0  # lambda_L1-FV
     recalibrate_bn: bool = False  # recompute BN stats for the schedule-free averaged weights (reference: no; §4.1)
     fdl_scale: str = "features"  # FDL map scale: "features" (post-dropout v, reference) | "map_mean" (paper; §3.2)
+    precision: str = "fp32"  # "fp32" (reference) | "bf16" (autocast; the fast choice on a GPU)
     device: str = "auto"  # "auto" | "cpu" | "cuda"
 
 

@@ -165,15 +165,6 @@ def _columns(param: str, value: Any) -> dict[str, Any]:
     return {spec.columns[0]: value} if len(spec.columns) == 1 else dict(zip(spec.columns, value))
 
 
-def _pipeline_runner(verbose: bool) -> Runner:
-    def run(prof: Profile, seed: int, overrides: dict[str, Any]) -> Mapping[str, Mapping[str, Any]]:
-        from qpmlib.pipeline import run_dino_qpm
-
-        return run_dino_qpm(prof, seed, overrides=overrides, verbose=verbose).metrics
-
-    return run
-
-
 def _number(value: Any) -> float | None:
     """A metric value as float (None -> NaN); None for non-numeric entries such as the solver name."""
     if value is None:
@@ -203,7 +194,8 @@ def sweep_grid(
         stages: which stages to report, a subset of :data:`STAGES`. A run without a QPM stage
             (``model.n_layers == 0``, reference_spec §6.1) gives dense rows only.
         fixed: further dotted overrides applied to every run (must not touch the swept fields).
-        runner: computes one run's metrics; default :func:`qpmlib.pipeline.run_dino_qpm` (results store).
+        runner: computes one run's metrics; default :func:`qpmlib.pipeline.run_seeds` over all seeds of a grid
+            point (results store; on a GPU the missing seeds train together).
         verbose: a progress bar over the runs, and the pipeline's own progress.
 
     Returns:
@@ -234,7 +226,6 @@ def sweep_grid(
             if key in owners:
                 raise ValueError(f"{p!r} and {owners[key]!r} both set {key}; sweep each field once")
             owners[key] = p
-    run = runner or _pipeline_runner(verbose)
     combos = list(itertools.product(*values.values()))
     rows = []
     for combo in tqdm(combos, desc="sweep", disable=not verbose):
@@ -243,8 +234,12 @@ def sweep_grid(
         for p, v in zip(values, combo):
             overrides.update(overrides_for(p, v))
             columns.update(_columns(p, v))
+        if runner is None:  # all seeds at once: on a GPU the missing ones train together
+            from qpmlib.pipeline import run_seeds
+
+            found = {r.seed: r.metrics for r in run_seeds(prof, seeds, overrides=overrides, verbose=verbose)}
         for seed in seeds:
-            metrics = run(prof, seed, overrides)
+            metrics = found[seed] if runner is None else runner(prof, seed, overrides)
             for stage in stages:
                 for name, raw in metrics.get(stage, {}).items():
                     number = _number(raw)

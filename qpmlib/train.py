@@ -11,9 +11,18 @@ weights between epochs and at the end, as the reference's saved model does. ``re
 reference (BN running statistics come from the training-time interpolated weights); ``True`` recomputes them
 for the averaged weights with one pass over the training data, as the schedule-free authors recommend.
 
-Seeds: ``seed`` drives the shuffling (its own ``torch.Generator``) and dropout (``torch.manual_seed`` inside a
-forked RNG, so the caller's global RNG is untouched). Model initialisation is seeded by
-:func:`qpmlib.model.build_model`.
+Seeds: ``seed`` drives the shuffling and the dropout masks, each from its own ``torch.Generator`` (the global RNG
+is neither used nor changed; on the CPU the masks are exactly those ``nn.Dropout`` draws after
+``torch.manual_seed(seed)``). Model initialisation is seeded by :func:`qpmlib.model.build_model`.
+
+Several seeds in one pass: give :func:`train_dense` or :func:`train_finetune` a list of models and a list of
+seeds. The models' weights, BN statistics and optimiser state are stacked (``torch.func.stack_module_state``) and
+one ``vmap``-ed step trains them all: the S small matmuls of a step become one batched matmul, which keeps a GPU
+busy where one small model cannot. Every model still sees its own shuffling and dropout masks, and AdamW
+schedule-free works element by element, so each ends where its own run would, up to floating-point rounding.
+
+Precision: ``precision="fp32"`` is the reference; ``"bf16"`` runs the forward and backward pass under
+``torch.autocast`` (bfloat16 matmuls; float32 weights, optimiser, softmax and losses).
 
 Resuming: with ``run_dir`` set, a checkpoint (model, optimiser, epoch, RNG states, history) is written atomically
 after every epoch; calling the same function again on the same folder continues after the last finished epoch
@@ -22,11 +31,13 @@ and gives the same weights as an uninterrupted run.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
 import time
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -34,6 +45,7 @@ import numpy as np
 import schedulefree
 import torch
 from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
 from tqdm import tqdm
 
 from qpmlib.losses import FDL_SCALES, total_loss
@@ -58,6 +70,8 @@ CHECKPOINT_FILE = "{stage}_checkpoint.pt"
 #: The reference tests at epochs 0, 5, 10, ... and at the last epoch (reference_spec §4.3).
 TEST_EVERY = 5
 DEVICES = ("auto", "cpu", "cuda")
+#: Valid ``precision`` values: "fp32" (the reference code) or "bf16" (autocast, float32 master weights).
+PRECISIONS = ("fp32", "bf16")
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -196,6 +210,8 @@ class StageConfig:
         l1_fm: lambda_L1-FM.
         l1_fv: lambda_L1-FV.
         fdl_scale: ``"features"`` (reference) or ``"map_mean"`` (paper), see :data:`qpmlib.losses.FDL_SCALES`.
+        precision: ``"fp32"`` (reference) or ``"bf16"`` (autocast: matmuls in bfloat16, weights and optimiser
+            in float32; the fast choice on a GPU), see :data:`PRECISIONS`.
     """
 
     stage: str
@@ -207,24 +223,26 @@ class StageConfig:
     l1_fm: float = 0.0
     l1_fv: float = 0.0
     fdl_scale: str = "features"
+    precision: str = "fp32"
 
 
 def stage_config(cfg: Any, stage: str) -> StageConfig:
     """The :class:`StageConfig` of ``stage`` from a :class:`qpmlib.profiles.TrainConfig`.
 
-    The dense stage uses no L1 terms (reference_spec §3.4). ``cfg.fdl_scale`` is used when the field exists.
+    The dense stage uses no L1 terms (reference_spec §3.4). ``cfg.fdl_scale`` and ``cfg.precision`` are used
+    when the fields exist.
 
     Raises:
         ValueError: for an unknown stage or an invalid configuration (see :func:`check_train_config`).
     """
     check_train_config(cfg)
-    scale = getattr(cfg, "fdl_scale", "features")
+    extra = {"fdl_scale": getattr(cfg, "fdl_scale", "features"), "precision": getattr(cfg, "precision", "fp32")}
     if stage == "dense":
         return StageConfig("dense", cfg.dense_epochs, cfg.dense_batch_size, cfg.dense_lr, cfg.dense_weight_decay,
-                           cfg.dense_fdl, fdl_scale=scale)
+                           cfg.dense_fdl, **extra)
     if stage == "finetune":
         return StageConfig("finetune", cfg.ft_epochs, cfg.ft_batch_size, cfg.ft_lr, cfg.ft_weight_decay,
-                           cfg.ft_fdl, cfg.ft_l1_fm, cfg.ft_l1_fv, fdl_scale=scale)
+                           cfg.ft_fdl, cfg.ft_l1_fm, cfg.ft_l1_fv, **extra)
     raise ValueError(f"unknown stage {stage!r}; valid: dense, finetune")
 
 
@@ -247,6 +265,8 @@ def check_train_config(cfg: Any) -> None:
             raise ValueError(f"train.{name} must be >= 0, got {value!r}")
         if name == "fdl_scale" and value not in FDL_SCALES:
             raise ValueError(f"train.fdl_scale must be one of {', '.join(FDL_SCALES)}, got {value!r}")
+        if name == "precision" and value not in PRECISIONS:
+            raise ValueError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {value!r}")
         if name == "device" and not (value in DEVICES or str(value).startswith("cuda:")):
             raise ValueError(f"train.device must be one of {', '.join(DEVICES)} or 'cuda:<n>', got {value!r}")
 
@@ -275,19 +295,24 @@ class History:
         device: where it ran.
         epochs: one dict per finished epoch with ``epoch``, ``loss``, ``ce``, ``fdl``, ``l1_fm``, ``l1_fv``
             (batch means, weighted terms), ``accuracy`` (train, with dropout), ``seconds`` (the training pass
-            only) and, at test epochs when ``eval_data`` was given, ``test_accuracy``.
+            only, of all the models trained together) and, at test epochs when ``eval_data`` was given,
+            ``test_accuracy``.
         resumed_at: the epoch this process started from (0 unless resumed from a checkpoint).
+        n_stacked: how many models (seeds) were trained together in one pass.
     """
 
     stage: str
     device: str
     epochs: list[dict[str, float]] = field(default_factory=list)
     resumed_at: int = 0
+    n_stacked: int = 1
 
     @property
     def seconds_per_epoch(self) -> float:
-        """Mean wall time per epoch (NaN without epochs)."""
-        return float(np.mean([e["seconds"] for e in self.epochs])) if self.epochs else float("nan")
+        """Mean wall time per epoch and model: an epoch's time divided by ``n_stacked`` (NaN without epochs)."""
+        if not self.epochs:
+            return float("nan")
+        return float(np.mean([e["seconds"] for e in self.epochs])) / self.n_stacked
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready copy."""
@@ -296,26 +321,32 @@ class History:
 
 # ---------------------------------------------------------------------------------------------- training
 def train_dense(
-    model: DinoQPM,
+    model: DinoQPM | Sequence[DinoQPM],
     train_data: TokenData,
     cfg: Any,
     *,
-    seed: int,
+    seed: int | Sequence[int],
     run_dir: str | Path | None = None,
     eval_data: TokenData | None = None,
     recalibrate_bn: bool = False,
     device: str | None = None,
     verbose: bool = True,
-) -> History:
+) -> History | list[History]:
     """Train the MLP and the dense head with CE + FDL (reference_spec §3.4, §4).
 
+    Several seeds train in one pass: give a list of models (one per seed, e.g. from
+    :func:`qpmlib.model.build_model` with each seed) and the list of seeds. Their weights are stacked and one
+    vmapped step (``torch.func``) trains them all; each model still gets its own shuffling, dropout masks, BN
+    statistics and optimiser state, so it ends where a run of its own would (up to floating-point rounding,
+    tested).
+
     Args:
-        model: a dense :class:`~qpmlib.model.DinoQPM` (trained in place; afterwards in eval mode on
-            ``cfg.device`` holding the averaged weights).
+        model: a dense :class:`~qpmlib.model.DinoQPM`, or a list of them with the same architecture (trained
+            in place; afterwards in eval mode on the device, holding the averaged weights).
         train_data: training tokens.
-        cfg: a :class:`qpmlib.profiles.TrainConfig` (``dense_*`` fields and ``device``) or a dense
-            :class:`StageConfig`.
-        seed: shuffling and dropout seed.
+        cfg: a :class:`qpmlib.profiles.TrainConfig` (``dense_*`` fields, ``precision`` and ``device``) or a
+            dense :class:`StageConfig`.
+        seed: shuffling and dropout seed; a list of seeds (one per model) with a list of models.
         run_dir: folder for the resumable checkpoint; None keeps nothing.
         eval_data: optional test tokens; their accuracy is logged at epochs 0, 5, 10, ... and the last.
         recalibrate_bn: recompute BN statistics for the averaged weights (False = reference).
@@ -323,145 +354,269 @@ def train_dense(
         verbose: show a tqdm bar over epochs.
 
     Returns:
-        The :class:`History`.
+        The :class:`History`, or one per model when a list was given.
 
     Raises:
-        ValueError: for a sparse model or an invalid configuration.
-        FloatingPointError: when the loss becomes NaN or infinite (names the epoch and batch).
+        ValueError: for a sparse model, an invalid configuration, or models and seeds that do not pair up.
+        FloatingPointError: when the loss becomes NaN or infinite (names the epoch, batch and seed).
     """
-    if model.sparse:
+    models, seeds = _pair(model, seed)
+    if any(m.sparse for m in models):
         raise ValueError("train_dense needs a dense model; this one already has the sparse head")
     st = cfg if isinstance(cfg, StageConfig) else stage_config(cfg, "dense")
-    return _train_stage(model, train_data, st, seed=seed, device=device or getattr(cfg, "device", "auto"),
-                        run_dir=run_dir, eval_data=eval_data, recalibrate_bn=recalibrate_bn, verbose=verbose)
+    histories = _train_stage(models, train_data, st, seeds=seeds, device=device or getattr(cfg, "device", "auto"),
+                             run_dir=run_dir, eval_data=eval_data, recalibrate_bn=recalibrate_bn, verbose=verbose)
+    return histories if isinstance(seed, Sequence) else histories[0]
 
 
 def train_finetune(
-    model: DinoQPM,
+    model: DinoQPM | Sequence[DinoQPM],
     train_data: TokenData,
     cfg: Any,
     *,
-    seed: int,
+    seed: int | Sequence[int],
     run_dir: str | Path | None = None,
     eval_data: TokenData | None = None,
     recalibrate_bn: bool = False,
     device: str | None = None,
     verbose: bool = True,
-) -> History:
+) -> History | list[History]:
     """Fine-tune the MLP under the frozen sparse head with CE + FDL + L1-FM + L1-FV (reference_spec §2.5, §3).
 
-    Arguments as :func:`train_dense`; ``cfg`` supplies the ``ft_*`` fields.
+    Arguments as :func:`train_dense` (a list of models with their seeds trains them in one pass; their sparse
+    heads may differ); ``cfg`` supplies the ``ft_*`` fields.
 
     Raises:
-        ValueError: when the model has no sparse head yet (call ``set_sparse_head`` first).
+        ValueError: when a model has no sparse head yet (call ``set_sparse_head`` first).
         FloatingPointError: when the loss becomes NaN or infinite.
     """
-    if not model.sparse:
+    models, seeds = _pair(model, seed)
+    if not all(m.sparse for m in models):
         raise ValueError("train_finetune needs the sparse head; call model.set_sparse_head(...) first")
     st = cfg if isinstance(cfg, StageConfig) else stage_config(cfg, "finetune")
-    return _train_stage(model, train_data, st, seed=seed, device=device or getattr(cfg, "device", "auto"),
-                        run_dir=run_dir, eval_data=eval_data, recalibrate_bn=recalibrate_bn, verbose=verbose)
+    histories = _train_stage(models, train_data, st, seeds=seeds, device=device or getattr(cfg, "device", "auto"),
+                             run_dir=run_dir, eval_data=eval_data, recalibrate_bn=recalibrate_bn, verbose=verbose)
+    return histories if isinstance(seed, Sequence) else histories[0]
+
+
+def _pair(model: Any, seed: Any) -> tuple[list[nn.Module], list[int]]:
+    """Models and seeds as two lists of the same length (one model with one seed, or a list with a list)."""
+    if isinstance(model, nn.Module) and not isinstance(seed, Sequence):
+        return [model], [int(seed)]
+    if isinstance(model, nn.Module) or not isinstance(seed, Sequence):
+        raise ValueError("give one model with one seed, or a list of models with a list of seeds")
+    models, seeds = list(model), [int(s) for s in seed]
+    if not models or len(models) != len(seeds):
+        raise ValueError(f"need one seed per model; got {len(models)} models and {len(seeds)} seeds")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct, got {seeds}")
+    if len({id(m) for m in models}) != len(models):
+        raise ValueError("the models must be distinct objects (build one per seed)")
+    return models, seeds
+
+
+class _StepModule(nn.Module):
+    """One model and its stage loss as a single module, so that ``torch.func`` can stack and vmap it."""
+
+    def __init__(self, model: nn.Module, st: StageConfig) -> None:
+        super().__init__()
+        self.model = model
+        self.st = st
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, noise: torch.Tensor | None):
+        out = self.model(x, noise=noise)
+        loss, parts = total_loss(out, y, self.model.head_weight, fdl=self.st.fdl, l1_fm=self.st.l1_fm,
+                                 l1_fv=self.st.l1_fv, fdl_scale=self.st.fdl_scale)
+        return loss, parts, (out.logits.detach().argmax(dim=1) == y).sum()
+
+
+class _Replicas:
+    """The S models of one stage: the model itself when S = 1, else stacked weights and one vmapped step.
+
+    ``params`` are what the optimiser steps (stacked (S, ...) leaves when S > 1); :meth:`write_back` copies the
+    stacked weights and BN statistics into the S models.
+    """
+
+    def __init__(self, models: list[nn.Module], st: StageConfig, device: torch.device) -> None:
+        for m in models:
+            m.to(device)
+        specs = [[(k, tuple(v.shape), v.dtype) for k, v in m.state_dict().items()] for m in models]
+        if any(type(m) is not type(models[0]) or s != specs[0] for m, s in zip(models, specs)):
+            raise ValueError("models trained together must have the same class, layers and widths")
+        self.models = models
+        self.steps = [_StepModule(m, st) for m in models]
+        if len(models) == 1:
+            self.params = [p for p in models[0].parameters() if p.requires_grad]
+            self.state: dict[str, torch.Tensor] = {}
+            return
+        params, buffers = stack_module_state(self.steps)
+        self.state = {**params, **buffers}
+        self.params = [p for p in params.values() if p.requires_grad]
+        base = copy.deepcopy(self.steps[0]).to("meta").train()  # only training steps run through it
+        noise_dim = 0 if _dropout_p(models[0]) > 0 else None
+
+        def one(p: dict, b: dict, x, y, noise):
+            return functional_call(base, (p, b), (x, y, noise))
+
+        self._vmapped = vmap(one, in_dims=(0, 0, 0, 0, noise_dim))
+        self._names = list(params), list(buffers)
+
+    def train(self, mode: bool = True) -> None:
+        for s in self.steps:
+            s.train(mode)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, noise: torch.Tensor | None):
+        """Losses (S,), loss parts {name: (S,)} and correct counts (S,) for inputs stacked (S, B, ...)."""
+        if len(self.steps) == 1:
+            loss, parts, correct = self.steps[0](x[0], y[0], None if noise is None else noise[0])
+            return loss[None], {k: v[None] for k, v in parts.items()}, correct[None]
+        p = {k: self.state[k] for k in self._names[0]}
+        b = {k: self.state[k] for k in self._names[1]}
+        return self._vmapped(p, b, x, y, noise)
+
+    def write_back(self) -> None:
+        """Copy the stacked weights and buffers into the S models (no-op for S = 1)."""
+        with torch.no_grad():
+            for i, step in enumerate(self.steps):
+                for k, v in step.state_dict().items():
+                    if k in self.state:
+                        v.copy_(self.state[k][i])
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.steps[0].state_dict() if len(self.steps) == 1 else {k: v.detach() for k, v in self.state.items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if len(self.steps) == 1:
+            self.steps[0].load_state_dict(state)
+            return
+        with torch.no_grad():
+            for k, v in self.state.items():
+                v.copy_(state[k])
+        self.write_back()
+
+
+def _dropout_p(model: nn.Module) -> float:
+    """The head dropout probability of a model (0 when it has none, e.g. after ``set_sparse_head``)."""
+    layer = getattr(model, "dropout", None)
+    return float(layer.p) if isinstance(layer, nn.Dropout) else 0.0
 
 
 def _train_stage(
-    model: DinoQPM,
+    models: list[nn.Module],
     data: TokenData,
     st: StageConfig,
     *,
-    seed: int,
+    seeds: list[int],
     device: str,
     run_dir: str | Path | None,
     eval_data: TokenData | None,
     recalibrate_bn: bool,
     verbose: bool,
-) -> History:
+) -> list[History]:
     check_train_config(st)
     if len(data) == 0:
         raise ValueError("the training data is empty")
     dev = resolve_device(device)
-    model.to(dev)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = schedulefree.AdamWScheduleFree(params, lr=st.lr, betas=(0.9, 0.999), eps=1e-8,
+    reps = _Replicas(models, st, dev)
+    opt = schedulefree.AdamWScheduleFree(reps.params, lr=st.lr, betas=(0.9, 0.999), eps=1e-8,
                                          weight_decay=st.weight_decay, warmup_steps=0)
-    gen = torch.Generator().manual_seed(seed)
-    history = History(st.stage, str(dev))
-    key = json.dumps({"stage": dataclasses.asdict(st), "seed": seed, "n": len(data)}, sort_keys=True)
+    # Each seed shuffles with its own generator and draws its dropout masks from another one (on the device).
+    shufflers = [torch.Generator().manual_seed(s) for s in seeds]
+    droppers = [torch.Generator(device=dev).manual_seed(s) for s in seeds]
+    histories = [History(st.stage, str(dev), n_stacked=len(models)) for _ in models]
+    key = json.dumps({"stage": dataclasses.asdict(st), "seeds": seeds, "n": len(data)}, sort_keys=True)
     ckpt = Path(run_dir) / CHECKPOINT_FILE.format(stage=st.stage) if run_dir is not None else None
     feed = _Feeder(data, dev)
-    n, bs = len(data), st.batch_size
+    n, bs, s_count = len(data), st.batch_size, len(models)
     n_batches = (n + bs - 1) // bs
-    cuda_devices = [dev] if dev.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda_devices):
-        torch.manual_seed(seed)
-        start = _load_checkpoint(ckpt, key, model, opt, gen, history, dev) if ckpt else 0
-        history.resumed_at = start
-        bar = tqdm(range(start, st.epochs), initial=start, total=st.epochs, desc=st.stage, disable=not verbose)
-        for epoch in bar:
-            t0 = time.perf_counter()
-            model.train()
-            opt.train()
-            perm = torch.randperm(n, generator=gen).numpy()
-            losses = torch.zeros(n_batches, device=dev)
-            sums = {k: torch.zeros((), device=dev) for k in ("ce", "fdl", "l1_fm", "l1_fv")}
-            correct = torch.zeros((), device=dev, dtype=torch.long)
-            for b in range(n_batches):
-                x, y = feed(perm[b * bs:(b + 1) * bs])
-                out = model(x)
-                loss, parts = total_loss(out, y, model.head_weight, fdl=st.fdl, l1_fm=st.l1_fm, l1_fv=st.l1_fv,
-                                         fdl_scale=st.fdl_scale)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                losses[b] = loss.detach()
-                for k in sums:
-                    sums[k] += parts[k]
-                correct += (out.logits.detach().argmax(dim=1) == y).sum()
-            opt.eval()
-            model.eval()
-            losses = losses.cpu()
-            bad = torch.nonzero(~torch.isfinite(losses)).flatten()
-            if len(bad):
-                raise FloatingPointError(
-                    f"{st.stage} loss became {losses[bad[0]].item()} at epoch {epoch}, batch {bad[0].item()}; "
-                    f"lower the learning rate (train.{'dense' if st.stage == 'dense' else 'ft'}_lr={st.lr}) "
-                    "or check the embeddings for NaN/inf"
-                )
-            record = {"epoch": epoch, "loss": losses.mean().item(),
-                      **{k: v.item() / n_batches for k, v in sums.items()},
-                      "accuracy": correct.item() / n, "seconds": time.perf_counter() - t0}  # training only
-            if eval_data is not None and (epoch % TEST_EVERY == 0 or epoch == st.epochs - 1):
-                record["test_accuracy"] = float(np.mean(
-                    evaluate(model, eval_data, device=dev, with_maps=False).predictions == eval_data.labels))
+    p_drop, width = _dropout_p(models[0]), models[0].head_weight.shape[1]
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=st.precision == "bf16")
+    start = _load_checkpoint(ckpt, key, reps, opt, shufflers, droppers, histories, dev) if ckpt else 0
+    for h in histories:
+        h.resumed_at = start
+    bar = tqdm(range(start, st.epochs), initial=start, total=st.epochs, desc=st.stage, disable=not verbose)
+    for epoch in bar:
+        t0 = time.perf_counter()
+        reps.train()
+        opt.train()
+        perms = [torch.randperm(n, generator=g).numpy() for g in shufflers]
+        losses = torch.zeros(n_batches, s_count, device=dev)
+        sums = {k: torch.zeros(s_count, device=dev) for k in ("ce", "fdl", "l1_fm", "l1_fv")}
+        correct = torch.zeros(s_count, device=dev, dtype=torch.long)
+        for b in range(n_batches):
+            batches = [feed(perm[b * bs:(b + 1) * bs]) for perm in perms]
+            if s_count == 1:
+                x, y = batches[0][0][None], batches[0][1][None]  # (1, B, P+1, D), (1, B)
+            else:
+                x = torch.stack([xb for xb, _ in batches])  # (S, B, P+1, D)
+                y = torch.stack([yb for _, yb in batches])  # (S, B)
+            noise = None
+            if p_drop > 0:  # what nn.Dropout would multiply by, drawn from each seed's own generator
+                noise = torch.stack([torch.empty(y.shape[1], width, device=dev).bernoulli_(1 - p_drop, generator=g)
+                                     for g in droppers]).div_(1 - p_drop)
+            with autocast:
+                loss, parts, hits = reps(x, y, noise)
+            opt.zero_grad(set_to_none=True)
+            loss.sum().backward()  # the S losses share no weights: each model gets its own gradient
+            opt.step()
+            losses[b] = loss.detach().float()
+            for k in sums:
+                sums[k] += parts[k].float()
+            correct += hits
+        opt.eval()
+        reps.write_back()
+        reps.train(False)
+        losses = losses.cpu()
+        bad = torch.nonzero(~torch.isfinite(losses))
+        if len(bad):
+            b, i = bad[0].tolist()
+            raise FloatingPointError(
+                f"{st.stage} loss became {losses[b, i].item()} at epoch {epoch}, batch {b} (seed {seeds[i]}); "
+                f"lower the learning rate (train.{'dense' if st.stage == 'dense' else 'ft'}_lr={st.lr}) "
+                "or check the embeddings for NaN/inf"
+            )
+        seconds = time.perf_counter() - t0  # training only, all stacked models together
+        test_epoch = eval_data is not None and (epoch % TEST_EVERY == 0 or epoch == st.epochs - 1)
+        for i, (model, history) in enumerate(zip(models, histories)):
+            record = {"epoch": epoch, "loss": losses[:, i].mean().item(),
+                      **{k: v[i].item() / n_batches for k, v in sums.items()},
+                      "accuracy": correct[i].item() / n, "seconds": seconds}
+            if test_epoch:
+                ev = evaluate(model, eval_data, device=dev, with_maps=False)
+                record["test_accuracy"] = float(np.mean(ev.predictions == eval_data.labels))
             history.epochs.append(record)
-            bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['accuracy']:.3f}")
-            if ckpt is not None:
-                _save_checkpoint(ckpt, key, epoch + 1, model, opt, gen, history, cuda_devices)
-        if recalibrate_bn:
+        bar.set_postfix(loss=f"{losses.mean().item():.3f}", acc=f"{correct.float().mean().item() / n:.3f}")
+        if ckpt is not None:
+            _save_checkpoint(ckpt, key, epoch + 1, reps, opt, shufflers, droppers, histories)
+    if recalibrate_bn:
+        for model in models:
             _recalibrate_bn(model, feed, n, bs)
-    model.eval()
-    return history
+    for model in models:
+        model.eval()
+    return histories
 
 
-def _save_checkpoint(path: Path, key: str, epoch: int, model: nn.Module, opt: torch.optim.Optimizer,
-                     gen: torch.Generator, history: History, cuda_devices: list) -> None:
+def _save_checkpoint(path: Path, key: str, epoch: int, reps: _Replicas, opt: torch.optim.Optimizer,
+                     shufflers: list[torch.Generator], droppers: list[torch.Generator],
+                     histories: list[History]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {
         "key": key,
         "epoch": epoch,
-        "model": model.state_dict(),
+        "model": reps.state_dict(),
         "optimizer": opt.state_dict(),
-        "generator": gen.get_state(),
-        "torch_rng": torch.get_rng_state(),
-        "cuda_rng": [torch.cuda.get_rng_state(d) for d in cuda_devices],
-        "history": history.to_dict(),
+        "shufflers": [g.get_state() for g in shufflers],
+        "droppers": [g.get_state() for g in droppers],
+        "histories": [h.to_dict() for h in histories],
     }
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
 
 
-def _load_checkpoint(path: Path, key: str, model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator,
-                     history: History, device: torch.device) -> int:
+def _load_checkpoint(path: Path, key: str, reps: _Replicas, opt: torch.optim.Optimizer,
+                     shufflers: list[torch.Generator], droppers: list[torch.Generator], histories: list[History],
+                     device: torch.device) -> int:
     if not path.exists():
         return 0
     state = torch.load(path, map_location=device, weights_only=False)
@@ -470,13 +625,12 @@ def _load_checkpoint(path: Path, key: str, model: nn.Module, opt: torch.optim.Op
             f"checkpoint {path} belongs to another configuration ({state['key']}), not {key}; "
             "delete the folder to start over"
         )
-    model.load_state_dict(state["model"])
+    reps.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
-    gen.set_state(state["generator"].cpu())
-    torch.set_rng_state(state["torch_rng"].cpu())
-    for i, rng in enumerate(state["cuda_rng"]):
-        torch.cuda.set_rng_state(rng.cpu(), device)
-    history.epochs = list(state["history"]["epochs"])
+    for g, s in zip(shufflers + droppers, state["shufflers"] + state["droppers"]):
+        g.set_state(s.cpu())
+    for h, saved in zip(histories, state["histories"]):
+        h.epochs = list(saved["epochs"])
     return int(state["epoch"])
 
 

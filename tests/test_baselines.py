@@ -155,3 +155,23 @@ def test_run_sldd_on_smoke_is_cached_and_reloadable(tmp_path, monkeypatch):
     test = TokenData.from_store(get_store("smoke", "test", verbose=False))
     accuracy = float(np.mean(evaluate(again.model(), test, device="cpu").predictions == test.labels))
     assert accuracy == pytest.approx(run.metrics["accuracy"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["linear_probe", "dino_qpm_compact", "dino_sldd"])
+def test_prepare_computes_the_pipeline_stages_the_method_then_loads(method, tmp_path, monkeypatch):
+    from qpmlib import pipeline
+
+    monkeypatch.setenv("QPMLIB_HOME", str(tmp_path))
+    torch.set_num_threads(1)
+    baselines.prepare(method, "smoke", [0, 1])
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("prepare should have computed this pipeline stage")
+
+    monkeypatch.setattr(pipeline, "train_dense", no_training)
+    monkeypatch.setattr(pipeline, "train_finetune", no_training)
+    for seed in (0, 1):  # SLDD still runs its own selection and fine-tune, but not the pipeline's dense stage
+        assert 0.0 <= baselines.run_method(method, "smoke", seed).metrics["accuracy"] <= 1.0
+    with pytest.raises(ValueError, match="dino_sldd"):
+        baselines.prepare("sldd", "smoke", [0])

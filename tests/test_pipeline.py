@@ -129,3 +129,35 @@ def test_smoke_pipeline_end_to_end(tmp_path, monkeypatch, one_thread):
     with pytest.raises(FileNotFoundError, match="run_dino_qpm"):
         pipeline.load_run("smoke", seed=1, overrides=overrides)
     assert not any(p.name.startswith(".") for p in (tmp_path / "results" / "smoke" / "qpm").iterdir())
+
+
+@pytest.mark.slow
+def test_seeds_trained_together_are_stored_as_single_seed_runs(tmp_path, monkeypatch, one_thread):
+    from qpmlib import pipeline, train
+
+    overrides = {"qp.solver": "open", "qp.time_limit": 2.0}
+    monkeypatch.setenv("QPMLIB_HOME", str(tmp_path / "alone"))
+    alone = pipeline.run_seeds("smoke", [1, 2], overrides=overrides, stack=False, verbose=False)
+    monkeypatch.setenv("QPMLIB_HOME", str(tmp_path / "together"))
+    calls = []
+    for name in ("train_dense", "train_finetune"):
+        real = getattr(train, name)
+        monkeypatch.setattr(pipeline, name, lambda m, *a, _real=real, **k: calls.append(k["seed"]) or _real(m, *a, **k))
+    first = pipeline.run_dino_qpm("smoke", seed=2, overrides=overrides, verbose=False)
+    assert calls == [2, 2]
+    calls.clear()
+    together = pipeline.run_seeds("smoke", [1, 2, 3], overrides=overrides, stack=True, verbose=False)
+    assert calls == [[1, 3], [1, 3]]  # seed 2 was stored: only the missing seeds train, in one pass each stage
+    assert together[1].qpm.path == first.qpm.path and [r.seed for r in together] == [1, 2, 3]
+    assert together[0].dense.json("provenance.json")["stacked_seeds"] == [1, 3]
+    assert together[0].history("dense").shape[0] == 4 and together[2].history("dino_qpm").shape[0] == 3
+    for a, b in zip(alone, together[:2]):  # same hashes, and each seed's own model
+        assert a.dense.path.name == b.dense.path.name and a.qpm.path.name == b.qpm.path.name
+        wa, wb = a.dense_model().state_dict(), b.dense_model().state_dict()
+        assert all(torch.allclose(wa[k], wb[k], atol=1e-4) for k in wa if k.endswith("weight"))
+    assert not torch.allclose(together[0].dense_model().head.weight, together[2].dense_model().head.weight)
+    calls.clear()
+    assert [r.qpm.path for r in pipeline.run_seeds("smoke", [3, 1], overrides=overrides, verbose=False)] == \
+        [together[2].qpm.path, together[0].qpm.path] and calls == []
+    with pytest.raises(ValueError, match="distinct"):
+        pipeline.run_seeds("smoke", [1, 1], overrides=overrides, verbose=False)

@@ -184,3 +184,103 @@ def test_stage_config_maps_profile_fields():
     assert stage_config(CFG, "dense").l1_fm == 0.0
     with pytest.raises(ValueError, match="dense, finetune"):
         stage_config(CFG, "sparse")
+
+
+# ---------------------------------------------------------------------------------------------- several seeds
+def _close_weights(a, b, atol=1e-5):
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.allclose(sa[k].float(), sb[k].float(), atol=atol) for k in sa)
+
+
+def _same_run(a, b):
+    """Two models trained from the same start and seed, once alone and once stacked with others.
+
+    A Linear bias right before a BatchNorm gets a gradient of pure rounding noise (BN removes the bias), which
+    Adam scales up to lr-sized steps; so those biases and the BN running means that track them differ between
+    mm and bmm rounding (~1e-2), and through them the eval outputs. Every other tensor agrees to 1e-5.
+    """
+    sa, sb = a.state_dict(), b.state_dict()
+    before_bn = {f"mlp.{i}.bias" for i, m in enumerate(a.mlp) if i + 1 < len(a.mlp)
+                 and isinstance(a.mlp[i + 1], torch.nn.BatchNorm1d)}
+    exact = [k for k in sa if k not in before_bn and not k.endswith("running_mean")]
+    return (sa.keys() == sb.keys() and len(exact) > len(sa) // 2
+            and all(torch.allclose(sa[k].float(), sb[k].float(), atol=1e-5) for k in exact))
+
+
+def _sparse_head(model, data, seed):
+    """A different valid sparse head per seed (3 classes, 3 of 6 features, 2 per class)."""
+    feats, _ = extract_features(model, data)
+    sel = np.random.default_rng(seed).choice(6, 3, replace=False)
+    w = np.array([[1, 1, 0], [0, 1, 1], [1, 0, 1]])
+    model.set_sparse_head(sel, w, feats.mean(0), feats.std(0))
+
+
+def test_seeds_trained_together_match_separate_runs():
+    data = _data()
+    seeds = [0, 1, 2]
+    alone = [_model(seed=10 + s) for s in seeds]
+    together = [_model(seed=10 + s) for s in seeds]
+    cfg = dataclasses.replace(CFG, dense_epochs=4)
+    solo = [train_dense(m, data, cfg, seed=s, eval_data=data, verbose=False) for m, s in zip(alone, seeds)]
+    stacked = train_dense(together, data, cfg, seed=seeds, eval_data=data, verbose=False)
+    assert isinstance(stacked, list) and [h.n_stacked for h in stacked] == [3, 3, 3]
+    for a, b, ha, hb in zip(alone, together, solo, stacked):
+        assert _same_run(a, b)  # weights, BN statistics, head and logits, seed by seed
+        assert np.allclose([e["loss"] for e in ha.epochs], [e["loss"] for e in hb.epochs], atol=1e-5)
+        assert [e["epoch"] for e in hb.epochs if "test_accuracy" in e] == [0, 3]
+        assert not b.training
+    assert not _same_run(together[0], together[1])
+    for a, b, s in zip(alone, together, seeds):  # the same start, a different selection per seed
+        b.load_state_dict(a.state_dict())
+        _sparse_head(a, data, s)
+        _sparse_head(b, data, s)
+    for m, s in zip(alone, seeds):
+        train_finetune(m, data, CFG, seed=s, verbose=False)
+    train_finetune(together, data, CFG, seed=seeds, verbose=False)
+    assert all(_same_run(a, b) for a, b in zip(alone, together))
+
+
+def test_seeds_together_resume_after_interruption(tmp_path):
+    base = _data()
+    flaky = _FailingData(base.patches, base.cls, base.labels)
+    full = [_model(seed=s) for s in (0, 1)]
+    train_dense(full, base, CFG, seed=[5, 6], verbose=False)
+    _FailingData.fail_after = 2 * 3 + 1  # two seeds read 3 batches each in epoch 0; epoch 1 dies
+    with pytest.raises(_Interrupt):
+        train_dense([_model(seed=s) for s in (0, 1)], flaky, CFG, seed=[5, 6], run_dir=tmp_path, verbose=False)
+    _FailingData.fail_after = 10**9
+    resumed = [_model(seed=99), _model(seed=98)]
+    hs = train_dense(resumed, flaky, CFG, seed=[5, 6], run_dir=tmp_path, verbose=False)
+    assert [h.resumed_at for h in hs] == [1, 1] and [e["epoch"] for e in hs[1].epochs] == [0, 1, 2]
+    assert all(_same_weights(a, b) for a, b in zip(full, resumed))
+
+
+def test_seeds_together_name_the_seed_of_a_nan_and_check_their_inputs():
+    data = _data()
+    with pytest.raises(ValueError, match="one seed per model"):
+        train_dense([_model(), _model()], data, CFG, seed=[0], verbose=False)
+    with pytest.raises(ValueError, match="distinct"):
+        train_dense([_model(), _model()], data, CFG, seed=[0, 0], verbose=False)
+    with pytest.raises(ValueError, match="list of models with a list of seeds"):
+        train_dense(_model(), data, CFG, seed=[0, 1], verbose=False)
+    wider = DinoQPM(8, 3, n_layers=2, hidden_size=32, n_features=6)
+    with pytest.raises(ValueError, match="same class, layers and widths"):
+        train_dense([_model(), wider], data, CFG, seed=[0, 1], verbose=False)
+    bad = [_model(), _model()]
+    with torch.no_grad():
+        bad[1].mlp[0].weight[0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match=r"epoch 0, batch 0 \(seed 8\)"):
+        train_dense(bad, data, CFG, seed=[7, 8], verbose=False)
+
+
+def test_bf16_precision_trains_under_autocast():
+    data = _data()
+    fp32, bf16 = _model(), _model()
+    cfg = dataclasses.replace(CFG, dense_epochs=10)
+    train_dense(fp32, data, cfg, seed=0, verbose=False)
+    h = train_dense(bf16, data, dataclasses.replace(cfg, precision="bf16"), seed=0, eval_data=data, verbose=False)
+    assert h.epochs[-1]["loss"] < h.epochs[0]["loss"] and h.epochs[-1]["test_accuracy"] == 1.0
+    assert all(p.dtype == torch.float32 for p in bf16.parameters())  # master weights stay float32
+    assert not _close_weights(fp32, bf16, atol=1e-4)  # bfloat16 matmuls really ran
+    with pytest.raises(ValueError, match="train.precision"):
+        check_train_config(dataclasses.replace(CFG, precision="fp8"))
