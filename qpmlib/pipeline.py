@@ -393,7 +393,8 @@ def run_seeds(
         seeds: run seeds; None: the profile's.
         overrides: flat dotted overrides, see :func:`apply_overrides`.
         stack: train the missing seeds together; None (default) stacks on a GPU, where one small model leaves
-            most of the device idle, and trains one after another on a CPU, where stacking gains nothing.
+            most of the device idle, and trains one after another on a CPU, where the batched matmuls of a
+            stacked step run slower than the plain ones (``benchmarks/bench_training.py``).
         dense_only: stop after the dense stage (see :func:`run_dense`).
         verbose: progress bars.
 

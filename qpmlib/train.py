@@ -440,10 +440,11 @@ class _Replicas:
     def __init__(self, models: list[nn.Module], st: StageConfig, device: torch.device) -> None:
         for m in models:
             m.to(device)
-        specs = [[(k, tuple(v.shape), v.dtype) for k, v in m.state_dict().items()] for m in models]
-        if any(type(m) is not type(models[0]) or s != specs[0] for m, s in zip(models, specs)):
-            raise ValueError("models trained together must have the same class, layers and widths")
-        self.models = models
+        specs = [(type(m), getattr(m, "pooling", None), getattr(m, "standardise", None), _dropout_p(m),
+                  [(k, tuple(v.shape), v.dtype) for k, v in m.state_dict().items()]) for m in models]
+        if any(spec != specs[0] for spec in specs):
+            raise ValueError("models trained together must have the same class, layers and widths, pooling, "
+                             "dropout and standardisation")
         self.steps = [_StepModule(m, st) for m in models]
         if len(models) == 1:
             self.params = [p for p in models[0].parameters() if p.requires_grad]
