@@ -777,7 +777,8 @@ DISCREPANCIES: tuple[tuple[int, str, str, str, str, str], ...] = (
 METRIC_REASONS: dict[str, str] = {
     "plausibility": "test split and min-shifted CAM, as the reference code (§10 rows 9-10)",
     "sid_at_5": "test split, classes with ≥ 5 weights only, as the reference code (§10 row 11)",
-    "seconds_per_epoch": "hardware-dependent: the paper timed an RTX 3090 on cached embeddings (§4.6)",
+    "seconds_per_epoch": "hardware-dependent: the paper timed an RTX 3090 on cached embeddings (§4.6); seeds "
+                         "trained together (on a GPU) report their shared epoch time divided by the seed count",
 }
 
 

@@ -224,6 +224,8 @@ def test_seeds_trained_together_match_separate_runs():
     solo = [train_dense(m, data, cfg, seed=s, eval_data=data, verbose=False) for m, s in zip(alone, seeds)]
     stacked = train_dense(together, data, cfg, seed=seeds, eval_data=data, verbose=False)
     assert isinstance(stacked, list) and [h.n_stacked for h in stacked] == [3, 3, 3]
+    per_model = np.mean([e["seconds"] for e in stacked[0].epochs]) / 3  # an epoch trains all three
+    assert stacked[0].seconds_per_epoch == pytest.approx(per_model)
     for a, b, ha, hb in zip(alone, together, solo, stacked):
         assert _same_run(a, b)  # weights, BN statistics, head and logits, seed by seed
         assert np.allclose([e["loss"] for e in ha.epochs], [e["loss"] for e in hb.epochs], atol=1e-5)
@@ -282,5 +284,8 @@ def test_bf16_precision_trains_under_autocast():
     assert h.epochs[-1]["loss"] < h.epochs[0]["loss"] and h.epochs[-1]["test_accuracy"] == 1.0
     assert all(p.dtype == torch.float32 for p in bf16.parameters())  # master weights stay float32
     assert not _close_weights(fp32, bf16, atol=1e-4)  # bfloat16 matmuls really ran
+    pair = [_model(), _model(seed=1)]
+    hs = train_dense(pair, data, dataclasses.replace(cfg, precision="bf16"), seed=[0, 1], verbose=False)
+    assert all(h.epochs[-1]["loss"] < h.epochs[0]["loss"] for h in hs)
     with pytest.raises(ValueError, match="train.precision"):
         check_train_config(dataclasses.replace(CFG, precision="fp8"))
