@@ -450,11 +450,15 @@ def run_dino_qpm_compact(profile: str | Profile, seed: int = 0, *, overrides: di
     Args and Returns as :func:`run_linear_probe`; ``sid_at_5`` uses the base profile's k, so it is None when
     Compact has fewer features per class (the paper's "−").
     """
-    n_selected, per_class = compact_sizes(profile)
-    compact = {"qp.n_selected": n_selected, "qp.n_per_class": per_class}
-    run = _pipeline_run("dino_qpm", profile, seed, compact | (overrides or {}), sid_k(profile), verbose)
+    run = _pipeline_run("dino_qpm", profile, seed, _compact_overrides(profile) | (overrides or {}),
+                        sid_k(profile), verbose)
     run.method = "dino_qpm_compact"
     return run
+
+
+def _compact_overrides(profile) -> dict[str, int]:
+    n_selected, per_class = compact_sizes(profile)
+    return {"qp.n_selected": n_selected, "qp.n_per_class": per_class}
 
 
 def _sparse_config(method: str, profile, settings: SLDDSettings, schedule: str | None = None) -> dict[str, Any]:
@@ -610,8 +614,7 @@ def prepare(method: str, profile: str | Profile, seeds: Sequence[int], *,
     if method == "linear_probe":
         overrides = _split(linear_probe_config(profile))[0] | overrides
     elif method == "dino_qpm_compact":
-        n_selected, per_class = compact_sizes(profile)
-        overrides = {"qp.n_selected": n_selected, "qp.n_per_class": per_class} | overrides
+        overrides = _compact_overrides(profile) | overrides
     elif method in ("dino_sldd", "dino_qsenn"):
         settings = path_settings(profile, SLDD if method == "dino_sldd" else QSENN)
         pipe, _ = _split(_sparse_config(method, profile, settings))

@@ -100,9 +100,9 @@ def table1_records(profile: str | Profile, seeds: Sequence[int] | None = None, *
         raise ValueError(f"unknown method(s) {unknown}; valid: {', '.join(baselines.RUNNERS)}")
     jobs = [(d, o, m, s) for d, o in dataset_overrides(prof).items() for m in methods for s in _seeds(prof, seeds)]
     if runner is None:  # all seeds of a method at once: on a GPU the missing ones train together
-        for overrides in dataset_overrides(prof).values():
-            for method in methods:
-                baselines.prepare(method, prof, _seeds(prof, seeds), overrides=overrides)
+        groups = [(o, m) for o in dataset_overrides(prof).values() for m in methods]
+        for overrides, method in tqdm(groups, desc="Table 1 training", disable=not verbose):
+            baselines.prepare(method, prof, _seeds(prof, seeds), overrides=overrides)
     runner = runner or baselines.run_method
     rows: list[dict[str, Any]] = []
     for dataset, overrides, method, seed in tqdm(jobs, desc="Table 1 runs", disable=not verbose):
@@ -158,8 +158,8 @@ def table3_records(profile: str | Profile, seeds: Sequence[int] | None = None, *
     backbones = {row: b for row, b in table3_backbones(prof).items() if b is not None}
     settings = {row: {"model.pooling": TABLE3_SETTINGS[row]["pooling"], "backbone.name": b}
                 for row, b in backbones.items()}
-    if runner is None:
-        for overrides in settings.values():
+    if runner is None:  # all seeds of a row at once: on a GPU the missing ones train together
+        for overrides in tqdm(list(settings.values()), desc="Table 3 training", disable=not verbose):
             baselines.prepare("dino_qpm", prof, _seeds(prof, seeds), overrides=overrides)
     runner = runner or _qpm_runner
     jobs = [(row, s) for row in backbones for s in _seeds(prof, seeds)]
