@@ -360,13 +360,8 @@ def train_dense(
         ValueError: for a sparse model, an invalid configuration, or models and seeds that do not pair up.
         FloatingPointError: when the loss becomes NaN or infinite (names the epoch, batch and seed).
     """
-    models, seeds = _pair(model, seed)
-    if any(m.sparse for m in models):
-        raise ValueError("train_dense needs a dense model; this one already has the sparse head")
-    st = cfg if isinstance(cfg, StageConfig) else stage_config(cfg, "dense")
-    histories = _train_stage(models, train_data, st, seeds=seeds, device=device or getattr(cfg, "device", "auto"),
-                             run_dir=run_dir, eval_data=eval_data, recalibrate_bn=recalibrate_bn, verbose=verbose)
-    return histories if isinstance(seed, Sequence) else histories[0]
+    return _train("dense", model, train_data, cfg, seed=seed, run_dir=run_dir, eval_data=eval_data,
+                  recalibrate_bn=recalibrate_bn, device=device, verbose=verbose)
 
 
 def train_finetune(
@@ -390,12 +385,21 @@ def train_finetune(
         ValueError: when a model has no sparse head yet (call ``set_sparse_head`` first).
         FloatingPointError: when the loss becomes NaN or infinite.
     """
+    return _train("finetune", model, train_data, cfg, seed=seed, run_dir=run_dir, eval_data=eval_data,
+                  recalibrate_bn=recalibrate_bn, device=device, verbose=verbose)
+
+
+def _train(stage: str, model: Any, train_data: TokenData, cfg: Any, *, seed: Any, device: str | None,
+           **kwargs: Any) -> History | list[History]:
+    """:func:`train_dense` (``stage="dense"``) or :func:`train_finetune`: checks, then :func:`_train_stage`."""
     models, seeds = _pair(model, seed)
-    if not all(m.sparse for m in models):
+    if stage == "dense" and any(m.sparse for m in models):
+        raise ValueError("train_dense needs a dense model; this one already has the sparse head")
+    if stage == "finetune" and not all(m.sparse for m in models):
         raise ValueError("train_finetune needs the sparse head; call model.set_sparse_head(...) first")
-    st = cfg if isinstance(cfg, StageConfig) else stage_config(cfg, "finetune")
+    st = cfg if isinstance(cfg, StageConfig) else stage_config(cfg, stage)
     histories = _train_stage(models, train_data, st, seeds=seeds, device=device or getattr(cfg, "device", "auto"),
-                             run_dir=run_dir, eval_data=eval_data, recalibrate_bn=recalibrate_bn, verbose=verbose)
+                             **kwargs)
     return histories if isinstance(seed, Sequence) else histories[0]
 
 
@@ -477,6 +481,8 @@ class _Replicas:
 
     def write_back(self) -> None:
         """Copy the stacked weights and buffers into the S models (no-op for S = 1)."""
+        if not self.state:
+            return
         with torch.no_grad():
             for i, step in enumerate(self.steps):
                 for k, v in step.state_dict().items():
@@ -528,6 +534,7 @@ def _train_stage(
     key = json.dumps({"stage": dataclasses.asdict(st), "seeds": seeds, "n": len(data)}, sort_keys=True)
     ckpt = Path(run_dir) / CHECKPOINT_FILE.format(stage=st.stage) if run_dir is not None else None
     feed = _Feeder(data, dev)
+    eval_feed = _Feeder(eval_data, dev) if eval_data is not None else None  # built once for every test epoch
     n, bs, s_count = len(data), st.batch_size, len(models)
     n_batches = (n + bs - 1) // bs
     p_drop, width = _dropout_p(models[0]), models[0].head_weight.shape[1]
@@ -583,7 +590,7 @@ def _train_stage(
                       **{k: v[i].item() / n_batches for k, v in sums.items()},
                       "accuracy": correct[i].item() / n, "seconds": seconds}
             if test_epoch:
-                ev = evaluate(model, eval_data, device=dev, with_maps=False)
+                ev = _evaluate(model, eval_feed, with_maps=False)
                 record["test_accuracy"] = float(np.mean(ev.predictions == eval_data.labels))
             history.epochs.append(record)
         bar.set_postfix(loss=f"{losses.mean().item():.3f}", acc=f"{correct.float().mean().item() / n:.3f}")
@@ -698,8 +705,14 @@ def evaluate(
         :class:`Evaluation`.
     """
     dev = resolve_device(device)
-    model.to(dev).eval()
-    feed = _Feeder(data, dev)
+    return _evaluate(model.to(dev), _Feeder(data, dev), batch_size=batch_size, with_maps=with_maps)
+
+
+@torch.no_grad()
+def _evaluate(model: nn.Module, feed: _Feeder, *, batch_size: int = 128, with_maps: bool = True) -> Evaluation:
+    """:func:`evaluate` on a feeder that already holds the split (on a GPU: its tokens, uploaded once)."""
+    model.eval()
+    data = feed.data
     logits, feats, maps = [], [], []
     for start in range(0, len(data), batch_size):
         x, _ = feed(np.arange(start, min(start + batch_size, len(data))))
