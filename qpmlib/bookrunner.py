@@ -52,10 +52,15 @@ __all__ = [
     "build_book",
     "provenance_markdown",
     "build_dir",
+    "parse_parameters",
     "main",
 ]
 
 KEY_METADATA = "qpmlib_run_key"
+#: Tag papermill gives the cell of injected parameters.
+INJECTED_TAG = "injected-parameters"
+#: Types a ``-p`` value may have after YAML parsing (what papermill writes back as a Python literal).
+PARAMETER_TYPES = (str, int, float, bool, type(None), list, dict)
 #: Longest a single cell may run before papermill stops the chapter (None: no limit, for GPU-length training).
 CELL_TIMEOUT_S = {"smoke": 600, "demo": 3600, "paper": None}
 VENDOR_DIR = REPO_ROOT / "book" / "_vendor"
@@ -124,11 +129,15 @@ def chapters(toc_file: Path | None = None) -> list[Chapter]:
 def select_chapters(names: list[str] | None, available: list[Chapter]) -> list[Chapter]:
     """Chapters whose name (or name without the number prefix) is in ``names``, in ``_toc.yml`` order.
 
+    ``names=None`` selects every chapter; an empty list is an error (a ``--chapters`` without names).
+
     Raises:
-        ValueError: for an unknown name; the message lists the valid ones.
+        ValueError: for an unknown name or an empty list; the message lists the valid ones.
     """
-    if not names:
+    if names is None:
         return list(available)
+    if not names:
+        raise ValueError("no chapter names given; valid chapters: " + ", ".join(c.name for c in available))
     by_name = {c.name: c for c in available}
     by_name.update({c.name.split("_", 1)[-1]: c for c in available})
     unknown = [n for n in names if n not in by_name]
@@ -177,19 +186,25 @@ def check_parameters(notebook: Path, parameters: dict) -> None:
 
 
 def _code_fingerprint() -> str:
-    """Hash of the library sources and the pinned requirements (a change re-executes the chapters)."""
+    """Hash of the library's files and the pinned requirements (a change of any byte re-executes the chapters).
+
+    Every file under ``qpmlib/`` counts (compiled caches excepted), each as its path, its length and its bytes,
+    so that no two different trees give the same sequence of bytes.
+    """
     h = hashlib.sha256()
-    files = sorted((REPO_ROOT / "qpmlib").rglob("*.py")) + [REPO_ROOT / "requirements.txt"]
-    for f in files:
-        if f.exists():
-            h.update(f.relative_to(REPO_ROOT).as_posix().encode())
-            h.update(f.read_bytes())
+    library = sorted(f for f in (REPO_ROOT / "qpmlib").rglob("*")
+                     if f.is_file() and "__pycache__" not in f.parts and f.suffix not in (".pyc", ".pyo"))
+    for f in library + [REPO_ROOT / "requirements.txt"]:
+        data = f.read_bytes() if f.exists() else b""
+        name = f.relative_to(REPO_ROOT).as_posix().encode()
+        h.update(len(name).to_bytes(8, "little") + name + len(data).to_bytes(8, "little") + data)
     return h.hexdigest()
 
 
 def _run_key(chapter: Chapter, parameters: dict, code: str) -> str:
+    """What an executed copy depends on: each cell's type, tags and source, the parameters and the library."""
     nb = _notebook(chapter.source)
-    cells = [(c["cell_type"], "".join(c["source"])) for c in nb["cells"]]
+    cells = [(c["cell_type"], c.get("metadata", {}).get("tags", []), "".join(c["source"])) for c in nb["cells"]]
     blob = json.dumps({"cells": cells, "parameters": parameters, "code": code}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -202,7 +217,11 @@ def _executed_key(path: Path) -> str | None:
 
 
 def _failing_cell(nb_path: Path) -> str:
-    """Describe the first cell of an executed notebook that holds an error output."""
+    """Describe the first cell of an executed notebook that holds an error output.
+
+    Code cells are counted as in the source notebook: the cell papermill injects after the parameters cell
+    (tagged ``injected-parameters``) is not counted, unless it is the one that failed.
+    """
     try:
         nb = _notebook(nb_path)
     except (OSError, ValueError):
@@ -211,6 +230,10 @@ def _failing_cell(nb_path: Path) -> str:
     for cell in nb["cells"]:
         if cell["cell_type"] != "code":
             continue
+        if INJECTED_TAG in cell.get("metadata", {}).get("tags", []):
+            if any(out.get("output_type") == "error" for out in cell.get("outputs", [])):
+                return f"the injected parameters cell (after code cell {code_index}): " + _error_text(cell)
+            continue
         code_index += 1
         for out in cell.get("outputs", []):
             if out.get("output_type") == "error":
@@ -218,6 +241,11 @@ def _failing_cell(nb_path: Path) -> str:
                 head = first[0] if first else ""
                 return f"code cell {code_index} ({head!r}): {out.get('ename')}: {out.get('evalue')}"
     return "unknown cell"
+
+
+def _error_text(cell: dict) -> str:
+    out = next(o for o in cell.get("outputs", []) if o.get("output_type") == "error")
+    return f"{out.get('ename')}: {out.get('evalue')}"
 
 
 def run_chapters(
@@ -501,6 +529,38 @@ def build_book(profile: str, *, verbose: bool = True) -> Path:
     return index
 
 
+def parse_parameters(pairs: list[list[str]] | list[tuple[str, str]]) -> dict:
+    """``-p NAME VALUE`` pairs as a dict, each value parsed as YAML (``3`` -> 3, ``[0, 1]`` -> a list).
+
+    Raises:
+        ValueError: for a repeated name, a value that is not valid YAML, or a YAML value that is not a plain
+            string, number, boolean, null, list or mapping (a date, for instance); the message names the parameter.
+    """
+    out: dict = {}
+    for name, text in pairs:
+        if name in out:
+            raise ValueError(f"parameter {name!r} is given twice (-p {name} ...); give it once")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            detail = " ".join(str(exc).split())
+            raise ValueError(f"-p {name} {text!r}: the value is not valid YAML ({detail}); quote a plain string, "
+                             "e.g. -p name \"'text'\"") from None
+        if not _plain_value(value):
+            raise ValueError(f"-p {name} {text!r}: YAML reads this as {type(value).__name__}; give a string (in "
+                             "quotes), a number, true/false, null, a list or a mapping")
+        out[name] = value
+    return out
+
+
+def _plain_value(value) -> bool:
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain_value(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_plain_value(v) for v in value)
+    return isinstance(value, PARAMETER_TYPES)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; see the module docstring."""
     parser = argparse.ArgumentParser(prog="python -m qpmlib.bookrunner", description=__doc__.split("\n\n")[0])
@@ -511,11 +571,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                         help="extra papermill parameter (YAML value); every selected chapter must declare it")
     args = parser.parse_args(argv)
-    profile = args.profile or os.environ.get("QPMLIB_PROFILE", "demo")
-    extra = {name: yaml.safe_load(value) for name, value in args.parameter}
-    if "profile" in extra:
-        profile = extra.pop("profile")
     try:
+        extra = parse_parameters(args.parameter)
+        profile = args.profile or os.environ.get("QPMLIB_PROFILE", "demo")
+        if "profile" in extra:
+            given = extra.pop("profile")
+            if args.profile is not None and given != args.profile:
+                raise ValueError(f"--profile {args.profile} and -p profile {given} disagree; give the profile once")
+            profile = given
+        if args.chapters == []:
+            raise ValueError("--chapters needs at least one chapter name; valid chapters: "
+                             + ", ".join(c.name for c in chapters()))
         get_profile(profile)
         if args.action in ("run", "all"):
             run_chapters(profile, args.chapters, force=args.force, extra_parameters=extra)

@@ -8,14 +8,20 @@ The reference code writes two ``torch.save`` files per image and trusts any file
 * ``cls.npy``: fp16 (N, D), the normed CLS token;
 * ``labels.npy``, ``image_ids.npy``: int64 (N,), rows sorted by image id;
 * ``manifest.json``: the fingerprint of every input (image list with file sizes, backbone, weights id, image size,
-  normalisation, dataset, format version) plus provenance (pretrained flag, created, torch version) and a
-  ``complete`` flag that is set last, by an atomic rename;
-* ``progress.json`` while an extraction runs: rows written so far, committed after each batch is flushed.
+  normalisation, dataset, format version) plus provenance (pretrained flag, created, torch version), the size and
+  SHA-256 of each array file, and a ``complete`` flag; the finished manifest is the last thing written, by an
+  atomic rename;
+* ``progress.json`` while an extraction runs: rows written so far, committed after each batch is flushed;
+* ``.verified.json``: hashes already checked, with each file's size, inode, mtime and ctime (see
+  :func:`qpmlib.files.verify_checksums`), so that opening an unchanged store reads no array;
+* ``.lock``: held while a process extracts the store; a second process asking for it waits, then uses it.
 
-A store whose fingerprint differs from its inputs is rebuilt, with a message naming what changed; an interrupted
+A store whose fingerprint differs from its inputs is rebuilt, with a message naming what changed; a store that is
+damaged (a manifest that is not a JSON object, an array file that is truncated, empty or edited, a missing
+checksum) is rebuilt with one line saying what was wrong and where; it is never served. An interrupted
 extraction resumes at the last committed batch. Reads use ``np.load(mmap_mode="r")``, so a batch read from a
 store touches only that batch's pages. An image replaced by another of exactly the same byte size is not
-detected (the fingerprint uses sizes, not contents, to stay cheap on every call).
+detected (the fingerprint uses image sizes, not contents, to stay cheap on every call).
 """
 
 from __future__ import annotations
@@ -37,6 +43,15 @@ from tqdm import tqdm
 from . import paths
 from .backbones import FrozenBackbone, build_backbone
 from .data.images import NORMALISATIONS, load_image
+from .files import (
+    IntegrityError,
+    atomic_write,
+    atomic_write_json,
+    checksums,
+    file_lock,
+    read_json_object,
+    verify_checksums,
+)
 
 __all__ = [
     "FORMAT_VERSION",
@@ -64,6 +79,8 @@ LABELS_FILE = "labels.npy"
 IDS_FILE = "image_ids.npy"
 MANIFEST_FILE = "manifest.json"
 PROGRESS_FILE = "progress.json"
+STAMP_FILE = ".verified.json"
+LOCK_FILE = ".lock"
 _DATA_FILES = (PATCH_FILE, CLS_FILE, LABELS_FILE, IDS_FILE)
 
 
@@ -102,7 +119,10 @@ class EmbeddingStore:
 
 
 def open_store(path: str | Path) -> EmbeddingStore:
-    """Open a complete store read-only (memory-mapped).
+    """Open a complete store read-only (memory-mapped), after checking it against its manifest.
+
+    Each array file must have the size and SHA-256 recorded when the store was finished; a file whose size,
+    inode, mtime and ctime are those of its last check is not read again (:func:`qpmlib.files.verify_checksums`).
 
     Args:
         path: the store's folder.
@@ -111,14 +131,25 @@ def open_store(path: str | Path) -> EmbeddingStore:
         The :class:`EmbeddingStore`.
 
     Raises:
-        ValueError: when the store has no manifest, is not marked complete, or its arrays do not have the shapes
-            the manifest promises (re-run :func:`extract` to rebuild it).
+        ValueError: when the store has no manifest, is not marked complete, has no checksums, or a file is
+            missing, truncated, edited or not the shape the manifest promises; the message names the file
+            (re-run :func:`extract` to rebuild it).
     """
     path = Path(path)
-    manifest = _read_json(path / MANIFEST_FILE)
-    if manifest is None or not manifest.get("complete"):
+    try:
+        manifest = read_json_object(path / MANIFEST_FILE)
+    except FileNotFoundError:
+        raise ValueError(f"{path} is not a complete embedding store (no {MANIFEST_FILE}); run "
+                         "qpmlib.embeddings.extract to (re)build it") from None
+    if manifest.get("complete") is not True:
         raise ValueError(f"{path} is not a complete embedding store; run qpmlib.embeddings.extract to (re)build it")
-    inp = manifest["inputs"]
+    inp, sums = manifest.get("inputs"), manifest.get("checksums")
+    if not isinstance(inp, dict) or not all(isinstance(inp.get(k), int) for k in ("n_images", "grid", "embed_dim")):
+        raise IntegrityError(path / MANIFEST_FILE, "has no valid 'inputs' (n_images, grid, embed_dim)")
+    if not isinstance(sums, dict) or set(sums) != set(_DATA_FILES):
+        raise IntegrityError(path / MANIFEST_FILE, "records no checksums of the array files (written by an older "
+                                                  "qpmlib or damaged)")
+    verify_checksums(path, sums, stamp_file=STAMP_FILE)
     n, p, d = inp["n_images"], inp["grid"] ** 2, inp["embed_dim"]
     expected = {PATCH_FILE: ((n, p, d), np.float16), CLS_FILE: ((n, d), np.float16),
                 LABELS_FILE: ((n,), np.int64), IDS_FILE: ((n,), np.int64)}
@@ -126,13 +157,11 @@ def open_store(path: str | Path) -> EmbeddingStore:
     for name, (shape, dtype) in expected.items():
         try:
             arr = np.load(path / name, mmap_mode="r")
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"{path / name} cannot be read ({exc}); re-run extract to rebuild the store") from exc
+        except Exception as exc:  # noqa: BLE001 - EOFError, ValueError, OSError...: the file is not an array
+            raise IntegrityError(path / name, f"cannot be read as an array ({type(exc).__name__}: {exc})") from exc
         if arr.shape != shape or arr.dtype != dtype:
-            raise ValueError(
-                f"{path / name} holds {arr.dtype} {arr.shape}, the manifest expects {np.dtype(dtype)} {shape}; "
-                "re-run extract to rebuild the store"
-            )
+            raise IntegrityError(path / name, f"holds {arr.dtype} {arr.shape}, the manifest expects "
+                                              f"{np.dtype(dtype)} {shape}")
         arrays[name] = arr
     return EmbeddingStore(path, arrays[PATCH_FILE], arrays[CLS_FILE], arrays[LABELS_FILE], arrays[IDS_FILE], manifest)
 
@@ -244,23 +273,60 @@ def extract(
     inputs = manifest["inputs"]
     say = print if verbose else (lambda *a, **k: None)
 
-    old = _read_json(folder / MANIFEST_FILE)
-    if old is not None and old.get("inputs") != inputs:
-        log.warning("embedding store %s is stale (%s): rebuilding it", folder, _describe_changes(old, manifest))
-        _clear(folder)
-    elif old is not None and old.get("complete"):
-        try:
-            store = open_store(folder)
-            say(f"embedding store up to date: {folder}")
-            return store
-        except ValueError as exc:
-            log.warning("embedding store %s is damaged (%s): rebuilding it", folder, exc)
-            _clear(folder)
+    store = _current(folder, manifest, quiet=True)  # the common case: no lock, no rebuild
+    if store is None:
+        with file_lock(folder / LOCK_FILE, what=f"the embedding store {folder}"):
+            store = _current(folder, manifest, quiet=False)  # another process may have finished it meanwhile
+            if store is None:
+                _build(folder, manifest, rows, files, backbone, say, image_size=image_size, dataset=dataset,
+                       normalisation=normalisation, batch_size=batch_size, device=device,
+                       num_workers=num_workers, verbose=verbose)
+                say(f"embedding store written: {folder}")
+                return open_store(folder)
+    say(f"embedding store up to date: {folder}")
+    return store
 
+
+def _current(folder: Path, manifest: dict, *, quiet: bool) -> EmbeddingStore | None:
+    """The complete, intact store in ``folder`` for the inputs of ``manifest``, or None.
+
+    With ``quiet=False`` (the caller holds the lock) a stale or damaged store is cleared, with one line that
+    says what was wrong and where; a partial extraction of the same inputs is left to resume.
+    """
+    inputs = manifest["inputs"]
+    try:
+        old = read_json_object(folder / MANIFEST_FILE)
+    except FileNotFoundError:
+        return None
+    except IntegrityError as exc:
+        problem = str(exc)
+    else:
+        if old.get("inputs") != inputs:
+            if not quiet:
+                log.warning("embedding store %s is stale (%s): rebuilding it", folder,
+                            _describe_changes(old, inputs, manifest["images"]))
+                _clear(folder)
+            return None
+        if old.get("complete") is not True:
+            return None  # a partial extraction of these inputs: resumed by _build
+        try:
+            return open_store(folder)
+        except ValueError as exc:
+            problem = str(exc)
+    if not quiet:
+        log.warning("embedding store %s is damaged (%s): rebuilding it", folder, problem)
+        _clear(folder)
+    return None
+
+
+def _build(folder, manifest, rows, files, backbone, say, *, image_size, dataset, normalisation, batch_size, device,
+           num_workers, verbose) -> None:
+    """Extract (or resume) the store in ``folder`` and seal it: checksums, then the complete manifest, last."""
+    inputs = manifest["inputs"]
     n, p, d = inputs["n_images"], inputs["grid"] ** 2, inputs["embed_dim"]
     start, arrays = _resume(folder, inputs, (n, p, d))
     if arrays is None:
-        start, arrays = 0, _start_fresh(folder, manifest, rows, (n, p, d))
+        start, arrays = 0, _start_fresh(folder, manifest, (n, p, d))
     else:
         say(f"resuming extraction of {folder.name} at row {start} of {n}")
     patch_mm, cls_mm = arrays
@@ -268,13 +334,19 @@ def extract(
         _embed_rows(backbone, files, start, patch_mm, cls_mm, folder, inputs,
                     image_size=image_size, dataset=dataset, normalisation=normalisation, batch_size=batch_size,
                     device=device, num_workers=num_workers, verbose=verbose)
+    patch_mm.flush()
+    cls_mm.flush()
     del patch_mm, cls_mm
+    for name, values in ((LABELS_FILE, rows["label"]), (IDS_FILE, rows["image_id"])):
+        atomic_write(folder / name, lambda fh, a=values.to_numpy(np.int64): np.save(fh, a))
+    for name in (PATCH_FILE, CLS_FILE):
+        with open(folder / name, "rb+") as fh:
+            os.fsync(fh.fileno())
+    manifest["checksums"] = checksums(folder, _DATA_FILES, stamp_file=STAMP_FILE)
     manifest["complete"] = True
     manifest["completed"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    _write_json(folder / MANIFEST_FILE, manifest)  # the complete flag is the last thing written
+    atomic_write_json(folder / MANIFEST_FILE, manifest)  # the complete flag and the checksums are written last
     (folder / PROGRESS_FILE).unlink(missing_ok=True)
-    say(f"embedding store written: {folder}")
-    return open_store(folder)
 
 
 def _embed_rows(backbone, files, start, patch_mm, cls_mm, folder, inputs, *, image_size, dataset, normalisation,
@@ -316,7 +388,7 @@ def _embed_rows(backbone, files, start, patch_mm, cls_mm, folder, inputs, *, ima
                 patch_mm.flush()
                 cls_mm.flush()
                 done = end
-                _write_json(folder / PROGRESS_FILE, {"inputs_sha256": _sha(inputs), "rows_done": done})
+                atomic_write_json(folder / PROGRESS_FILE, {"inputs_sha256": _sha(inputs), "rows_done": done})
                 bar.update(len(idx))
     finally:
         backbone.to(home_device)
@@ -374,78 +446,69 @@ def _fingerprint(rows, root, split, backbone, dataset, normalisation) -> tuple[l
     return files, manifest
 
 
-def _describe_changes(old: dict, new: dict) -> str:
-    """A short human-readable list of what differs between two manifests' inputs."""
-    a, b = old.get("inputs", {}), new["inputs"]
-    changes = [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in b if k not in ("images_sha256", "n_images")
-               and a.get(k) != b.get(k)]
-    if a.get("images_sha256") != b["images_sha256"]:
-        before = {r[0]: r for r in old.get("images", [])}
-        after = {r[0]: r for r in new["images"]}
-        changed = [after[i][1] for i in after if i in before and before[i] != after[i]]
-        added, removed = len(after.keys() - before.keys()), len(before.keys() - after.keys())
-        text = f"image list: {len(changed)} changed, {added} added, {removed} removed"
-        if changed:
-            text += " (e.g. " + ", ".join(changed[:3]) + ")"
+def _describe_changes(old: dict, inputs: dict, images: list | None = None) -> str:
+    """A short human-readable list of what differs between an old manifest and the new ``inputs``."""
+    a = old.get("inputs") if isinstance(old.get("inputs"), dict) else {}
+    if not a:
+        return "its manifest has no valid 'inputs'"
+    changes = [f"{k}: {a.get(k)!r} -> {inputs.get(k)!r}" for k in inputs if k not in ("images_sha256", "n_images")
+               and a.get(k) != inputs.get(k)]
+    if a.get("images_sha256") != inputs["images_sha256"]:
+        text = "image list changed"
+        try:
+            before = {r[0]: r for r in old.get("images", [])}
+            after = {r[0]: r for r in (images or [])}
+            changed = [after[i][1] for i in after if i in before and before[i] != after[i]]
+            added, removed = len(after.keys() - before.keys()), len(before.keys() - after.keys())
+            text = f"image list: {len(changed)} changed, {added} added, {removed} removed"
+            if changed:
+                text += " (e.g. " + ", ".join(changed[:3]) + ")"
+        except (TypeError, KeyError, IndexError):  # an old manifest with a malformed image list
+            pass
         changes.append(text)
     return "; ".join(changes) or "unknown change"
 
 
 def _resume(folder: Path, inputs: dict, shape: tuple[int, int, int]):
     """``(rows_done, (patch_mm, cls_mm))`` opened read-write when ``folder`` holds a matching partial run."""
-    progress = _read_json(folder / PROGRESS_FILE)
-    if progress is None or progress.get("inputs_sha256") != _sha(inputs):
+    try:
+        progress = read_json_object(folder / PROGRESS_FILE)
+    except (FileNotFoundError, IntegrityError):
+        return 0, None
+    done = progress.get("rows_done")
+    if progress.get("inputs_sha256") != _sha(inputs) or not isinstance(done, int) or not 0 <= done <= shape[0]:
         return 0, None
     try:
         patch_mm = np.load(folder / PATCH_FILE, mmap_mode="r+")
         cls_mm = np.load(folder / CLS_FILE, mmap_mode="r+")
-    except (OSError, ValueError):
+    except Exception:  # noqa: BLE001 - a damaged partial file: start over
         return 0, None
     n, p, d = shape
-    if patch_mm.shape != (n, p, d) or cls_mm.shape != (n, d) or patch_mm.dtype != np.float16:
+    if patch_mm.shape != (n, p, d) or cls_mm.shape != (n, d) or patch_mm.dtype != np.float16 \
+            or cls_mm.dtype != np.float16:
         return 0, None
-    return int(progress["rows_done"]), (patch_mm, cls_mm)
+    return done, (patch_mm, cls_mm)
 
 
-def _start_fresh(folder: Path, manifest: dict, rows: pd.DataFrame, shape: tuple[int, int, int]):
+def _start_fresh(folder: Path, manifest: dict, shape: tuple[int, int, int]):
     n, p, d = shape
     _clear(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    _write_json(folder / MANIFEST_FILE, manifest)  # complete: False
-    np.save(folder / LABELS_FILE, rows["label"].to_numpy(np.int64))
-    np.save(folder / IDS_FILE, rows["image_id"].to_numpy(np.int64))
+    atomic_write_json(folder / MANIFEST_FILE, manifest)  # complete: False
     patch_mm = np.lib.format.open_memmap(folder / PATCH_FILE, mode="w+", dtype=np.float16, shape=(n, p, d))
     cls_mm = np.lib.format.open_memmap(folder / CLS_FILE, mode="w+", dtype=np.float16, shape=(n, d))
-    _write_json(folder / PROGRESS_FILE, {"inputs_sha256": _sha(manifest["inputs"]), "rows_done": 0})
+    atomic_write_json(folder / PROGRESS_FILE, {"inputs_sha256": _sha(manifest["inputs"]), "rows_done": 0})
     return patch_mm, cls_mm
 
 
 def _clear(folder: Path) -> None:
-    """Remove the store's own files (and nothing else) from ``folder``."""
-    for name in (*_DATA_FILES, MANIFEST_FILE, PROGRESS_FILE):
+    """Remove the store's own files (and nothing else; the lock stays) from ``folder``."""
+    for name in (*_DATA_FILES, MANIFEST_FILE, PROGRESS_FILE, STAMP_FILE):
         (folder / name).unlink(missing_ok=True)
 
 
 def _sha(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        with open(path) as fh:
-            return json.load(fh)
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    """Write JSON atomically: a temporary file, fsync, then rename over ``path``."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 @functools.lru_cache(maxsize=2)

@@ -438,10 +438,15 @@ def _run(profile, seeds: Sequence[int] | None, overrides, *, verbose: bool, comp
             )
         groups = [missing] if stack and kind != "qp" and missing else [[seed] for seed in missing]
         for group in groups:
-            # one seed resumes from its own folder; a stacked group from a folder of the whole group
-            key = cfgs[group[0]][kind] if len(group) == 1 else {"stacked": [cfgs[s][kind] for s in group]}
-            for seed, data in zip(group, fn(group, stores[kind].work_dir(key))):
-                found[seed] = stores[kind].put(cfgs[seed][kind], data)
+            with stores[kind].lock(*[cfgs[s][kind] for s in group]):  # another process may be computing them
+                found.update({s: stores[kind].get(cfgs[s][kind]) for s in group})
+                group = [s for s in group if found[s] is None]
+                if not group:
+                    continue
+                # one seed resumes from its own folder; a stacked group from a folder of the whole group
+                key = cfgs[group[0]][kind] if len(group) == 1 else {"stacked": [cfgs[s][kind] for s in group]}
+                for seed, data in zip(group, fn(group, stores[kind].work_dir(key))):
+                    found[seed] = stores[kind].put(cfgs[seed][kind], data)
         return found
 
     dense = stage("dense", ctx.run_dense, seeds)

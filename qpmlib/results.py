@@ -12,16 +12,27 @@ and weights id, seed, every hyperparameter, and :data:`FORMAT_VERSION`). It live
   and :data:`PREDICTIONS_FILE` (per-sample test predictions).
 * extra JSON files, e.g. :data:`HISTORY_FILE` (per-epoch log) and :data:`MODEL_SPEC_FILE` (model arguments).
 
-Writes are atomic: everything goes into a temporary folder beside the target, which is then renamed. A finished
-result is never overwritten; :meth:`ResultStore.work_dir` gives an unfinished run a stable scratch folder for its
-resumable checkpoints.
+Writes are atomic: everything goes into a temporary folder beside the target, each file is flushed to disk
+(``fsync``), :data:`CHECKSUMS_FILE` (size and SHA-256 of every other file) is written last, and the folder is then
+renamed into place. A finished result is never overwritten; :meth:`ResultStore.work_dir` gives an unfinished run a
+stable scratch folder for its resumable checkpoints, and :meth:`ResultStore.lock` lets two processes that want the
+same result compute it once (the second waits, then finds it stored).
+
+Reading checks before it trusts: :meth:`ResultStore.get` verifies every file against :data:`CHECKSUMS_FILE`
+(hashes already checked are remembered with each file's size, inode, mtime and ctime, so an unchanged entry is
+not read twice; see :func:`qpmlib.files.verify_checksums`) and that the stored configuration hashes to the folder
+name. A damaged entry (truncated, edited, half-copied, or written without checksums by an older qpmlib) is
+reported with one line naming the file and what is wrong, and treated as missing: the caller recomputes it and
+:meth:`ResultStore.put` moves the damaged folder aside (``.damaged-<hash>-<id>``) before storing the new one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 import os
 import platform
@@ -30,13 +41,14 @@ import subprocess
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
 from qpmlib import paths
+from qpmlib.files import IntegrityError, checksums, file_lock, fsync_dir, read_json_object, verify_checksums
 
 __all__ = [
     "FORMAT_VERSION",
@@ -50,6 +62,7 @@ __all__ = [
     "HISTORY_FILE",
     "SELECTION_FILE",
     "MODEL_SPEC_FILE",
+    "CHECKSUMS_FILE",
     "Result",
     "ResultData",
     "ResultStore",
@@ -70,9 +83,16 @@ PREDICTIONS_FILE = "predictions.safetensors"
 FEATURES_FILE = "features.safetensors"
 SELECTION_FILE = "selection.safetensors"
 MODEL_SPEC_FILE = "model_spec.json"
+#: Size and SHA-256 of every other file of a result; written last.
+CHECKSUMS_FILE = "checksums.json"
+_STAMP_FILE = ".verified.json"
 _HASH_CHARS = 16
 _WORK_PREFIX = ".work-"
 _TMP_PREFIX = ".tmp-"
+_DAMAGED_PREFIX = ".damaged-"
+_LOCKS = ".locks"
+
+log = logging.getLogger(__name__)
 
 
 def _plain(value: Any) -> Any:
@@ -165,33 +185,57 @@ class Result:
         config: the stored configuration.
         metrics: the stored metrics.
         provenance: the stored provenance.
+        files: size and SHA-256 of each file, from :data:`CHECKSUMS_FILE`.
     """
 
     path: Path
     config: dict[str, Any]
     metrics: dict[str, Any]
     provenance: dict[str, Any]
+    files: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def key(self) -> str:
         """The configuration hash (the folder name)."""
         return self.path.name
 
+    def _checked(self, file: str) -> Path:
+        """The path of one of this result's files, verified against its checksum (cheap when unchanged)."""
+        target = self.path / file
+        if file not in self.files:
+            have = sorted(p.name for p in self.path.iterdir() if not p.name.startswith("."))
+            raise FileNotFoundError(f"result {self.path} has no {file}; it has {', '.join(have)}")
+        verify_checksums(self.path, {file: self.files[file]}, stamp_file=_STAMP_FILE)
+        return target
+
     def tensors(self, file: str) -> dict[str, torch.Tensor]:
         """Load one ``.safetensors`` file of this result onto the CPU.
 
         Raises:
             FileNotFoundError: when the result has no such file; lists the files it has.
+            IntegrityError: when the file changed since it was stored or cannot be read (names the file).
         """
-        target = self.path / file
-        if not target.exists():
-            have = sorted(p.name for p in self.path.iterdir())
-            raise FileNotFoundError(f"result {self.path} has no {file}; it has {', '.join(have)}")
-        return load_file(target)
+        target = self._checked(file)
+        try:
+            return load_file(target)
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+            raise IntegrityError(target, f"cannot be read as safetensors ({type(exc).__name__}: {exc})") from exc
 
     def json(self, file: str) -> Any:
-        """Load one extra JSON file of this result."""
-        return json.loads((self.path / file).read_text())
+        """Load one extra JSON file of this result.
+
+        Raises:
+            FileNotFoundError: when the result has no such file.
+            IntegrityError: when the file changed since it was stored or is not valid JSON (names the file).
+        """
+        return _read_json(self._checked(file))
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise IntegrityError(path, f"is not valid JSON ({exc})") from exc
 
 
 class ResultStore:
@@ -226,16 +270,37 @@ class ResultStore:
         folder.mkdir(parents=True, exist_ok=True)
         return folder
 
+    @contextlib.contextmanager
+    def lock(self, *configs: Any) -> Iterator[None]:
+        """Hold the locks of these configurations (in a fixed order, so two callers never deadlock).
+
+        Compute a missing result inside this block after a second :meth:`get`: a process that waited here then
+        finds the result the first one stored, and does not compute it again.
+        """
+        keys = sorted({config_hash(c) for c in configs})
+        with contextlib.ExitStack() as stack:
+            for key in keys:
+                stack.enter_context(file_lock(self.root / self.kind / _LOCKS / f"{key}.lock",
+                                              what=f"the {self.kind} result {key}"))
+            yield
+
     def get(self, config: Any) -> Result | None:
-        """The finished result of ``config``, or None."""
+        """The finished result of ``config``, or None when it is missing or damaged.
+
+        A damaged entry is reported with one warning that names the file and the problem; it is recomputed by the
+        caller and replaced by :meth:`put`.
+        """
         folder = self.path(config)
-        if not (folder / CONFIG_FILE).exists():
+        if not folder.is_dir():
             return None
-        read = lambda name: json.loads((folder / name).read_text())  # noqa: E731
-        return Result(folder, read(CONFIG_FILE), read(METRICS_FILE), read(PROVENANCE_FILE))
+        try:
+            return _open(folder)
+        except IntegrityError as exc:
+            log.warning("result %s is damaged (%s); it will be recomputed", folder, exc)
+            return None
 
     def put(self, config: Any, data: ResultData) -> Result:
-        """Write a finished result atomically; an existing finished result is kept, not overwritten.
+        """Write a finished result atomically; an existing intact result is kept, not overwritten.
 
         Args:
             config: the full configuration (dataclass or dict).
@@ -248,7 +313,8 @@ class ResultStore:
             ValueError: for file names that would collide with the fixed ones or are not plain names.
         """
         for name in list(data.tensors) + list(data.json_files):
-            if Path(name).name != name or name in (CONFIG_FILE, METRICS_FILE, PROVENANCE_FILE):
+            if Path(name).name != name or name.startswith(".") or name in (CONFIG_FILE, METRICS_FILE,
+                                                                           PROVENANCE_FILE, CHECKSUMS_FILE):
                 raise ValueError(f"invalid extra file name {name!r}")
         for name in data.tensors:
             if not name.endswith(".safetensors"):
@@ -265,30 +331,86 @@ class ResultStore:
                      PROVENANCE_FILE: _plain(data.provenance)}
             files.update({k: _plain(v) for k, v in data.json_files.items()})
             for name, obj in files.items():
-                (tmp / name).write_text(json.dumps(obj, indent=1, sort_keys=True))
+                _write_synced(tmp / name, json.dumps(obj, indent=1, sort_keys=True, allow_nan=False).encode())
             for name, tensors in data.tensors.items():
                 save_file({k: _to_tensor(v) for k, v in tensors.items()}, str(tmp / name))
+                _fsync_file(tmp / name)
+            sums = checksums(tmp, sorted(files) + sorted(data.tensors), stamp_file=_STAMP_FILE)
+            _write_synced(tmp / CHECKSUMS_FILE, json.dumps(sums, indent=1, sort_keys=True).encode())  # last
+            fsync_dir(tmp)
+            if final.exists():  # damaged (get() said so): set it aside, never delete what may be evidence
+                with contextlib.suppress(FileNotFoundError):  # another writer moved it first
+                    final.rename(final.parent / f"{_DAMAGED_PREFIX}{final.name}-{uuid.uuid4().hex[:8]}")
             try:
                 os.rename(tmp, final)
             except OSError:
                 if self.get(config) is None:  # not a lost race with an identical writer
                     raise
+            fsync_dir(final.parent)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(self.root / self.kind / f"{_WORK_PREFIX}{final.name}", ignore_errors=True)
-        return self.get(config)
+        stored = self.get(config)
+        if stored is None:
+            raise IntegrityError(final, "was damaged right after it was written; check the disk")
+        return stored
 
     def get_or_run(self, config: Any, fn: Callable[[], ResultData]) -> Result:
-        """The stored result of ``config``; when missing, ``fn()`` computes it and it is stored first."""
+        """The stored result of ``config``; when missing, ``fn()`` computes it and it is stored first.
+
+        Two processes asking for the same missing result compute it once: the second waits for the first.
+        """
         found = self.get(config)
-        return found if found is not None else self.put(config, fn())
+        if found is not None:
+            return found
+        with self.lock(config):
+            found = self.get(config)
+            return found if found is not None else self.put(config, fn())
 
     def keys(self) -> list[str]:
         """Hashes of all finished results of this kind."""
         folder = self.root / self.kind
         if not folder.exists():
             return []
-        return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".") and (p / CONFIG_FILE).exists())
+        return sorted(p.name for p in folder.iterdir()
+                      if not p.name.startswith(".") and (p / CHECKSUMS_FILE).exists())
+
+
+def _open(folder: Path) -> Result:
+    """Read and verify a finished result folder.
+
+    Raises:
+        IntegrityError: naming the file that is missing, malformed or changed.
+    """
+    try:
+        sums = read_json_object(folder / CHECKSUMS_FILE)
+    except FileNotFoundError:
+        raise IntegrityError(folder / CHECKSUMS_FILE, "is missing (an unfinished copy, or written by an older "
+                                                      "qpmlib)") from None
+    for name in (CONFIG_FILE, METRICS_FILE, PROVENANCE_FILE):
+        if name not in sums:
+            raise IntegrityError(folder / CHECKSUMS_FILE, f"does not cover {name}")
+    verify_checksums(folder, sums, stamp_file=_STAMP_FILE)
+    config = _read_json(folder / CONFIG_FILE)
+    try:
+        key = config_hash(config)
+    except (TypeError, ValueError) as exc:
+        raise IntegrityError(folder / CONFIG_FILE, f"holds no valid configuration ({exc})") from exc
+    if key != folder.name:
+        raise IntegrityError(folder / CONFIG_FILE, f"hashes to {key}, not to its folder name")
+    return Result(folder, config, _read_json(folder / METRICS_FILE), _read_json(folder / PROVENANCE_FILE), sums)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def _to_tensor(value: Any) -> torch.Tensor:

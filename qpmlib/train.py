@@ -25,16 +25,22 @@ Precision: ``precision="fp32"`` is the reference; ``"bf16"`` runs the forward an
 ``torch.autocast`` (bfloat16 matmuls; float32 weights, optimiser, softmax and losses).
 
 Resuming: with ``run_dir`` set, a checkpoint (model, optimiser, epoch, RNG states, history) is written atomically
-after every epoch; calling the same function again on the same folder continues after the last finished epoch
-and gives the same weights as an uninterrupted run.
+after every epoch (unique temporary name, fsync, rename); calling the same function again on the same folder
+continues after the last finished epoch and gives the same weights as an uninterrupted run. Checkpoints are read
+with ``torch.load(weights_only=True)``, which refuses to run code hidden in a pickle; a checkpoint that cannot be
+read that way, or does not hold what this stage saves, is moved aside (``<name>.unreadable``) with a warning that
+names it, and the stage starts over. A lock per stage and folder (:func:`qpmlib.files.file_lock`) makes a second
+process that trains the same stage in the same folder wait for the first and then resume from its last
+checkpoint, so the work is done once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
-import os
+import logging
 import time
 from dataclasses import dataclass, field
 from collections.abc import Sequence
@@ -48,6 +54,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 from tqdm import tqdm
 
+from qpmlib.files import atomic_write, file_lock
 from qpmlib.losses import FDL_SCALES, total_loss
 from qpmlib.model import DinoQPM
 
@@ -65,8 +72,12 @@ __all__ = [
     "extract_features",
 ]
 
+log = logging.getLogger(__name__)
+
 #: File name of the per-stage checkpoint inside ``run_dir`` (``{stage}`` is "dense" or "finetune").
 CHECKPOINT_FILE = "{stage}_checkpoint.pt"
+#: Lock file of a stage inside ``run_dir``: held while that stage trains there.
+LOCK_FILE = ".{stage}.lock"
 #: The reference tests at epochs 0, 5, 10, ... and at the last epoch (reference_spec §4.3).
 TEST_EVERY = 5
 DEVICES = ("auto", "cpu", "cuda")
@@ -523,6 +534,19 @@ def _train_stage(
     check_train_config(st)
     if len(data) == 0:
         raise ValueError("the training data is empty")
+    if run_dir is None:
+        lock = contextlib.nullcontext()
+    else:
+        lock = file_lock(Path(run_dir) / LOCK_FILE.format(stage=st.stage), what=f"the {st.stage} stage in {run_dir}")
+    with lock:
+        return _train_locked(models, data, st, seeds=seeds, device=device, run_dir=run_dir, eval_data=eval_data,
+                             recalibrate_bn=recalibrate_bn, verbose=verbose)
+
+
+def _train_locked(models: list[nn.Module], data: TokenData, st: StageConfig, *, seeds: list[int], device: str,
+                  run_dir: str | Path | None, eval_data: TokenData | None, recalibrate_bn: bool,
+                  verbose: bool) -> list[History]:
+    """The body of :func:`_train_stage`, run while this process holds the stage's lock in ``run_dir``."""
     dev = resolve_device(device)
     reps = _Replicas(models, st, dev)
     opt = schedulefree.AdamWScheduleFree(reps.params, lr=st.lr, betas=(0.9, 0.999), eps=1e-8,
@@ -617,22 +641,36 @@ def _save_checkpoint(path: Path, key: str, epoch: int, reps: _Replicas, opt: tor
         "droppers": [g.get_state() for g in droppers],
         "histories": [h.to_dict() for h in histories],
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda fh: torch.save(state, fh))
 
 
 def _load_checkpoint(path: Path, key: str, reps: _Replicas, opt: torch.optim.Optimizer,
                      shufflers: list[torch.Generator], droppers: list[torch.Generator], histories: list[History],
                      device: torch.device) -> int:
+    """Restore a stage from its checkpoint and return the next epoch (0 without a usable checkpoint).
+
+    Raises:
+        ValueError: when the checkpoint belongs to another configuration (it is left as it is).
+    """
     if not path.exists():
         return 0
-    state = torch.load(path, map_location=device, weights_only=False)
-    if state["key"] != key:
-        raise ValueError(
-            f"checkpoint {path} belongs to another configuration ({state['key']}), not {key}; "
-            "delete the folder to start over"
-        )
+    try:  # weights_only: tensors, numbers, strings and containers only; a pickle that would run code is refused
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - whatever makes a file unreadable, it is set aside, never trusted
+        state, problem = None, f"cannot be loaded safely ({type(exc).__name__}: {_first_line(exc)})"
+    else:
+        if isinstance(state, dict) and isinstance(state.get("key"), str) and state["key"] != key:
+            raise ValueError(
+                f"checkpoint {path} belongs to another configuration ({state['key']}), not {key}; "
+                "delete the folder to start over"
+            )
+        problem = _checkpoint_problem(state, reps, opt, len(histories))
+    if problem is not None:
+        aside = path.with_name(path.name + ".unreadable")
+        path.replace(aside)
+        log.warning("checkpoint %s %s; moved it to %s and starting the %s stage over", path, problem, aside.name,
+                    histories[0].stage)
+        return 0
     reps.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
     for g, s in zip(shufflers + droppers, state["shufflers"] + state["droppers"]):
@@ -640,6 +678,35 @@ def _load_checkpoint(path: Path, key: str, reps: _Replicas, opt: torch.optim.Opt
     for h, saved in zip(histories, state["histories"]):
         h.epochs = list(saved["epochs"])
     return int(state["epoch"])
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def _checkpoint_problem(state: Any, reps: _Replicas, opt: torch.optim.Optimizer, n_models: int) -> str | None:
+    """What is wrong with a loaded checkpoint of this stage (None when it holds everything the stage saves)."""
+    fields = {"key": str, "epoch": int, "model": dict, "optimizer": dict, "shufflers": list, "droppers": list,
+              "histories": list}
+    if not isinstance(state, dict):
+        return f"holds a {type(state).__name__}, not a checkpoint"
+    for name, kind in fields.items():
+        if not isinstance(state.get(name), kind):
+            return f"has no valid {name!r} entry"
+    if state["epoch"] < 0 or not all(len(state[k]) == n_models for k in ("shufflers", "droppers", "histories")):
+        return f"holds epoch {state['epoch']} of {len(state['histories'])} model(s), not of {n_models}"
+    if not all(torch.is_tensor(g) for g in state["shufflers"] + state["droppers"]) or not all(
+            isinstance(h, dict) and isinstance(h.get("epochs"), list) for h in state["histories"]):
+        return "holds malformed random-generator states or histories"
+    own, saved = reps.state_dict(), state["model"]
+    if saved.keys() != own.keys() or any(not torch.is_tensor(saved[k]) or saved[k].shape != v.shape
+                                         for k, v in own.items()):
+        return "holds weights of another shape or architecture"
+    groups = state["optimizer"].get("param_groups")
+    if not isinstance(groups, list) or len(groups) != len(opt.param_groups):
+        return "holds another optimiser state"
+    return None
 
 
 @torch.no_grad()

@@ -10,10 +10,10 @@ from PIL import Image
 
 CUB_IMAGES = {  # image_id: (relative path, PIL mode, label 1-based, is_train)
     1: ("001.Alpha_Bird/Alpha_Bird_0001.jpg", "RGB", 1, 1),
-    2: ("001.Alpha_Bird/Alpha_Bird_0002.jpg", "L", 1, 1),  # greyscale JPEG
-    3: ("002.Beta_Bird/Beta_Bird_0001.jpg", "CMYK", 2, 0),  # CMYK JPEG
+    2: ("001.Alpha_Bird/Alpha_Bird_0002.jpg", "L", 1, 0),  # greyscale JPEG
+    3: ("002.Beta_Bird/Beta_Bird_0001.jpg", "CMYK", 2, 1),  # CMYK JPEG
     4: ("002.Beta_Bird/Beta_Bird_0002.jpg", "RGB", 2, 0),
-}
+}  # every class has a training and a test image, as the reader requires
 MASK_SIZE = 30  # masks and images are 30 x 30; on a 10 x 10 grid cv2 samples exactly pixels 1, 4, 7, ..., 28
 
 
@@ -70,7 +70,7 @@ def _annotations(fnames: list[str], classes: list[int]) -> np.ndarray:
 
 
 CARS_TRAIN = (["00001.jpg", "00002.jpg", "00003.jpg"], [1, 3, 2])
-CARS_TEST = (["00001.jpg", "00002.jpg"], [3, 1])
+CARS_TEST = (["00001.jpg", "00002.jpg", "00003.jpg"], [3, 1, 2])
 CARS_CLASSES = ["AM General Hummer SUV 2000", "Acura RL Sedan 2012", "Acura TL Sedan 2012"]
 
 

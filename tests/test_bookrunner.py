@@ -125,7 +125,7 @@ def test_run_reuses_up_to_date_chapters_and_keeps_earlier_ones_on_failure(fake_b
     assert [t["reused"] for t in again.values()] == [True, True]
 
     _write_notebook(fake_book / "chapters" / "02_b.ipynb", [("profile = 'demo'", ["parameters"]), ("1 / 0", [])])
-    with pytest.raises(ChapterFailed, match=r"02_b failed at code cell \d+ \('1 / 0'\): ZeroDivisionError"):
+    with pytest.raises(ChapterFailed, match=r"02_b failed at code cell 2 \('1 / 0'\): ZeroDivisionError"):
         bookrunner.run_chapters("smoke", verbose=False)
     assert (executed / "01_a.ipynb").read_text() == first, "an earlier chapter was touched by a later failure"
     assert (executed / "02_b.failed.ipynb").exists()
@@ -146,3 +146,120 @@ def test_provenance_page_lists_the_run():
     assert "| **total** | 3.5 | |" in md
     assert "| 02_b | 2.0 | reused from an earlier run |" in md
     assert "| torch | 2.14.1 |" in md
+
+
+# ---------------------------------------------------------------------------------------------- re-run key and -p
+def _key(fake_book, parameters):
+    chapter = bookrunner.chapters()[0]
+    return bookrunner._run_key(chapter, parameters, bookrunner._code_fingerprint())
+
+
+def test_run_key_changes_with_each_parameter_and_cell(fake_book):
+    base = {"profile": "smoke", "n": 1, "seeds": [0, 1], "flag": True, "name": "a"}
+    variants = [base | {"profile": "demo"}, base | {"n": 2}, base | {"n": 1.0}, base | {"seeds": [1, 0]},
+                base | {"seeds": [0]}, base | {"flag": False}, base | {"flag": 1}, base | {"name": "b"},
+                base | {"name": None}, {k: v for k, v in base.items() if k != "name"}, base | {"extra": 0}]
+    keys = {_key(fake_book, base)} | {_key(fake_book, v) for v in variants}
+    assert len(keys) == 1 + len(variants)
+    assert _key(fake_book, dict(reversed(list(base.items())))) == _key(fake_book, base)  # order does not matter
+    nb = fake_book / "chapters" / "01_a.ipynb"
+    before = _key(fake_book, base)
+    cells = json.loads(nb.read_text())
+    cells["cells"][0]["metadata"]["tags"] = []  # the parameters tag decides where papermill injects
+    nb.write_text(json.dumps(cells))
+    assert _key(fake_book, base) != before
+
+
+def test_run_key_changes_with_each_byte_of_library_code(fake_book):
+    lib = fake_book / "qpmlib"
+    (lib / "a.py").write_bytes(b"x = 1\ny = 'two'\n")
+    (lib / "b.py").write_bytes(b"z = 3\n")
+    base = bookrunner._code_fingerprint()
+    seen = {base}
+    original = (lib / "a.py").read_bytes()
+    for i in range(len(original)):  # every byte of a.py, one bit flipped
+        (lib / "a.py").write_bytes(original[:i] + bytes([original[i] ^ 1]) + original[i + 1:])
+        seen.add(bookrunner._code_fingerprint())
+    assert len(seen) == 1 + len(original)
+    (lib / "a.py").write_bytes(original)
+    assert bookrunner._code_fingerprint() == base
+    # a byte moved across a file boundary, a renamed file, a new data file, a sub-package, the requirements
+    (lib / "a.py").write_bytes(original[:-1])
+    (lib / "b.py").write_bytes(original[-1:] + b"z = 3\n")
+    changes = [bookrunner._code_fingerprint()]
+    (lib / "a.py").write_bytes(original)
+    (lib / "b.py").write_bytes(b"z = 3\n")
+    (lib / "b.py").rename(lib / "c.py")
+    changes.append(bookrunner._code_fingerprint())
+    (lib / "c.py").rename(lib / "b.py")
+    (lib / "table.json").write_text("{}")
+    changes.append(bookrunner._code_fingerprint())
+    (lib / "table.json").unlink()
+    (lib / "sub").mkdir()
+    (lib / "sub" / "m.py").write_text("")
+    changes.append(bookrunner._code_fingerprint())
+    (lib / "sub" / "m.py").unlink()
+    (lib / "sub" / "__pycache__").mkdir()
+    (lib / "sub" / "__pycache__" / "m.cpython-311.pyc").write_bytes(b"\x00")
+    assert bookrunner._code_fingerprint() == base  # compiled caches do not count
+    (fake_book / "requirements.txt").write_text("torch==2.14.1\n")
+    changes.append(bookrunner._code_fingerprint())
+    assert len(set(changes) | {base}) == len(changes) + 1
+
+
+def test_failing_cell_is_counted_as_in_the_source_notebook(tmp_path):
+    executed = _write_notebook(tmp_path / "x.ipynb", [("profile = 'demo'", ["parameters"]),
+                                                      ("profile = 'smoke'", ["injected-parameters"]),
+                                                      ("import math", []), ("1 / 0", [])])
+    nb = json.loads(executed.read_text())
+    nb["cells"].insert(3, {"cell_type": "markdown", "metadata": {}, "source": "text"})
+    nb["cells"][4]["outputs"] = [{"output_type": "error", "ename": "ZeroDivisionError", "evalue": "division by zero",
+                                  "traceback": []}]
+    executed.write_text(json.dumps(nb))
+    assert bookrunner._failing_cell(executed) == "code cell 3 ('1 / 0'): ZeroDivisionError: division by zero"
+    nb["cells"][1]["outputs"] = [{"output_type": "error", "ename": "NameError", "evalue": "x", "traceback": []}]
+    executed.write_text(json.dumps(nb))
+    assert bookrunner._failing_cell(executed).startswith("the injected parameters cell (after code cell 1)")
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["-p", "seeds", "[0, 1"], r"-p seeds '\[0, 1': the value is not valid YAML"),
+        (["-p", "when", "2001-12-14"], r"-p when '2001-12-14': YAML reads this as date"),
+        (["-p", "n", "1", "-p", "n", "2"], r"parameter 'n' is given twice"),
+        (["--chapters"], r"--chapters needs at least one chapter name; valid chapters: 01_a, 02_b"),
+        (["-p", "profile", "demo"], r"--profile smoke and -p profile demo disagree"),
+        (["-p", "profile", "nope"], r"valid profiles"),
+    ],
+)
+def test_command_line_errors_are_one_clear_line(fake_book, capsys, argv, message):
+    argv = ["run"] + (["--profile", "smoke"] if "nope" not in argv else []) + argv
+    assert bookrunner.main(argv) == 1
+    err = capsys.readouterr().err
+    assert re.search(message, err) and err.startswith("[book] error:") and "Traceback" not in err
+    assert not (fake_book / "book" / "_build").exists()  # nothing ran
+
+
+def test_empty_chapter_list_is_an_error_in_the_api_too():
+    with pytest.raises(ValueError, match="no chapter names given"):
+        select_chapters([], chapters())
+    assert select_chapters(None, chapters()) == chapters()
+
+
+@pytest.mark.slow
+def test_parameters_reach_the_executed_notebook_and_a_change_re_executes(fake_book):
+    _write_notebook(fake_book / "chapters" / "01_a.ipynb",
+                    [("profile = 'demo'\nseeds = (0,)\nscale = 1.0", ["parameters"]),
+                     ("print('seeds', list(seeds), 'scale', scale * 2, profile)", [])])
+    argv = ["run", "--profile", "smoke", "--chapters", "01_a", "-p", "seeds", "[3, 4]", "-p", "scale", "2.5"]
+    assert bookrunner.main(argv) == 0
+    executed = fake_book / "book" / "_build" / "smoke" / "src" / "chapters" / "01_a.ipynb"
+    cells = json.loads(executed.read_text())["cells"]
+    outputs = "".join("".join(o.get("text", "")) for c in cells for o in c.get("outputs", []))
+    assert "seeds [3, 4] scale 5.0 smoke" in outputs
+    assert bookrunner.run_chapters("smoke", ["01_a"], extra_parameters={"seeds": [3, 4], "scale": 2.5},
+                                   verbose=False)["01_a"]["reused"]
+    assert not bookrunner.run_chapters("smoke", ["01_a"], extra_parameters={"seeds": [3, 4], "scale": 2.0},
+                                       verbose=False)["01_a"]["reused"]
+    assert not (fake_book / "book" / "_build" / "smoke" / "src" / "chapters" / "02_b.ipynb").exists()

@@ -25,7 +25,7 @@ def test_read_index_columns_sorting_and_labels(cub_root):
     assert list(df.columns) == ["image_id", "path", "rel_path", "label", "is_train"]
     assert df["image_id"].tolist() == [1, 2, 3, 4]  # images.txt lists 3, 1, 4, 2
     assert df["label"].tolist() == [0, 0, 1, 1]  # 1-based on disk
-    assert df["is_train"].tolist() == [True, True, False, False]
+    assert df["is_train"].tolist() == [True, False, True, False]
     assert df["is_train"].dtype == bool
     assert df["rel_path"][2] == "images/" + CUB_IMAGES[3][0]
     assert all((cub_root / r).resolve() == Path(p) for r, p in zip(df["rel_path"], df["path"]))
@@ -141,8 +141,55 @@ def test_download_cub_from_local_archives(tmp_path):
 
 def test_read_index_rejects_inconsistent_files(cub_root):
     (cub_root / "image_class_labels.txt").write_text("1 1\n2 1\n3 2\n")
-    with pytest.raises(ValueError, match="other image ids"):
+    with pytest.raises(ValueError, match=r"image_class_labels.txt lists no entry for image id\(s\) \[4\]"):
         cub.read_index(cub_root)
+    (cub_root / "image_class_labels.txt").write_text("1 1\n2 1\n3 2\n4 2\n9 1\n")
+    with pytest.raises(ValueError, match=r"image_class_labels.txt, line 5: image id 9 is not in"):
+        cub.read_index(cub_root)
+
+
+# Each case edits one index file of the 4-image fixture (ids 1-4; classes 1, 1, 2, 2; split 1, 0, 1, 0) and
+# expects an error at read time that names the file and, for a bad line, its number.
+STRICT_CASES = {
+    "duplicate image id": ("images.txt", "1 001.Alpha_Bird/Alpha_Bird_0001.jpg\n2 001.Alpha_Bird/Alpha_Bird_0002.jpg\n"
+                           "3 002.Beta_Bird/Beta_Bird_0001.jpg\n4 002.Beta_Bird/Beta_Bird_0002.jpg\n"
+                           "1 002.Beta_Bird/Beta_Bird_0002.jpg\n", r"images.txt, line 5: id 1 is listed again \(first on "
+                           r"line 1\)"),
+    "duplicate label line": ("image_class_labels.txt", "1 1\n2 1\n3 2\n4 2\n4 1\n", r"line 5: id 4 is listed again"),
+    "label 0": ("image_class_labels.txt", "1 0\n2 1\n3 2\n4 2\n", r"image_class_labels.txt, line 1: the class id of "
+                r"image 1 is '0', expected an integer in 1..2"),
+    "label above N_c": ("image_class_labels.txt", "1 1\n2 1\n3 3\n4 2\n", r"line 3: the class id of image 3 is '3'"),
+    "negative label": ("image_class_labels.txt", "1 1\n2 -1\n3 2\n4 2\n", r"line 2: the class id of image 2 is '-1'"),
+    "split flag 2": ("train_test_split.txt", "1 1\n2 0\n3 2\n4 0\n", r"train_test_split.txt, line 3: the split flag "
+                     r"of image 3 is '2', expected an integer in 0..1"),
+    "split flag text": ("train_test_split.txt", "1 1\n2 0\n3 yes\n4 0\n", r"line 3: the split flag of image 3 is 'yes'"),
+    "class without training images": ("train_test_split.txt", "1 1\n2 0\n3 0\n4 0\n",
+                                      r"class\(es\) 2 \(002.Beta_Bird\) have no training images"),
+    "class without test images": ("train_test_split.txt", "1 1\n2 1\n3 1\n4 0\n",
+                                  r"class\(es\) 1 \(001.Alpha_Bird\) have no test images"),
+    "class with no images": ("classes.txt", "1 001.Alpha_Bird\n2 002.Beta_Bird\n3 003.Gamma_Bird\n",
+                             r"class\(es\) 3 \(003.Gamma_Bird\) have no training images"),
+    "one class": ("classes.txt", "1 001.Alpha_Bird\n", r"classes.txt lists 1 class\(es\); classification needs at "
+                  r"least 2"),
+    "gap in class ids": ("classes.txt", "1 001.Alpha_Bird\n3 002.Beta_Bird\n", r"classes.txt must number its "
+                         r"classes 1..N without gaps; missing \[2\]"),
+    "line without a value": ("train_test_split.txt", "1 1\n2\n3 1\n4 0\n", r"train_test_split.txt, line 2: expected "
+                             r"'<id> <is_training_image 0 or 1>'"),
+    "non-integer id": ("images.txt", "1 a.jpg\nx2 b.jpg\n", r"images.txt, line 2: expected '<id> <image path"),
+    "path leaving images/": ("images.txt", "1 001.Alpha_Bird/Alpha_Bird_0001.jpg\n2 ../../../etc/passwd\n"
+                             "3 002.Beta_Bird/Beta_Bird_0001.jpg\n4 002.Beta_Bird/Beta_Bird_0002.jpg\n",
+                             r"images.txt, line 2: image path '../../../etc/passwd' leaves the images/ folder"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(STRICT_CASES))
+def test_strict_reader_names_file_and_line(cub_root, case):
+    name, text, match = STRICT_CASES[case]
+    cub.read_index(cub_root)  # the fixture itself is valid
+    (cub_root / name).write_text(text)
+    with pytest.raises(ValueError, match=match) as err:
+        cub.read_index(cub_root)
+    assert str(cub_root) in str(err.value)
 
 
 def test_pil_mask_modes_are_read_as_grey(cub_root):

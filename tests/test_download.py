@@ -159,3 +159,20 @@ def test_extract_and_move_is_atomic(tmp_path):
         dl.extract_and_move(archive, {"other": tmp_path / "x"}, work_dir=tmp_path)
     with pytest.raises(FileExistsError):
         dl.extract_and_move(archive, {"pkg": tmp_path / "final"}, work_dir=tmp_path)
+
+
+def test_refused_connection_and_unknown_host_name_the_url(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port that nothing listens on: bind, read the number, close
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/CUB_200_2011.tgz"
+    with pytest.raises(OSError, match=rf"cannot download {url}: .*[Rr]efused"):
+        dl.download(url, tmp_path / "x.tgz", verbose=False)
+    (tmp_path / "x.tgz.part").write_bytes(b"abc")
+    with pytest.raises(OSError, match=r"x.tgz.part is kept"):
+        dl.download(url, tmp_path / "x.tgz", verbose=False)
+    missing = (tmp_path / "nothing.tgz").as_uri()
+    with pytest.raises(OSError, match=rf"cannot download {missing}"):
+        dl.download(missing, tmp_path / "y.tgz", verbose=False)

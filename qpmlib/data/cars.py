@@ -68,16 +68,41 @@ def _missing(root: Path, what: Path) -> FileNotFoundError:
     )
 
 
-def _annotations(path: Path) -> pd.DataFrame:
-    ann = scipy.io.loadmat(path, squeeze_me=True)["annotations"]
-    ann = np.atleast_1d(ann)
+def _annotations(path: Path, n_classes: int | None) -> pd.DataFrame:
+    """``fname`` and 0-based ``label`` of an annotation file, checked entry by entry.
+
+    Raises:
+        ValueError: naming the file and the entry (1-based) of a missing field, a class outside 1..n_classes,
+            a repeated file name or a file name that is not a plain name.
+    """
+    try:
+        mat = scipy.io.loadmat(path, squeeze_me=True)
+    except Exception as exc:  # noqa: BLE001 - scipy raises several types for a damaged file
+        raise ValueError(f"{path} cannot be read as a MATLAB file ({type(exc).__name__}: {exc})") from exc
+    if "annotations" not in mat:
+        raise ValueError(f"{path} holds no 'annotations'; is it a Stanford Cars annotation file?")
+    ann = np.atleast_1d(mat["annotations"])
     missing = {"class", "fname"} - set(ann.dtype.names or ())
     if missing:
         raise ValueError(f"{path} has no field(s) {sorted(missing)}; is it the labelled annotation file?")
-    return pd.DataFrame({
-        "fname": [str(f) for f in ann["fname"]],
-        "label": [int(c) - 1 for c in ann["class"]],
-    })
+    fnames, labels, first = [], [], {}
+    top = n_classes if n_classes is not None else "N"
+    for entry, (fname, cls) in enumerate(zip(ann["fname"], ann["class"]), start=1):
+        fname = str(fname)
+        if Path(fname).name != fname or fname in ("", ".", ".."):
+            raise ValueError(f"{path}, entry {entry}: file name {fname!r} is not a plain file name")
+        if fname in first:
+            raise ValueError(f"{path}, entry {entry}: file {fname} is listed again (first as entry {first[fname]})")
+        first[fname] = entry
+        try:
+            value = float(cls)
+        except (TypeError, ValueError):
+            value = float("nan")
+        if not value.is_integer() or value < 1 or (n_classes is not None and value > n_classes):
+            raise ValueError(f"{path}, entry {entry}: class {cls!r} of {fname} is not an integer in 1..{top}")
+        fnames.append(fname)
+        labels.append(int(value) - 1)
+    return pd.DataFrame({"fname": fnames, "label": labels})
 
 
 def read_index(root: str | Path) -> pd.DataFrame:
@@ -93,19 +118,31 @@ def read_index(root: str | Path) -> pd.DataFrame:
 
     Raises:
         FileNotFoundError: naming the missing annotation file and how to get it.
+        ValueError: naming the file and entry of a class outside 1..N_c (N_c = the names in ``cars_meta.mat``
+            when it is there), a repeated or non-plain file name; or a class without training or test images,
+            or fewer than 2 classes.
     """
     root = Path(root)
     files = _files(root)
     for key in ("train_annos", "test_annos"):
         if not files[key].is_file():
             raise _missing(root, files[key])
+    n_classes = len(class_names(root)) if files["meta"].is_file() else None
     parts = []
     for key, dir_key, is_train in (("train_annos", "train_dir", True), ("test_annos", "test_dir", False)):
-        df = _annotations(files[key])
+        df = _annotations(files[key], n_classes)
         df["rel_path"] = [(files[dir_key] / f).relative_to(root).as_posix() for f in df["fname"]]
         df["is_train"] = is_train
         parts.append(df)
     df = pd.concat(parts, ignore_index=True)
+    n = n_classes if n_classes is not None else int(df["label"].max()) + 1
+    if n < 2:
+        raise ValueError(f"{root} has {n} class(es); classification needs at least 2")
+    for (key, name), part in zip((("train_annos", "training"), ("test_annos", "test")), parts):
+        empty = sorted(set(range(n)) - set(part["label"]))
+        if empty:
+            raise ValueError(f"{files[key]}: class(es) {[c + 1 for c in empty[:5]]}{' ...' if len(empty) > 5 else ''} "
+                             f"have no {name} images; every class needs training and test images")
     df.insert(0, "image_id", np.arange(1, len(df) + 1))
     root_abs = root.resolve()
     df["path"] = [str(root_abs / r) for r in df["rel_path"]]
@@ -118,7 +155,11 @@ def class_names(root: str | Path) -> list[str]:
     path = _files(root)["meta"]
     if not path.is_file():
         raise _missing(root, path)
-    return [str(n) for n in np.atleast_1d(scipy.io.loadmat(path, squeeze_me=True)["class_names"])]
+    try:
+        names = scipy.io.loadmat(path, squeeze_me=True)["class_names"]
+    except Exception as exc:  # noqa: BLE001 - a damaged file or one without the field
+        raise ValueError(f"{path} holds no readable 'class_names' ({type(exc).__name__}: {exc})") from exc
+    return [str(n) for n in np.atleast_1d(names)]
 
 
 def validate(root: str | Path) -> Path:

@@ -126,19 +126,57 @@ def validate(root: str | Path, *, segmentations: bool = True, command: str = FET
     return root
 
 
-def _read_pairs(path: Path) -> pd.DataFrame:
+def _bad_line(path: Path, line: int, problem: str) -> ValueError:
+    return ValueError(f"{path}, line {line}: {problem}; the dataset folder is damaged or not in CUB-200-2011 format")
+
+
+def _read_table(path: Path, what: str) -> dict[int, tuple[str, int]]:
+    """``{id: (value, line number)}`` from a file of ``<positive integer id> <value>`` lines.
+
+    Raises:
+        FileNotFoundError: when the file is missing (names it and the fetch command).
+        ValueError: for a line without two fields, an id that is not a positive integer, or a repeated id; the
+            message names the file and the line.
+    """
     if not path.is_file():
         raise FileNotFoundError(
             f"missing {path}; is {path.parent} a CUB-format folder? Fetch it with `{FETCH_COMMAND}`"
         )
-    rows = [line.split(maxsplit=1) for line in path.read_text().splitlines() if line.strip()]
-    return pd.DataFrame({"image_id": [int(a) for a, _ in rows], "value": [b.strip() for _, b in rows]})
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not a text file ({exc}); the dataset folder is damaged") from exc
+    out: dict[int, tuple[str, int]] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        fields = line.split(maxsplit=1)
+        if len(fields) != 2 or not fields[0].isdigit() or int(fields[0]) < 1:
+            raise _bad_line(path, number, f"expected '<id> <{what}>' with a positive integer id, got {line!r}")
+        key = int(fields[0])
+        if key in out:
+            raise _bad_line(path, number, f"id {key} is listed again (first on line {out[key][1]})")
+        out[key] = (fields[1].strip(), number)
+    return out
+
+
+def _int_field(path: Path, table: dict[int, tuple[str, int]], key: int, valid: range, what: str) -> int:
+    value, number = table[key]
+    if not value.isdigit() or int(value) not in valid:
+        raise _bad_line(path, number, f"{what} of image {key} is {value!r}, expected an integer in "
+                                      f"{valid.start}..{valid.stop - 1}")
+    return int(value)
 
 
 @functools.lru_cache(maxsize=8)
 def _image_paths_cached(root: str, mtime_ns: int) -> dict[int, str]:
-    df = _read_pairs(Path(root) / "images.txt")
-    return dict(zip(df["image_id"], df["value"]))
+    path = Path(root) / "images.txt"
+    table = _read_table(path, "image path relative to images/")
+    for key, (rel, number) in table.items():
+        parts = Path(rel).parts
+        if Path(rel).is_absolute() or ".." in parts:
+            raise _bad_line(path, number, f"image path {rel!r} leaves the images/ folder")
+    return {key: rel for key, (rel, _) in table.items()}
 
 
 def _image_paths(root: Path) -> dict[int, str]:
@@ -154,7 +192,7 @@ def _mask_path(root: Path, rel: str) -> Path:
 
 
 def read_index(root: str | Path) -> pd.DataFrame:
-    """The image list of a CUB-format folder (reference_spec §7.1).
+    """The image list of a CUB-format folder (reference_spec §7.1), checked line by line.
 
     Args:
         root: the ``CUB_200_2011`` (or SynthBirds) folder.
@@ -167,24 +205,46 @@ def read_index(root: str | Path) -> pd.DataFrame:
 
     Raises:
         FileNotFoundError: naming a missing index file.
-        ValueError: the index files list different image ids.
+        ValueError: naming the file and line of the first problem: a malformed line, a repeated image or class
+            id, an image path that leaves ``images/``, a label outside 1..N_c (N_c = the classes in
+            ``classes.txt``, numbered 1..N_c), a split flag other than 0 or 1, an image listed in one file but
+            not another; or a class without training or test images, or fewer than 2 classes.
     """
     root = Path(root)
-    paths = _read_pairs(root / "images.txt").rename(columns={"value": "rel"})
-    labels = _read_pairs(root / "image_class_labels.txt")
-    split = _read_pairs(root / "train_test_split.txt")
-    ids = set(paths["image_id"])
-    for name, df in (("image_class_labels.txt", labels), ("train_test_split.txt", split)):
-        if set(df["image_id"]) != ids:
-            raise ValueError(f"{root / name} lists other image ids than {root / 'images.txt'}; the folder is corrupt")
-    df = paths.merge(labels, on="image_id").rename(columns={"value": "label"})
-    df = df.merge(split, on="image_id").rename(columns={"value": "is_train"})
-    df["label"] = df["label"].astype(int) - 1
-    df["is_train"] = df["is_train"].astype(int).astype(bool)
+    paths = _image_paths(root)
+    labels_path, split_path, classes_path = (root / n for n in _INDEX_FILES[1:])
+    labels = _read_table(labels_path, "class id")
+    split = _read_table(split_path, "is_training_image 0 or 1")
+    classes = _read_table(classes_path, "class name")
+    if sorted(classes) != list(range(1, len(classes) + 1)):
+        missing = sorted(set(range(1, max(classes, default=0) + 1)) - set(classes))
+        raise ValueError(f"{classes_path} must number its classes 1..N without gaps; missing {missing[:5]}")
+    if len(classes) < 2:
+        raise ValueError(f"{classes_path} lists {len(classes)} class(es); classification needs at least 2")
+    for path, table in ((labels_path, labels), (split_path, split)):
+        for key, (_, number) in table.items():
+            if key not in paths:
+                raise _bad_line(path, number, f"image id {key} is not in {root / 'images.txt'}")
+        absent = sorted(set(paths) - set(table))
+        if absent:
+            raise ValueError(f"{path} lists no entry for image id(s) {absent[:5]} of {root / 'images.txt'}; "
+                             "the folder is corrupt")
+    ids = sorted(paths)
+    df = pd.DataFrame({
+        "image_id": ids,
+        "rel": [paths[i] for i in ids],
+        "label": [_int_field(labels_path, labels, i, range(1, len(classes) + 1), "the class id") - 1 for i in ids],
+        "is_train": [_int_field(split_path, split, i, range(0, 2), "the split flag") == 1 for i in ids],
+    })
+    for flag, name in ((True, "training"), (False, "test")):
+        empty = sorted(set(range(len(classes))) - set(df.loc[df["is_train"] == flag, "label"]))
+        if empty:
+            shown = ", ".join(f"{c + 1} ({classes[c + 1][0]})" for c in empty[:5])
+            raise ValueError(f"{root}: class(es) {shown}{' ...' if len(empty) > 5 else ''} have no {name} images "
+                             f"in {split_path}; every class of {classes_path} needs training and test images")
     root_abs = root.resolve()
     df["rel_path"] = "images/" + df["rel"]
     df["path"] = [str(root_abs / "images" / r) for r in df["rel"]]
-    df = df.sort_values("image_id", ignore_index=True)
     return df[["image_id", "path", "rel_path", "label", "is_train"]]
 
 
@@ -274,7 +334,8 @@ def patch_masks(root: str | Path, image_ids, grid: int) -> np.ndarray:
     out = np.zeros((len(ids), grid, grid), dtype=bool)
     for n, image_id in enumerate(ids):
         if image_id not in paths:
-            raise ValueError(f"unknown image id {image_id}; {root / 'images.txt'} lists ids 1..{len(paths)}")
+            raise ValueError(f"unknown image id {image_id}; {root / 'images.txt'} lists ids "
+                             f"{min(paths)}..{max(paths)}")
         path = _mask_path(root, paths[image_id])
         if not path.is_file():
             raise FileNotFoundError(

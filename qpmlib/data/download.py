@@ -131,6 +131,10 @@ def download(
         if exc.code != 416:  # 416: the partial file already holds every byte
             raise OSError(f"cannot download {url}: HTTP {exc.code} {exc.reason}") from exc
         response = None
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:  # refused, unknown host, timeout
+        reason = getattr(exc, "reason", None) or exc
+        raise OSError(f"cannot download {url}: {reason}; check the address and the network connection"
+                      + (f" (the partial file {part} is kept for the next try)" if have else "")) from exc
     if response is not None:
         with response:
             status = getattr(response, "status", None)
