@@ -3,6 +3,9 @@
 import dataclasses
 import json
 import logging
+import os
+import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -192,3 +195,92 @@ def test_get_store_uses_the_profile_and_the_cache(dataset, tmp_path, monkeypatch
     assert train.manifest["inputs"]["backbone"] == "tiny_vit_test"
     assert train.path.parent == tmp_path / "home" / "cache"
     assert get_store(profile, "train", verbose=False).path == train.path
+
+
+# ---------------------------------------------------------------------------------------------- damaged stores
+def _damage_tokens_same_size(path):
+    """Change one fp16 value of patch_tokens.npy in place and put the modification time back."""
+    st = path.stat()
+    with open(path, "r+b") as fh:
+        fh.seek(st.st_size - 2)
+        old = fh.read(2)
+        fh.seek(st.st_size - 2)
+        fh.write(bytes([old[0] ^ 0x40, old[1]]))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_size == st.st_size and path.stat().st_mtime_ns == st.st_mtime_ns
+
+
+DAMAGE = {
+    "empty patch tokens": (lambda p: (p / "patch_tokens.npy").write_bytes(b""), "patch_tokens.npy: holds 0 bytes"),
+    "manifest is a JSON list": (lambda p: (p / MANIFEST_FILE).write_text("[1, 2]"),
+                                "manifest.json: holds a JSON list, not an object"),
+    "manifest is empty": (lambda p: (p / MANIFEST_FILE).write_text(""), "manifest.json: is empty"),
+    "manifest is not JSON": (lambda p: (p / MANIFEST_FILE).write_text('{"complete": tr'),
+                             "manifest.json: is not valid JSON"),
+    "token contents edited at the same size": (lambda p: _damage_tokens_same_size(p / "patch_tokens.npy"),
+                                               "patch_tokens.npy: content changed since it was written"),
+    "labels edited": (lambda p: np.save(p / "labels.npy", np.zeros(3, np.int64)), "labels.npy: content changed"),
+    "cls file missing": (lambda p: (p / "cls.npy").unlink(), "cls.npy: is missing"),
+    "no checksums (older qpmlib)": (
+        lambda p: (p / MANIFEST_FILE).write_text(json.dumps(
+            {k: v for k, v in json.loads((p / MANIFEST_FILE).read_text()).items() if k != "checksums"})),
+        "manifest.json: records no checksums of the array files"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGE))
+def test_damaged_store_is_rebuilt_with_one_line_naming_the_problem(dataset, backbone, tmp_path, monkeypatch, caplog,
+                                                                   case):
+    root, index = dataset
+    store = run(index, root, backbone, tmp_path / "cache", split="test")
+    reference = np.array(store.patch_tokens)
+    damage, problem = DAMAGE[case]
+    damage(store.path)
+    with pytest.raises(ValueError, match=re.escape(problem)) as err:
+        open_store(store.path)
+    assert str(store.path) in str(err.value)
+    counter = CountingForward(backbone)
+    monkeypatch.setattr(backbone, "forward", counter)
+    with caplog.at_level(logging.WARNING, logger="qpmlib.embeddings"):
+        rebuilt = run(index, root, backbone, tmp_path / "cache", split="test")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "is damaged" in warnings[0] and problem in warnings[0]
+    assert str(store.path) in warnings[0] and warnings[0].endswith("rebuilding it")
+    assert counter.calls == 1  # 3 test images, one batch
+    np.testing.assert_array_equal(rebuilt.patch_tokens, reference)
+
+
+def test_opening_an_unchanged_store_reads_no_array(dataset, backbone, tmp_path, monkeypatch):
+    import qpmlib.files
+
+    root, index = dataset
+    store = run(index, root, backbone, tmp_path / "cache")
+    hashed = []
+    real = qpmlib.files.file_sha256
+    monkeypatch.setattr(qpmlib.files, "file_sha256", lambda p: hashed.append(Path(p).name) or real(p))
+    open_store(store.path)
+    assert hashed == []  # the stamp written when the store was sealed still matches every file
+    (store.path / embeddings.STAMP_FILE).unlink()
+    open_store(store.path)
+    assert sorted(hashed) == sorted(embeddings._DATA_FILES)  # no stamp: every file hashed once ...
+    hashed.clear()
+    open_store(store.path)
+    assert hashed == []  # ... and remembered
+    os.utime(store.path / "cls.npy")  # a touched file (same bytes) is hashed again, and accepted
+    open_store(store.path)
+    assert hashed == ["cls.npy"]
+
+
+def test_store_on_a_read_only_disk_still_opens(dataset, backbone, tmp_path, monkeypatch):
+    import qpmlib.files
+
+    root, index = dataset
+    store = run(index, root, backbone, tmp_path / "cache", split="test")
+    (store.path / embeddings.STAMP_FILE).unlink()
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Read-only file system")
+
+    monkeypatch.setattr(qpmlib.files, "atomic_write_json", refuse)  # the stamp cannot be written: no harm
+    assert len(open_store(store.path)) == 3
+    assert not (store.path / embeddings.STAMP_FILE).exists()

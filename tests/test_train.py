@@ -289,3 +289,76 @@ def test_bf16_precision_trains_under_autocast():
     assert all(h.epochs[-1]["loss"] < h.epochs[0]["loss"] for h in hs)
     with pytest.raises(ValueError, match="train.precision"):
         check_train_config(dataclasses.replace(CFG, precision="fp8"))
+
+
+# ---------------------------------------------------------------------------------------------- safe checkpoints
+class _Planted:
+    """Unpickling this calls Path.touch on a marker file: a stand-in for os.system in a planted checkpoint."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        from pathlib import Path
+
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_planted_checkpoint_does_not_run_and_is_set_aside(tmp_path, caplog):
+    marker = tmp_path / "pwned"
+    ckpt = tmp_path / "run" / "dense_checkpoint.pt"
+    ckpt.parent.mkdir()
+    torch.save({"key": "x", "epoch": 2, "payload": _Planted(marker)}, ckpt)
+    with pytest.raises(Exception):  # the old loader (weights_only=False) would have run it
+        torch.load(ckpt, weights_only=True)
+    reference = _model()
+    train_dense(reference, _data(), CFG, seed=0, verbose=False)
+    m = _model()
+    with caplog.at_level("WARNING", logger="qpmlib.train"):
+        h = train_dense(m, _data(), CFG, seed=0, run_dir=tmp_path / "run", verbose=False)
+    assert not marker.exists()
+    assert f"checkpoint {ckpt} cannot be loaded safely" in caplog.text
+    assert (tmp_path / "run" / "dense_checkpoint.pt.unreadable").exists()
+    assert h.resumed_at == 0 and _same_weights(m, reference)  # started over, same result as a clean run
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "not a checkpoint", "other architecture"])
+def test_damaged_checkpoint_is_named_and_training_starts_over(tmp_path, caplog, damage):
+    run = tmp_path / "run"
+    data = _data()
+    full = _model()
+    train_dense(full, data, CFG, seed=0, verbose=False)
+    train_dense(_model(), data, dataclasses.replace(CFG, dense_epochs=1), seed=0, run_dir=run, verbose=False)
+    ckpt = run / "dense_checkpoint.pt"
+    state = torch.load(ckpt, weights_only=True)
+    state["key"] = state["key"].replace('"epochs": 1', '"epochs": 3')  # as if a 3-epoch run had stopped after one
+    if damage == "truncated":
+        torch.save(state, ckpt)
+        ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    elif damage == "empty":
+        ckpt.write_bytes(b"")
+    elif damage == "not a checkpoint":
+        torch.save([1, 2, 3], ckpt)
+    else:
+        state["model"] = {k: v[:1] if v.ndim else v for k, v in state["model"].items()}
+        torch.save(state, ckpt)
+    m = _model()
+    with caplog.at_level("WARNING", logger="qpmlib.train"):
+        h = train_dense(m, data, CFG, seed=0, run_dir=run, verbose=False)
+    assert str(ckpt) in caplog.text and "starting the dense stage over" in caplog.text
+    assert h.resumed_at == 0 and _same_weights(m, full)
+
+
+def test_checkpoint_written_under_a_unique_name_and_then_renamed(tmp_path, monkeypatch):
+    import os
+
+    import qpmlib.files
+
+    renames = []
+    real = os.replace
+    monkeypatch.setattr(qpmlib.files.os, "replace", lambda a, b: renames.append((str(a), str(b))) or real(a, b))
+    train_dense(_model(), _data(), CFG, seed=0, run_dir=tmp_path, verbose=False)
+    sources = [a for a, b in renames if b.endswith("dense_checkpoint.pt")]
+    assert len(sources) == 3 and len(set(sources)) == 3  # one per epoch, never the same temporary name
+    assert all(".dense_checkpoint.pt." in a and str(os.getpid()) in a for a in sources)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".dense.lock", "dense_checkpoint.pt"]
