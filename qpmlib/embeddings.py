@@ -337,8 +337,13 @@ def _build(folder, manifest, rows, files, backbone, say, *, image_size, dataset,
     patch_mm.flush()
     cls_mm.flush()
     del patch_mm, cls_mm
-    for name, values in ((LABELS_FILE, rows["label"]), (IDS_FILE, rows["image_id"])):
-        atomic_write(folder / name, lambda fh, a=values.to_numpy(np.int64): np.save(fh, a))
+    _seal(folder, manifest, rows["label"].to_numpy(np.int64), rows["image_id"].to_numpy(np.int64))
+
+
+def _seal(folder: Path, manifest: dict, labels: np.ndarray, image_ids: np.ndarray) -> None:
+    """Finish a store whose token files are written: labels and ids, checksums, then the complete manifest."""
+    for name, values in ((LABELS_FILE, labels), (IDS_FILE, image_ids)):
+        atomic_write(folder / name, lambda fh, a=np.asarray(values, np.int64): np.save(fh, a))
     for name in (PATCH_FILE, CLS_FILE):
         with open(folder / name, "rb+") as fh:
             os.fsync(fh.fileno())
