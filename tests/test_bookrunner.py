@@ -263,3 +263,9 @@ def test_parameters_reach_the_executed_notebook_and_a_change_re_executes(fake_bo
     assert not bookrunner.run_chapters("smoke", ["01_a"], extra_parameters={"seeds": [3, 4], "scale": 2.0},
                                        verbose=False)["01_a"]["reused"]
     assert not (fake_book / "book" / "_build" / "smoke" / "src" / "chapters" / "02_b.ipynb").exists()
+
+
+def test_selected_chapters_keep_the_toc_order(fake_book):
+    available = chapters()
+    assert [c.name for c in select_chapters(["b", "01_a"], available)] == ["01_a", "02_b"]
+    assert [c.name for c in select_chapters(["02_b", "02_b"], available)] == ["02_b"]

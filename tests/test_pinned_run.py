@@ -67,15 +67,24 @@ def _rounded(metrics: dict) -> dict:
             for method, values in metrics.items()}
 
 
-def test_seed_0_run_on_one_thread_reproduces_the_pinned_metrics(tmp_path, monkeypatch):
-    monkeypatch.setenv("QPMLIB_HOME", str(tmp_path))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        _plant_stores(PROFILE)
-        run = pipeline.run_dino_qpm(PROFILE, seed=0, verbose=False)
-    finally:
-        torch.set_num_threads(threads)
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """A results home with the planted stores, and the seed-0 run on 1 thread (computed once per module)."""
+    home = tmp_path_factory.mktemp("pinned_home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("QPMLIB_HOME", str(home))
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            _plant_stores(PROFILE)
+            run = pipeline.run_dino_qpm(PROFILE, seed=0, verbose=False)
+            yield home, run
+        finally:
+            torch.set_num_threads(threads)
+
+
+def test_seed_0_run_on_one_thread_reproduces_the_pinned_metrics(planted):
+    _, run = planted
     got = _rounded(run.metrics)
     print("PINNED =", got)
     assert got["dense"]["accuracy"] > 0.5 and got["dino_qpm"]["accuracy"] > 0.5  # 6 classes: chance is 1/6
@@ -86,3 +95,34 @@ def test_seed_0_run_on_one_thread_reproduces_the_pinned_metrics(tmp_path, monkey
                 assert got[method][name] is None, f"{method} {name}: {got[method][name]}"
             else:
                 assert got[method][name] == pytest.approx(value, abs=1e-3), f"{method} {name}: {got[method][name]}"
+
+
+def _stored_models_reproduce_stored_predictions(run) -> None:
+    from qpmlib.train import TokenData
+
+    test = TokenData.from_store(embeddings.get_store(PROFILE, "test", verbose=False))
+    preds = run.predictions()
+    with torch.no_grad():
+        x = test.batch(np.arange(len(test)))
+        np.testing.assert_array_equal(run.dense_model()(x).logits.argmax(1).numpy(), preds["dense_pred"])
+        np.testing.assert_array_equal(run.qpm_model()(x).logits.argmax(1).numpy(), preds["qpm_pred"])
+    np.testing.assert_array_equal(preds["label"], test.labels)
+
+
+def test_stored_run_rebuilds_its_models_and_switches_reach_their_stage(planted, monkeypatch):
+    home, run = planted
+    monkeypatch.setenv("QPMLIB_HOME", str(home))
+    torch.set_num_threads(1)
+    _stored_models_reproduce_stored_predictions(run)
+    plain = pipeline.run_dino_qpm(PROFILE, seed=0, overrides={"model.standardise": False}, verbose=False)
+    assert plain.dense.path == run.dense.path and plain.qp.path == run.qp.path and plain.qpm.path != run.qpm.path
+    assert plain.metrics["dino_qpm"] != run.metrics["dino_qpm"]
+    _stored_models_reproduce_stored_predictions(plain)  # the fine-tune used the sparse head it stored
+    original = pipeline.run_dino_qpm(PROFILE, seed=0, overrides={"qp.r_mode": "qpm"}, verbose=False)
+    assert original.qp.path != run.qp.path
+    from qpmlib import qp
+
+    sol = original.qp_solution()
+    expected = qp.r_threshold(sol["R"], PROFILE.qp.n_selected, mode="qpm")
+    assert original.qp.metrics["r_threshold"] == pytest.approx(expected.threshold)
+    assert original.qp.metrics["n_penalised"] == expected.n_penalised

@@ -362,3 +362,51 @@ def test_checkpoint_written_under_a_unique_name_and_then_renamed(tmp_path, monke
     assert len(sources) == 3 and len(set(sources)) == 3  # one per epoch, never the same temporary name
     assert all(".dense_checkpoint.pt." in a and str(os.getpid()) in a for a in sources)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".dense.lock", "dense_checkpoint.pt"]
+
+
+# ---------------------------------------------------------------------------------------------- training details
+class _CountingData(TokenData):
+    """Counts how often each sample is read for training."""
+
+    def batch(self, idx):
+        self.reads = getattr(self, "reads", np.zeros(len(self), int))
+        np.add.at(self.reads, np.asarray(idx), 1)
+        return super().batch(idx)
+
+
+def test_every_sample_is_read_once_per_epoch_with_a_partial_last_batch():
+    base = _data(n_per_class=7)  # 21 samples, batches of 8: 8 + 8 + 5
+    data = _CountingData(base.patches, base.cls, base.labels)
+    h = train_dense(_model(), data, dataclasses.replace(CFG, dense_epochs=2), seed=0, verbose=False)
+    assert data.reads.tolist() == [2] * 21
+    for e in h.epochs:
+        assert e["loss"] == pytest.approx(e["ce"] + e["fdl"] + e["l1_fm"] + e["l1_fv"], rel=1e-5)  # batch means
+        assert 0 <= e["accuracy"] <= 1 and abs(e["accuracy"] * 21 - round(e["accuracy"] * 21)) < 1e-9
+
+
+def test_finetune_history_adds_up_and_reports_the_weighted_terms():
+    data = _data()
+    m = _model()
+    train_dense(m, data, CFG, seed=0, verbose=False)
+    _sparse_head(m, data, 0)
+    cfg = dataclasses.replace(CFG, ft_l1_fm=2.0, ft_l1_fv=0.0)
+    h = train_finetune(m, data, cfg, seed=0, verbose=False)
+    e = h.epochs[0]
+    assert e["l1_fm"] > 0 and e["l1_fv"] == 0.0 and e["fdl"] < 0
+    assert e["loss"] == pytest.approx(e["ce"] + e["fdl"] + e["l1_fm"], rel=1e-5)
+
+
+def test_dropout_masks_follow_the_seed_and_the_fdl_scale_reaches_training():
+    data = _data()
+    full = dataclasses.replace(CFG, dense_batch_size=64, dense_epochs=3)  # one batch: shuffling changes nothing
+
+    def weights(seed, dropout=0.2, **cfg):
+        torch.manual_seed(0)
+        m = DinoQPM(8, 3, n_layers=2, hidden_size=16, n_features=6, dropout=dropout)
+        train_dense(m, data, dataclasses.replace(full, **cfg), seed=seed, verbose=False)
+        return m
+
+    assert not _close_weights(weights(0), weights(1), atol=1e-3)  # other seed, other dropout masks
+    assert _close_weights(weights(0, dropout=0.0), weights(1, dropout=0.0), atol=1e-4)  # nothing else differs
+    assert not _close_weights(weights(0), weights(0, fdl_scale="map_mean"), atol=1e-3)
+    assert _same_weights(weights(0), weights(0))
