@@ -7,21 +7,23 @@ The reference code writes two ``torch.save`` files per image and trusts any file
 * ``patch_tokens.npy``: fp16 (N, P, D), the last block's normed patch tokens, registers dropped (§4.4);
 * ``cls.npy``: fp16 (N, D), the normed CLS token;
 * ``labels.npy``, ``image_ids.npy``: int64 (N,), rows sorted by image id;
-* ``manifest.json``: the fingerprint of every input (image list with file sizes, backbone, weights id, image size,
-  normalisation, dataset, format version) plus provenance (pretrained flag, created, torch version), the size and
+* ``manifest.json``: the fingerprint of every input (image list with each file's size and SHA-256, backbone,
+  weights id, image size, normalisation, dataset, format version) plus provenance (pretrained flag, created, torch version), the size and
   SHA-256 of each array file, and a ``complete`` flag; the finished manifest is the last thing written, by an
   atomic rename;
 * ``progress.json`` while an extraction runs: rows written so far, committed after each batch is flushed;
 * ``.verified.json``: hashes already checked, with each file's size, inode, mtime and ctime (see
   :func:`qpmlib.files.verify_checksums`), so that opening an unchanged store reads no array;
-* ``.lock``: held while a process extracts the store; a second process asking for it waits, then uses it.
+* ``.lock``: held while a process extracts the store; a second process asking for it waits, then uses it;
+* ``.image_hashes.json``: the images' SHA-256 with each file's size, inode, mtime and ctime, so that an image is
+  read again only when it changed (:func:`qpmlib.files.cached_sha256`).
 
 A store whose fingerprint differs from its inputs is rebuilt, with a message naming what changed; a store that is
 damaged (a manifest that is not a JSON object, an array file that is truncated, empty or edited, a missing
 checksum) is rebuilt with one line saying what was wrong and where; it is never served. An interrupted
 extraction resumes at the last committed batch. Reads use ``np.load(mmap_mode="r")``, so a batch read from a
-store touches only that batch's pages. An image replaced by another of exactly the same byte size is not
-detected (the fingerprint uses image sizes, not contents, to stay cheap on every call).
+store touches only that batch's pages. An image edited in place or replaced, even by one of the same size, changes
+the fingerprint: its ctime moves, so it is hashed again.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from .files import (
     IntegrityError,
     atomic_write,
     atomic_write_json,
+    cached_sha256,
     checksums,
     file_lock,
     read_json_object,
@@ -71,7 +74,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+#: 2: image contents (SHA-256) in the fingerprint, checksums of the arrays in the manifest.
+FORMAT_VERSION = 2
 SPLITS = ("train", "test")
 PATCH_FILE = "patch_tokens.npy"
 CLS_FILE = "cls.npy"
@@ -80,6 +84,7 @@ IDS_FILE = "image_ids.npy"
 MANIFEST_FILE = "manifest.json"
 PROGRESS_FILE = "progress.json"
 STAMP_FILE = ".verified.json"
+IMAGE_STAMP_FILE = ".image_hashes.json"
 LOCK_FILE = ".lock"
 _DATA_FILES = (PATCH_FILE, CLS_FILE, LABELS_FILE, IDS_FILE)
 
@@ -269,7 +274,8 @@ def extract(
 
     root = Path(root)
     folder = store_dir(root, split, backbone, dataset=dataset, normalisation=normalisation, out_dir=out_dir)
-    files, manifest = _fingerprint(rows, root, split, backbone, dataset, normalisation)
+    files, manifest = _fingerprint(rows, root, split, backbone, dataset, normalisation,
+                                   stamp=folder / IMAGE_STAMP_FILE)
     inputs = manifest["inputs"]
     say = print if verbose else (lambda *a, **k: None)
 
@@ -406,8 +412,11 @@ def _resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def _fingerprint(rows, root, split, backbone, dataset, normalisation) -> tuple[list[str], dict]:
-    """Absolute image paths and the manifest (complete=False) describing every input."""
+def _fingerprint(rows, root, split, backbone, dataset, normalisation, *, stamp: Path) -> tuple[list[str], dict]:
+    """Absolute image paths and the manifest (complete=False) describing every input, image contents included.
+
+    ``stamp`` remembers the images' hashes (:func:`qpmlib.files.cached_sha256`), so only changed images are read.
+    """
     files, images = [], []
     resolved_root = root.resolve()
     for image_id, rel, label in zip(rows["image_id"], rows["path"], rows["label"]):
@@ -416,12 +425,15 @@ def _fingerprint(rows, root, split, backbone, dataset, normalisation) -> tuple[l
             size = f.stat().st_size
         except FileNotFoundError:
             raise FileNotFoundError(f"image {f} (image_id {image_id}) listed in the index does not exist") from None
+        resolved = f.resolve()
         files.append(str(f))
         try:
-            shown = str(f.resolve().relative_to(resolved_root))
+            shown = str(resolved.relative_to(resolved_root))
         except ValueError:
-            shown = str(f.resolve())
+            shown = str(resolved)
         images.append([int(image_id), shown, int(label), int(size)])
+    for entry, digest in zip(images, cached_sha256([str(Path(f).resolve()) for f in files], stamp)):
+        entry.append(digest[:32])
     inputs = {
         "format_version": FORMAT_VERSION,
         "dataset": dataset,
@@ -446,7 +458,7 @@ def _fingerprint(rows, root, split, backbone, dataset, normalisation) -> tuple[l
         "weights_source": backbone.source,
         "dtype": "float16",
         "files": {"patch_tokens": PATCH_FILE, "cls": CLS_FILE, "labels": LABELS_FILE, "image_ids": IDS_FILE},
-        "images": images,  # [image_id, path relative to root, label, file size in bytes]
+        "images": images,  # [image_id, path relative to root, label, file size in bytes, SHA-256 (32 hex)]
     }
     return files, manifest
 

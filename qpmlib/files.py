@@ -39,6 +39,7 @@ __all__ = [
     "atomic_write_json",
     "fsync_dir",
     "file_sha256",
+    "cached_sha256",
     "checksums",
     "verify_checksums",
     "read_json_object",
@@ -208,6 +209,41 @@ def checksums(folder: str | Path, names: Iterable[str], *, stamp_file: str | Non
 
 def _stat_key(st: os.stat_result) -> list[int]:
     return [st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def cached_sha256(paths: Iterable[str | Path], stamp_path: str | Path) -> list[str]:
+    """SHA-256 of many files, each read only when its size, inode, mtime or ctime changed since the last call.
+
+    Args:
+        paths: the files (absolute paths are best: they are the keys of the stamp).
+        stamp_path: a JSON file that remembers ``{path: [size, inode, mtime, ctime, sha256]}``; rewritten
+            atomically when something changed (a read-only location only costs re-hashing next time).
+
+    Returns:
+        The hex digests, in the order of ``paths``.
+
+    Raises:
+        FileNotFoundError: when a file does not exist.
+    """
+    stamp_path = Path(stamp_path)
+    try:
+        stamps = read_json_object(stamp_path)
+    except (FileNotFoundError, IntegrityError):
+        stamps = {}
+    out, fresh = [], {}
+    for path in map(str, paths):
+        key = _stat_key(os.stat(path))
+        old = stamps.get(path)
+        digest = old[4] if isinstance(old, list) and len(old) == 5 and old[:4] == key else file_sha256(path)
+        fresh[path] = key + [digest]
+        out.append(digest)
+    if fresh != stamps:
+        try:
+            stamp_path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(stamp_path, fresh)
+        except OSError:
+            pass
+    return out
 
 
 def verify_checksums(

@@ -140,6 +140,22 @@ def test_changed_inputs_are_detected_and_rebuilt(dataset, backbone, tmp_path, ca
     assert other.path != second.path and other.grid == 6
 
 
+def test_image_replaced_by_one_of_the_same_size_is_detected(dataset, backbone, tmp_path, caplog):
+    root, index = dataset
+    first = run(index, root, backbone, tmp_path / "cache", split="test")
+    replaced = index[~index.is_train].iloc[1]
+    path = root / replaced.path
+    st = path.stat()
+    data = bytearray(path.read_bytes())
+    data[-20] ^= 0xFF  # same size, other content; the modification time is put back
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with caplog.at_level(logging.WARNING, logger="qpmlib.embeddings"):
+        second = run(index, root, backbone, tmp_path / "cache", split="test")
+    assert "stale" in caplog.text and "1 changed" in caplog.text and replaced.path in caplog.text
+    assert second.manifest["inputs"]["images_sha256"] != first.manifest["inputs"]["images_sha256"]
+
+
 def test_store_without_complete_flag_is_never_used(dataset, backbone, tmp_path, monkeypatch):
     root, index = dataset
     store = run(index, root, backbone, tmp_path / "cache", split="test")

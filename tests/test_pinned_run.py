@@ -50,7 +50,7 @@ def _plant_stores(profile: Profile) -> None:
         folder = embeddings.store_dir(root, split, backbone, dataset=profile.data.dataset,
                                       normalisation=profile.data.normalisation)
         _, manifest = embeddings._fingerprint(rows, root, split, backbone, profile.data.dataset,
-                                              profile.data.normalisation)
+                                              profile.data.normalisation, stamp=folder / embeddings.IMAGE_STAMP_FILE)
         masks = cub.patch_masks(root, rows["image_id"].to_numpy(), backbone.grid).reshape(len(rows), -1)  # (N, P)
         signal = 3.0 * directions[rows["label"].to_numpy()]  # (N, D)
         patches = rng.normal(size=(len(rows), backbone.grid ** 2, backbone.embed_dim))
