@@ -12,6 +12,7 @@ Modules follow the pipeline and import only from earlier stages. The names chapt
 * ``qp``: ``qpm_matrices``, ``qpm_objective``, ``r_threshold``, ``solve_qpm`` (the QPM feature selection).
 * ``glm``, ``sparse_baselines``, ``baselines``: DINO-SLDD, DINO-QSENN and the linear probe.
 * ``results``: the content-addressed results store; ``pipeline``: ``run_dino_qpm``, ``load_run``, ``summarise``.
+* ``files``: locks between processes, atomic writes and checksums (used by ``embeddings``, ``results``, ``train``).
 * ``metrics``: ``accuracy``, ``plausibility``, ``sid_at_k``, ``class_independence``, ``contrastiveness``,
   ``patch_contextualisation``, ``compactness``, ``part_alignment``.
 * ``explain``: local explanations, CAM, class-pair comparisons, top patches, failure categories.

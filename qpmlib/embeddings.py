@@ -8,9 +8,9 @@ The reference code writes two ``torch.save`` files per image and trusts any file
 * ``cls.npy``: fp16 (N, D), the normed CLS token;
 * ``labels.npy``, ``image_ids.npy``: int64 (N,), rows sorted by image id;
 * ``manifest.json``: the fingerprint of every input (image list with each file's size and SHA-256, backbone,
-  weights id, image size, normalisation, dataset, format version) plus provenance (pretrained flag, created, torch version), the size and
-  SHA-256 of each array file, and a ``complete`` flag; the finished manifest is the last thing written, by an
-  atomic rename;
+  weights id, image size, normalisation, dataset, format version) plus provenance (pretrained flag, created,
+  torch version), the size and SHA-256 of each array file, and a ``complete`` flag; the finished manifest is the
+  last thing written, by an atomic rename;
 * ``progress.json`` while an extraction runs: rows written so far, committed after each batch is flushed;
 * ``.verified.json``: hashes already checked, with each file's size, inode, mtime and ctime (see
   :func:`qpmlib.files.verify_checksums`), so that opening an unchanged store reads no array;

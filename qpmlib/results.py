@@ -93,6 +93,7 @@ _DAMAGED_PREFIX = ".damaged-"
 _LOCKS = ".locks"
 
 log = logging.getLogger(__name__)
+_REPORTED: set[str] = set()  # damaged entries already reported by this process
 
 
 def _plain(value: Any) -> Any:
@@ -290,14 +291,21 @@ class ResultStore:
         A damaged entry is reported with one warning that names the file and the problem; it is recomputed by the
         caller and replaced by :meth:`put`.
         """
+        found, problem = self._find(config)
+        if problem is not None and str(problem) not in _REPORTED:  # one line per damaged entry and process
+            _REPORTED.add(str(problem))
+            log.warning("result %s is damaged (%s); it will be recomputed", self.path(config), problem)
+        return found
+
+    def _find(self, config: Any) -> tuple[Result | None, IntegrityError | None]:
+        """The intact result of ``config`` (or None) and, for a damaged one, what is wrong with it."""
         folder = self.path(config)
         if not folder.is_dir():
-            return None
+            return None, None
         try:
-            return _open(folder)
+            return _open(folder), None
         except IntegrityError as exc:
-            log.warning("result %s is damaged (%s); it will be recomputed", folder, exc)
-            return None
+            return None, exc
 
     def put(self, config: Any, data: ResultData) -> Result:
         """Write a finished result atomically; an existing intact result is kept, not overwritten.
@@ -319,7 +327,7 @@ class ResultStore:
         for name in data.tensors:
             if not name.endswith(".safetensors"):
                 raise ValueError(f"tensor files must end in .safetensors, got {name!r}")
-        existing = self.get(config)
+        existing, _ = self._find(config)
         if existing is not None:
             return existing
         final = self.path(config)
@@ -344,15 +352,15 @@ class ResultStore:
             try:
                 os.rename(tmp, final)
             except OSError:
-                if self.get(config) is None:  # not a lost race with an identical writer
+                if self._find(config)[0] is None:  # not a lost race with an identical writer
                     raise
             fsync_dir(final.parent)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(self.root / self.kind / f"{_WORK_PREFIX}{final.name}", ignore_errors=True)
-        stored = self.get(config)
+        stored, problem = self._find(config)
         if stored is None:
-            raise IntegrityError(final, "was damaged right after it was written; check the disk")
+            raise IntegrityError(final, f"was damaged right after it was written ({problem}); check the disk")
         return stored
 
     def get_or_run(self, config: Any, fn: Callable[[], ResultData]) -> Result:
@@ -364,7 +372,7 @@ class ResultStore:
         if found is not None:
             return found
         with self.lock(config):
-            found = self.get(config)
+            found, _ = self._find(config)
             return found if found is not None else self.put(config, fn())
 
     def keys(self) -> list[str]:

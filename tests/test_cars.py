@@ -71,12 +71,13 @@ def test_annotation_file_without_labels_is_rejected(tmp_path):
 @pytest.mark.parametrize(
     "train, test, match",
     [
-        ((["a.jpg", "b.jpg", "a.jpg"], [1, 2, 3]), CARS_TEST, r"cars_train_annos.mat, entry 3: file a.jpg is listed again"),
-        ((["a.jpg", "b.jpg", "c.jpg"], [1, 4, 3]), CARS_TEST, r"cars_train_annos.mat, entry 2: class 4 of b.jpg is not "
-                                                              r"an integer in 1..3"),
+        ((["a.jpg", "b.jpg", "a.jpg"], [1, 2, 3]), CARS_TEST,
+         r"cars_train_annos.mat, entry 3: file a.jpg is listed again"),
+        ((["a.jpg", "b.jpg", "c.jpg"], [1, 4, 3]), CARS_TEST,
+         r"cars_train_annos.mat, entry 2: class 4 of b.jpg is not an integer in 1..3"),
         ((["a.jpg", "b.jpg", "c.jpg"], [0, 2, 3]), CARS_TEST, r"entry 1: class 0 of a.jpg"),
-        (CARS_TRAIN, (["x.jpg", "y.jpg", "z.jpg"], [1, 1, 3]), r"cars_test_annos_withlabels.mat: class\(es\) \[2\] have "
-                                                              r"no test images"),
+        (CARS_TRAIN, (["x.jpg", "y.jpg", "z.jpg"], [1, 1, 3]),
+         r"cars_test_annos_withlabels.mat: class\(es\) \[2\] have no test images"),
         ((["../a.jpg", "b.jpg", "c.jpg"], [1, 2, 3]), CARS_TEST, r"entry 1: file name '../a.jpg' is not a plain"),
     ],
 )

@@ -151,10 +151,10 @@ def test_read_index_rejects_inconsistent_files(cub_root):
 # Each case edits one index file of the 4-image fixture (ids 1-4; classes 1, 1, 2, 2; split 1, 0, 1, 0) and
 # expects an error at read time that names the file and, for a bad line, its number.
 STRICT_CASES = {
-    "duplicate image id": ("images.txt", "1 001.Alpha_Bird/Alpha_Bird_0001.jpg\n2 001.Alpha_Bird/Alpha_Bird_0002.jpg\n"
-                           "3 002.Beta_Bird/Beta_Bird_0001.jpg\n4 002.Beta_Bird/Beta_Bird_0002.jpg\n"
-                           "1 002.Beta_Bird/Beta_Bird_0002.jpg\n", r"images.txt, line 5: id 1 is listed again \(first on "
-                           r"line 1\)"),
+    "duplicate image id": ("images.txt", "1 001.Alpha_Bird/Alpha_Bird_0001.jpg\n"
+                           "2 001.Alpha_Bird/Alpha_Bird_0002.jpg\n3 002.Beta_Bird/Beta_Bird_0001.jpg\n"
+                           "4 002.Beta_Bird/Beta_Bird_0002.jpg\n1 002.Beta_Bird/Beta_Bird_0002.jpg\n",
+                           r"images.txt, line 5: id 1 is listed again \(first on line 1\)"),
     "duplicate label line": ("image_class_labels.txt", "1 1\n2 1\n3 2\n4 2\n4 1\n", r"line 5: id 4 is listed again"),
     "label 0": ("image_class_labels.txt", "1 0\n2 1\n3 2\n4 2\n", r"image_class_labels.txt, line 1: the class id of "
                 r"image 1 is '0', expected an integer in 1..2"),
@@ -162,7 +162,8 @@ STRICT_CASES = {
     "negative label": ("image_class_labels.txt", "1 1\n2 -1\n3 2\n4 2\n", r"line 2: the class id of image 2 is '-1'"),
     "split flag 2": ("train_test_split.txt", "1 1\n2 0\n3 2\n4 0\n", r"train_test_split.txt, line 3: the split flag "
                      r"of image 3 is '2', expected an integer in 0..1"),
-    "split flag text": ("train_test_split.txt", "1 1\n2 0\n3 yes\n4 0\n", r"line 3: the split flag of image 3 is 'yes'"),
+    "split flag text": ("train_test_split.txt", "1 1\n2 0\n3 yes\n4 0\n",
+                        r"line 3: the split flag of image 3 is 'yes'"),
     "class without training images": ("train_test_split.txt", "1 1\n2 0\n3 0\n4 0\n",
                                       r"class\(es\) 2 \(002.Beta_Bird\) have no training images"),
     "class without test images": ("train_test_split.txt", "1 1\n2 1\n3 1\n4 0\n",

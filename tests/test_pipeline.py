@@ -128,7 +128,8 @@ def test_smoke_pipeline_end_to_end(tmp_path, monkeypatch, one_thread):
     assert ft.dense.path == run.dense.path and ft.qp.path == run.qp.path and ft.qpm.path != run.qpm.path
     with pytest.raises(FileNotFoundError, match="run_dino_qpm"):
         pipeline.load_run("smoke", seed=1, overrides=overrides)
-    leftovers = [p.name for p in (tmp_path / "results" / "smoke" / "qpm").iterdir() if p.name.startswith((".tmp-", ".work-"))]
+    leftovers = [p.name for p in (tmp_path / "results" / "smoke" / "qpm").iterdir()
+                 if p.name.startswith((".tmp-", ".work-"))]
     assert not leftovers
 
 
