@@ -118,6 +118,15 @@ def test_stored_run_rebuilds_its_models_and_switches_reach_their_stage(planted, 
     assert plain.dense.path == run.dense.path and plain.qp.path == run.qp.path and plain.qpm.path != run.qpm.path
     assert plain.metrics["dino_qpm"] != run.metrics["dino_qpm"]
     _stored_models_reproduce_stored_predictions(plain)  # the fine-tune used the sparse head it stored
+    recal = pipeline.run_dino_qpm(PROFILE, seed=0, overrides={"train.recalibrate_bn": True}, verbose=False)
+    assert recal.dense.path != run.dense.path
+    from qpmlib.train import TokenData
+
+    train = TokenData.from_store(embeddings.get_store(PROFILE, "train", verbose=False))
+    model = recal.dense_model()
+    with torch.no_grad():
+        h = model.mlp[0](train.batch(np.arange(len(train)))).reshape(-1, model.mlp[0].out_features)
+    np.testing.assert_allclose(model.mlp[1].running_mean.numpy(), h.mean(0).numpy(), atol=1e-4)  # full-data BN stats
     original = pipeline.run_dino_qpm(PROFILE, seed=0, overrides={"qp.r_mode": "qpm"}, verbose=False)
     assert original.qp.path != run.qp.path
     from qpmlib import qp

@@ -133,13 +133,16 @@ def test_each_seed_and_each_embedding_store_is_its_own_run():
     from qpmlib.pipeline import _configs
     from qpmlib.results import config_hash
 
-    def hashes(seed=0, **inputs):
-        store = SimpleNamespace(manifest={"inputs": {"root": "/data", "weights_id": "w", "pretrained": False,
-                                                     "images_sha256": "0" * 64, **inputs}})
-        return [config_hash(c) for c in _configs(SMOKE, seed, store, store).values()]
+    def store(**inputs):
+        return SimpleNamespace(manifest={"inputs": {"root": "/data", "weights_id": "w", "pretrained": False,
+                                                    "images_sha256": "0" * 64, **inputs}})
+
+    def hashes(seed=0, train=None, test=None):
+        return [config_hash(c) for c in _configs(SMOKE, seed, train or store(), test or store()).values()]
 
     base = hashes()
     assert all(a != b for a, b in zip(hashes(seed=1), base))
-    assert all(a != b for a, b in zip(hashes(images_sha256="1" * 64), base))
-    assert all(a != b for a, b in zip(hashes(weights_id="v"), base))
-    assert hashes(root="/elsewhere") == base  # the same data on another machine is the same run
+    for changed in ({"images_sha256": "1" * 64}, {"weights_id": "v"}):
+        assert all(a != b for a, b in zip(hashes(train=store(**changed)), base))
+        assert all(a != b for a, b in zip(hashes(test=store(**changed)), base))
+    assert hashes(train=store(root="/elsewhere"), test=store(root="/elsewhere")) == base  # same data, other machine

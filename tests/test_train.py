@@ -410,3 +410,16 @@ def test_dropout_masks_follow_the_seed_and_the_fdl_scale_reaches_training():
     assert _close_weights(weights(0, dropout=0.0), weights(1, dropout=0.0), atol=1e-4)  # nothing else differs
     assert not _close_weights(weights(0), weights(0, fdl_scale="map_mean"), atol=1e-3)
     assert _same_weights(weights(0), weights(0))
+
+
+def test_training_accuracy_counts_the_correct_predictions_of_each_batch():
+    data = _data()
+    m = _model()
+    # a learning rate of 1e-12 keeps the weights, dropout is off and one batch holds every sample, so the epoch's
+    # training accuracy is that of the initial model in training mode on the whole split
+    cfg = dataclasses.replace(CFG, dense_epochs=1, dense_batch_size=64, dense_lr=1e-12, dense_weight_decay=0.0)
+    m.dropout.p = 0.0
+    with torch.no_grad():
+        expected = float((m.train()(data.batch(np.arange(24))).logits.argmax(1).numpy() == data.labels).mean())
+    h = train_dense(m, data, cfg, seed=0, verbose=False)
+    assert 0 < expected < 1 and h.epochs[0]["accuracy"] == pytest.approx(expected)
