@@ -36,6 +36,7 @@ from pathlib import Path
 
 import yaml
 
+from qpmlib.files import atomic_write, file_lock
 from qpmlib.paths import REPO_ROOT
 from qpmlib.profiles import PROFILES, get_profile
 
@@ -272,13 +273,19 @@ def run_chapters(
         ValueError: unknown profile, chapter or parameter (the message lists valid ones).
         ChapterFailed: a chapter raised; names the chapter and the failing cell.
     """
-    import papermill
-
     get_profile(profile)  # validates the name
     selected = select_chapters(names, chapters())
     parameters = {"profile": profile, **(extra_parameters or {})}
     for chapter in selected:
         check_parameters(chapter.source, parameters)
+    # a second run of the same profile waits, then finds the chapters the first one executed up to date
+    with file_lock(build_dir(profile) / ".run.lock", what=f"a book run of profile {profile!r}"):
+        return _execute(profile, selected, parameters, force=force, verbose=verbose)
+
+
+def _execute(profile: str, selected: list[Chapter], parameters: dict, *, force: bool, verbose: bool) -> dict:
+    """The chapter loop of :func:`run_chapters`, run while this process holds the profile's build lock."""
+    import papermill
 
     out_dir = build_dir(profile) / "src" / "chapters"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -331,8 +338,8 @@ def run_chapters(
             nb = _notebook(partial)
             nb["metadata"][KEY_METADATA] = key
             nb["metadata"]["qpmlib_seconds"] = round(seconds, 2)
-            partial.write_text(json.dumps(nb, indent=1))
-            partial.replace(target)
+            atomic_write(target, json.dumps(nb, indent=1))
+            partial.unlink()
             target.with_suffix(".failed.ipynb").unlink(missing_ok=True)
             timings[chapter.name] = {"seconds": round(seconds, 2), "reused": False}
             if verbose:
@@ -426,9 +433,7 @@ def _record_run(profile: str, timings: dict[str, dict]) -> None:
             continue
         record["chapters"][name] = t
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    tmp.replace(path)
+    atomic_write(path, json.dumps(record, indent=2))
 
 
 def provenance_markdown(record: dict) -> str:

@@ -269,3 +269,21 @@ def test_selected_chapters_keep_the_toc_order(fake_book):
     available = chapters()
     assert [c.name for c in select_chapters(["b", "01_a"], available)] == ["01_a", "02_b"]
     assert [c.name for c in select_chapters(["02_b", "02_b"], available)] == ["02_b"]
+
+
+def test_a_book_run_holds_the_profile_lock_while_it_executes(fake_book, monkeypatch):
+    import contextlib
+
+    events = []
+
+    @contextlib.contextmanager
+    def recording_lock(path, what=""):
+        events.append(("lock", path))
+        yield
+        events.append(("unlock", path))
+
+    monkeypatch.setattr(bookrunner, "file_lock", recording_lock)
+    monkeypatch.setattr(bookrunner, "_execute", lambda *a, **k: events.append(("execute",)) or {})
+    bookrunner.run_chapters("smoke", verbose=False)
+    lock = fake_book / "book" / "_build" / "smoke" / ".run.lock"
+    assert events == [("lock", lock), ("execute",), ("unlock", lock)]

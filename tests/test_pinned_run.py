@@ -6,7 +6,8 @@ token is noise plus, on the bird's patches, a direction of its class, so the mod
 stores also keeps the pins independent of the backbone code. The stores are written where
 :func:`qpmlib.embeddings.get_store` looks for them, so the pipeline finds them up to date and extracts nothing.
 
-Re-pinning after a deliberate change of the numbers: run this test, copy the dict it prints into ``PINNED``.
+Re-pinning after a deliberate change of the numbers: run ``pytest tests/test_pinned_run.py -s -k pinned`` and
+copy the ``PINNED = {...}`` line it prints over the one below (one line).
 """
 
 from __future__ import annotations

@@ -151,7 +151,7 @@ def _read_table(path: Path, what: str) -> dict[int, tuple[str, int]]:
         if not line.strip():
             continue
         fields = line.split(maxsplit=1)
-        if len(fields) != 2 or not fields[0].isdigit() or int(fields[0]) < 1:
+        if len(fields) != 2 or not (fields[0].isascii() and fields[0].isdigit()) or int(fields[0]) < 1:
             raise _bad_line(path, number, f"expected '<id> <{what}>' with a positive integer id, got {line!r}")
         key = int(fields[0])
         if key in out:
@@ -162,7 +162,7 @@ def _read_table(path: Path, what: str) -> dict[int, tuple[str, int]]:
 
 def _int_field(path: Path, table: dict[int, tuple[str, int]], key: int, valid: range, what: str) -> int:
     value, number = table[key]
-    if not value.isdigit() or int(value) not in valid:
+    if not (value.isascii() and value.isdigit()) or int(value) not in valid:
         raise _bad_line(path, number, f"{what} of image {key} is {value!r}, expected an integer in "
                                       f"{valid.start}..{valid.stop - 1}")
     return int(value)

@@ -89,7 +89,7 @@ MUTATIONS = [
       "return StageConfig(\"finetune\", cfg.ft_epochs, cfg.dense_batch_size,", "fine-tune uses the dense batch size"),
     M("T25", "training", TRAIN, 'if name.endswith("epochs") and (not isinstance(value, int) or value < 0):',
       'if name.endswith("epochs") and (not isinstance(value, int) or value < -1):', "negative epochs accepted"),
-    M("T26", "training", TRAIN, "            _recalibrate_bn(model, feed, n, bs)\n", "",
+    M("T26", "training", TRAIN, "            _recalibrate_bn(model, feed, n, bs)\n", "            pass\n",
       "recalibrate_bn=True does nothing"),
     M("T27", "training", TRAIN, "correct += hits", "correct += hits * 0 + len(y[0])", "training accuracy always 1"),
     # ------------------------------------------------------------------ losses (training details)

@@ -57,11 +57,13 @@ def run_one(mutation: Mutation, root: Path, timeout: float) -> dict:
     start = time.perf_counter()
     try:
         proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
-        outcome = "survived" if proc.returncode == 0 else "caught"
+        # 0: every test passed; 1: a test failed; anything else (a mutant that does not even import) is no
+        # evidence for the tests and is reported as invalid, outside the count
+        outcome = {0: "survived", 1: "caught"}.get(proc.returncode, "invalid")
         tail = proc.stdout.strip().splitlines()[-1:] if proc.stdout.strip() else []
         failed = next((line for line in proc.stdout.splitlines() if line.startswith("FAILED")), "")
-        if proc.returncode not in (0, 1):  # collection or import errors also catch the mutation
-            failed = failed or (tail[0] if tail else f"exit {proc.returncode}")
+        if outcome == "invalid":
+            failed = tail[0] if tail else f"exit {proc.returncode}"
     except subprocess.TimeoutExpired:
         outcome, failed = "caught (timeout)", f"no result within {timeout:.0f} s"
     finally:
@@ -95,10 +97,13 @@ def main(argv: list[str] | None = None) -> int:
             results.append(r)
             print(f"{r['id']:4} {r['outcome']:17} {r['seconds']:7.1f} s  {r['what']}  {r['by']}", flush=True)
     Path(args.out).write_text(json.dumps(results, indent=1))
-    caught = sum(r["outcome"].startswith("caught") for r in results)
-    print(f"\ncaught {caught} of {len(results)} ({100 * caught / len(results):.0f} %)")
+    invalid = [r["id"] for r in results if r["outcome"] == "invalid"]
+    counted = [r for r in results if r["outcome"] != "invalid"]
+    caught = sum(r["outcome"].startswith("caught") for r in counted)
+    print(f"\ncaught {caught} of {len(counted)} ({100 * caught / max(len(counted), 1):.0f} %)"
+          + (f"; invalid (do not import): {', '.join(invalid)}" if invalid else ""))
     by_area: dict[str, list[int]] = {}
-    for r in results:
+    for r in counted:
         by_area.setdefault(r["area"], [0, 0])
         by_area[r["area"]][0] += r["outcome"].startswith("caught")
         by_area[r["area"]][1] += 1
