@@ -182,6 +182,12 @@ def test_stage_config_maps_profile_fields():
     st = stage_config(CFG, "finetune")
     assert st == StageConfig("finetune", 2, 8, CFG.ft_lr, CFG.ft_weight_decay, CFG.ft_fdl, CFG.ft_l1_fm, CFG.ft_l1_fv)
     assert stage_config(CFG, "dense").l1_fm == 0.0
+    # every field its own value, so that taking one stage's field for the other's shows
+    cfg = TrainConfig(dense_epochs=1, dense_batch_size=2, dense_lr=0.3, dense_weight_decay=0.4, dense_fdl=0.5,
+                      ft_epochs=6, ft_batch_size=7, ft_lr=0.8, ft_weight_decay=0.9, ft_fdl=1.1, ft_l1_fm=1.2,
+                      ft_l1_fv=1.3, fdl_scale="map_mean", precision="bf16")
+    assert stage_config(cfg, "dense") == StageConfig("dense", 1, 2, 0.3, 0.4, 0.5, 0.0, 0.0, "map_mean", "bf16")
+    assert stage_config(cfg, "finetune") == StageConfig("finetune", 6, 7, 0.8, 0.9, 1.1, 1.2, 1.3, "map_mean", "bf16")
     with pytest.raises(ValueError, match="dense, finetune"):
         stage_config(CFG, "sparse")
 
