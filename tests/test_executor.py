@@ -178,29 +178,39 @@ def test_slurm_and_local_store_identical_results(slurm_cluster, tmp_path):
             assert (_entry(a) / name).read_bytes() == (_entry(b) / name).read_bytes(), name
         _assert_clean_and_correct(b, seed)
         prov = json.loads((_entry(b) / "provenance.json").read_text())
-        assert prov["slurm_job_id"] and json.loads((_entry(a) / "provenance.json").read_text())["slurm_job_id"] is None
+        assert prov["slurm_job_id"] == report.jobs[b.name][0]  # an array task, e.g. "1_0", as squeue names it
+        assert json.loads((_entry(a) / "provenance.json").read_text())["slurm_job_id"] is None
+
+
+def _compute_in_thread(task, folder, out):
+    def run():
+        try:
+            out["report"] = compute([task], executor="slurm", resources=TINY, folder=folder, poll_s=0.5,
+                                    verbose=False)
+        except BaseException as exc:  # noqa: BLE001  (handed to the test thread)
+            out["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def _job_inside_its_computation(task, root, folder, cluster, seed):
+    """Wait until the task's job has written its checkpoint; returns the job id."""
+    checkpoint = _checkpoint(root, seed)
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert checkpoint.exists(), cluster.log_tails()
+    return json.loads((folder / "ledger.json").read_text())[task.key.path]
 
 
 @pytest.mark.slurm
 def test_cancelled_job_is_resubmitted_and_nothing_half_written_is_served(slurm_cluster, tmp_path):
     task = probe_task(tmp_path / "store", 3, sleep_s=120)
     out = {}
-
-    def run():
-        try:
-            out["report"] = compute([task], executor="slurm", resources=TINY, folder=tmp_path / "jobs",
-                                    poll_s=0.5, verbose=False)
-        except BaseException as exc:  # noqa: BLE001  (handed to the test thread)
-            out["error"] = exc
-
-    waiter = threading.Thread(target=run)
-    waiter.start()
-    checkpoint = _checkpoint(tmp_path / "store", 3)
-    deadline = time.monotonic() + 120
-    while not checkpoint.exists() and time.monotonic() < deadline:  # the job is inside its long computation
-        time.sleep(0.2)
-    assert checkpoint.exists(), slurm_cluster.log_tails()
-    first = json.loads((tmp_path / "jobs" / "ledger.json").read_text())[task.key.path]
+    waiter = _compute_in_thread(task, tmp_path / "jobs", out)
+    first = _job_inside_its_computation(task, tmp_path / "store", tmp_path / "jobs", slurm_cluster, 3)
     slurm_cluster.run("scancel", first)
     time.sleep(1)
     assert not task.key.exists() and ResultStore(tmp_path / "store", "probe").keys() == []
@@ -212,6 +222,26 @@ def test_cancelled_job_is_resubmitted_and_nothing_half_written_is_served(slurm_c
     assert prov["slurm_job_id"] == jobs[1] and prov["resumed"] is True  # went on from the killed job's checkpoint
     assert "CANCELLED" in _stderr(tmp_path / "jobs", first)
     _assert_clean_and_correct(task, 3)
+
+
+@pytest.mark.slurm
+def test_requeued_job_is_waited_for_not_submitted_twice(slurm_cluster, tmp_path):
+    task = probe_task(tmp_path / "store", 4, sleep_s=120)
+    out = {}
+    waiter = _compute_in_thread(task, tmp_path / "jobs", out)
+    job = _job_inside_its_computation(task, tmp_path / "store", tmp_path / "jobs", slurm_cluster, 4)
+    slurm_cluster.run("scontrol", "requeue", job)  # what preemption with PreemptMode=REQUEUE does
+    deadline = time.monotonic() + 60
+    while "PENDING" not in slurm_cluster.run("squeue", "--noheader", "--jobs", job, "--format=%T", check=False):
+        assert time.monotonic() < deadline, slurm_cluster.log_tails()
+        time.sleep(0.5)
+    slurm_cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")  # skip Slurm's 2-minute requeue delay
+    waiter.join(timeout=240)
+    assert not waiter.is_alive() and "error" not in out, out.get("error")
+    assert out["report"].jobs[task.name] == [job]
+    prov = json.loads((_entry(task) / "provenance.json").read_text())
+    assert prov["slurm_job_id"] == job and prov["resumed"] is True
+    _assert_clean_and_correct(task, 4)
 
 
 @pytest.mark.slurm
@@ -262,3 +292,11 @@ def test_a_later_call_waits_for_the_jobs_of_an_earlier_one(slurm_cluster, tmp_pa
     second = compute([task], **kwargs)
     assert second.jobs == first.jobs and second.computed == [task.name]  # adopted, not submitted twice
     _assert_clean_and_correct(task, 9)
+
+
+@pytest.mark.slurm
+def test_resources_the_cluster_lacks_are_named(slurm_cluster, tmp_path):
+    task = probe_task(tmp_path / "store", 11, stage="train")
+    with pytest.raises(RuntimeError, match="Slurm refused the jobs of stage 'train' .*invalid partition"):
+        compute([task], executor="slurm", resources={"train": {"partition": "gpu", "mem_gb": 0.25}},
+                folder=tmp_path / "jobs", verbose=False)

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import submitit
-from submitit.core.utils import JobPaths
+from submitit.core.utils import FailedJobError, JobPaths
 from tqdm import tqdm
 
 from qpmlib import paths
@@ -60,6 +60,7 @@ __all__ = [
     "RunPlan",
     "compute",
     "run_task",
+    "slurm_job_id",
     "plan",
     "parse_squeue",
     "resolve_function",
@@ -301,12 +302,18 @@ def run_task(task: Task) -> str:
     return "computed"
 
 
+def slurm_job_id() -> str | None:
+    """The id of the Slurm job this process runs in, as ``squeue`` shows it (``"123_4"`` for an array task)."""
+    array, index = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{array}_{index}" if array and index else os.environ.get("SLURM_JOB_ID")
+
+
 class _Job(submitit.helpers.Checkpointable):
     """What a Slurm job runs: :func:`run_task`, with log lines; on a timeout submitit requeues the same call."""
 
     def __call__(self, task: Task) -> str:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
-        log.info("task %s on %s (job %s)", task.name, socket.gethostname(), os.environ.get("SLURM_JOB_ID"))
+        log.info("task %s on %s (job %s)", task.name, socket.gethostname(), slurm_job_id())
         outcome = run_task(task)
         log.info("task %s: %s", task.name, "already stored" if outcome == "stored" else "computed and stored")
         return outcome
@@ -409,11 +416,16 @@ class _SlurmQueue:
             by_stage.setdefault(task.stage, []).append(task)
         for stage, group in by_stage.items():
             ex = self._executor(stage)
-            if len(group) == 1:
-                submitted = [ex.submit(_Job(), group[0])]
-            else:
-                with ex.batch():
-                    submitted = [ex.submit(_Job(), task) for task in group]
+            try:
+                if len(group) == 1:
+                    submitted = [ex.submit(_Job(), group[0])]
+                else:
+                    with ex.batch():
+                        submitted = [ex.submit(_Job(), task) for task in group]
+            except (FailedJobError, subprocess.SubprocessError) as exc:
+                res = _stage_resources(stage, self.resources).describe()
+                raise RuntimeError(f"Slurm refused the jobs of stage {stage!r} ({res}): {exc}\nCheck that stage's "
+                                   "resources (partition, GPUs, account, limits).") from exc
             jobs.update({task.name: job for task, job in zip(group, submitted)})
         self._remember({task.key.path: jobs[task.name].job_id for task in tasks})
         return jobs
@@ -664,6 +676,6 @@ def probe(root: str, seed: int, size: int = 8, sleep_s: float = 0.0, fail: bool 
         time.sleep(sleep_s)  # a signal's handler (e.g. submitit's on preemption) still runs while it sleeps
     metrics = {"trace": float(x.trace()), "frobenius": float(torch.linalg.matrix_norm(x))}
     prov = provenance(seed=seed, device="cpu", pretrained=None, host=socket.gethostname(),
-                      slurm_job_id=os.environ.get("SLURM_JOB_ID"), resumed=resumed)
+                      slurm_job_id=slurm_job_id(), resumed=resumed)
     store.put(config, ResultData(metrics, prov, tensors={"probe.safetensors": {"x": x, "gram": x @ x.T}}))
 
