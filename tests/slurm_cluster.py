@@ -20,8 +20,10 @@ to start jobs).
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -83,6 +85,14 @@ def unavailable_reason() -> str | None:
     return None
 
 
+def _die_with_parent() -> None:
+    """In a daemon about to start: ask Linux to send it SIGTERM when the test process dies, even by ``kill -9``."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -131,7 +141,7 @@ class SlurmCluster:
     def _spawn(self, name: str, *cmd: str) -> None:
         out = open(self.root / "log" / f"{name}.out", "wb")
         self._procs.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env,
-                                            start_new_session=True))
+                                            start_new_session=True, preexec_fn=_die_with_parent))
         out.close()
 
     def start(self, timeout_s: float = 60.0) -> None:
@@ -191,6 +201,29 @@ class SlurmCluster:
                     proc.kill()
                     proc.wait(timeout=15)
         self._procs = []
+        for pid in self._job_processes():  # steps that outlived slurmd would wait for it forever
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+    def _job_processes(self) -> list[int]:
+        """Processes this cluster started for jobs (step daemons, scripts, srun, Python) that are still alive.
+
+        They are recognised by ``SLURM_CONF=<this cluster's slurm.conf>`` in the environment they started with;
+        the path is unique to this cluster's temporary folder.
+        """
+        mark = f"SLURM_CONF={self.conf}".encode()
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                if mark in (entry / "environ").read_bytes().split(b"\0"):
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+        return pids
 
 
 @pytest.fixture(scope="session")

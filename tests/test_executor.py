@@ -182,41 +182,42 @@ def test_slurm_and_local_store_identical_results(slurm_cluster, tmp_path):
         assert json.loads((_entry(a) / "provenance.json").read_text())["slurm_job_id"] is None
 
 
-def _compute_in_thread(task, folder, out):
+def _long_probe_running(seed, tmp_path, cluster):
+    """Start compute() of a 120-s probe in a thread; return (task, thread, out, job id) once its job has written
+    its checkpoint (it is then inside its long computation)."""
+    task, out = probe_task(tmp_path / "store", seed, sleep_s=120), {}
+
     def run():
         try:
-            out["report"] = compute([task], executor="slurm", resources=TINY, folder=folder, poll_s=0.5,
+            out["report"] = compute([task], executor="slurm", resources=TINY, folder=tmp_path / "jobs", poll_s=0.5,
                                     verbose=False)
         except BaseException as exc:  # noqa: BLE001  (handed to the test thread)
             out["error"] = exc
 
-    thread = threading.Thread(target=run)
+    thread = threading.Thread(target=run, daemon=True)  # never keeps pytest from exiting
     thread.start()
-    return thread
-
-
-def _job_inside_its_computation(task, root, folder, cluster, seed):
-    """Wait until the task's job has written its checkpoint; returns the job id."""
-    checkpoint = _checkpoint(root, seed)
+    checkpoint = _checkpoint(tmp_path / "store", seed)
     deadline = time.monotonic() + 120
     while not checkpoint.exists() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert checkpoint.exists(), cluster.log_tails()
-    return json.loads((folder / "ledger.json").read_text())[task.key.path]
+    return task, thread, out, json.loads((tmp_path / "jobs" / "ledger.json").read_text())[task.key.path]
+
+
+def _joined(thread, out):
+    """The report of the compute() call of :func:`_long_probe_running`, once it has finished."""
+    thread.join(timeout=240)
+    assert not thread.is_alive() and "error" not in out, out.get("error")
+    return out["report"]
 
 
 @pytest.mark.slurm
 def test_cancelled_job_is_resubmitted_and_nothing_half_written_is_served(slurm_cluster, tmp_path):
-    task = probe_task(tmp_path / "store", 3, sleep_s=120)
-    out = {}
-    waiter = _compute_in_thread(task, tmp_path / "jobs", out)
-    first = _job_inside_its_computation(task, tmp_path / "store", tmp_path / "jobs", slurm_cluster, 3)
+    task, waiter, out, first = _long_probe_running(3, tmp_path, slurm_cluster)
     slurm_cluster.run("scancel", first)
     time.sleep(1)
     assert not task.key.exists() and ResultStore(tmp_path / "store", "probe").keys() == []
-    waiter.join(timeout=240)
-    assert not waiter.is_alive() and "error" not in out, out.get("error")
-    jobs = out["report"].jobs[task.name]
+    jobs = _joined(waiter, out).jobs[task.name]
     assert jobs[0] == first and len(jobs) == 2  # cancelled, then submitted again
     prov = json.loads((_entry(task) / "provenance.json").read_text())
     assert prov["slurm_job_id"] == jobs[1] and prov["resumed"] is True  # went on from the killed job's checkpoint
@@ -226,19 +227,14 @@ def test_cancelled_job_is_resubmitted_and_nothing_half_written_is_served(slurm_c
 
 @pytest.mark.slurm
 def test_requeued_job_is_waited_for_not_submitted_twice(slurm_cluster, tmp_path):
-    task = probe_task(tmp_path / "store", 4, sleep_s=120)
-    out = {}
-    waiter = _compute_in_thread(task, tmp_path / "jobs", out)
-    job = _job_inside_its_computation(task, tmp_path / "store", tmp_path / "jobs", slurm_cluster, 4)
+    task, waiter, out, job = _long_probe_running(4, tmp_path, slurm_cluster)
     slurm_cluster.run("scontrol", "requeue", job)  # what preemption with PreemptMode=REQUEUE does
     deadline = time.monotonic() + 60
     while "PENDING" not in slurm_cluster.run("squeue", "--noheader", "--jobs", job, "--format=%T", check=False):
         assert time.monotonic() < deadline, slurm_cluster.log_tails()
         time.sleep(0.5)
     slurm_cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")  # skip Slurm's 2-minute requeue delay
-    waiter.join(timeout=240)
-    assert not waiter.is_alive() and "error" not in out, out.get("error")
-    assert out["report"].jobs[task.name] == [job]
+    assert _joined(waiter, out).jobs[task.name] == [job]
     prov = json.loads((_entry(task) / "provenance.json").read_text())
     assert prov["slurm_job_id"] == job and prov["resumed"] is True
     _assert_clean_and_correct(task, 4)
@@ -254,7 +250,7 @@ def test_two_jobs_writing_one_entry_give_one_result(slurm_cluster, tmp_path):
                                   verbose=False)
 
     # two separate callers (separate job folders, so neither knows the other's job) submit at the same time
-    threads = [threading.Thread(target=run, args=(f,)) for f in ("jobs_a", "jobs_b")]
+    threads = [threading.Thread(target=run, args=(f,), daemon=True) for f in ("jobs_a", "jobs_b")]
     for t in threads:
         t.start()
     for t in threads:

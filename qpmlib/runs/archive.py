@@ -31,7 +31,7 @@ from typing import Any, BinaryIO
 from tqdm import tqdm
 
 from qpmlib import paths
-from qpmlib.runs.atomic import file_sha256, fsync_dir, publish, temp_path
+from qpmlib.runs.atomic import atomic_write, file_sha256, publish
 
 __all__ = ["FORMAT_VERSION", "MANIFEST_NAME", "ArchiveError", "ImportReport", "export_archive", "read_manifest",
            "import_archive"]
@@ -168,33 +168,29 @@ def export_archive(
     total = sum((root / f).stat().st_size for f in files)
     archive = Path(archive).absolute()
     archive.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(archive)
-    listed = []
-    try:
-        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar, \
+    manifest: dict[str, Any] = {}
+
+    def write(fh: BinaryIO) -> None:
+        listed = []
+        with tarfile.open(fileobj=fh, mode="w", format=tarfile.PAX_FORMAT) as tar, \
                 tqdm(total=total, unit="B", unit_scale=True, desc="export", disable=not verbose) as bar:
             for name in files:
                 info = _plain_info(name, (root / name).stat().st_size)
-                with open(root / name, "rb") as fh:
-                    reader = _Hashing(fh, bar)
+                with open(root / name, "rb") as src:
+                    reader = _Hashing(src, bar)
                     tar.addfile(info, reader)
                 listed.append({"path": name, "size": info.size, "sha256": reader.sha.hexdigest()})
-            manifest = {
+            manifest.update({
                 "format": FORMAT_VERSION,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "produced_by": {**dict(produced_by or {}), "exported_from_commit": _git_commit()},
                 "entries": names,
                 "files": listed,
-            }
+            })
             data = json.dumps(manifest, indent=1, sort_keys=True, allow_nan=False).encode()
             tar.addfile(_plain_info(MANIFEST_NAME, len(data)), io.BytesIO(data))
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, archive)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(archive.parent)
+
+    atomic_write(archive, write)
     return manifest
 
 

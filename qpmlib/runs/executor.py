@@ -85,6 +85,7 @@ _LEDGER_FILE = "ledger.json"
 _QUEUED = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESV_DEL_HOLD"}
 _RUNNING = {"RUNNING", "COMPLETING", "SUSPENDED", "STAGE_OUT", "SIGNALING", "RESIZING"}
 _SLURM_COMMANDS = ("sbatch", "squeue", "srun", "scancel")
+_SQUEUE_PATIENCE_S = 600  # how long the waiting loop goes on while squeue keeps failing
 
 
 def resolve_function(name: str) -> Callable[..., Any]:
@@ -474,12 +475,18 @@ class _SlurmQueue:
         failed: dict[str, str] = {}
         bar = tqdm(total=len(tasks), desc="slurm jobs", unit="job", disable=not verbose)
         shown = ""
+        last_seen = time.monotonic()  # when squeue last answered
         try:
             while active:
                 states = self.states()
                 if states is None:
+                    if time.monotonic() - last_seen > _SQUEUE_PATIENCE_S:
+                        raise RuntimeError(f"squeue has failed for {_SQUEUE_PATIENCE_S // 60} minutes (see the "
+                                           "warnings above); the jobs may still run: call again later to wait "
+                                           "for them")
                     time.sleep(poll_s)
                     continue
+                last_seen = time.monotonic()
                 counts = {"queued": 0, "running": 0}
                 resubmit = []
                 for name, job_id in list(active.items()):
