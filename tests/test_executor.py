@@ -94,6 +94,9 @@ def test_two_different_tasks_for_one_entry_are_refused(tmp_path):
     other = Task("other", "probe", {**task.kwargs, "sleep_s": 1.0}, task.key)
     with pytest.raises(ValueError, match="write the same entry"):
         compute([task, other], executor="local", verbose=False)
+    namesake = Task(task.name, "probe", task.kwargs, StoreKey(str(tmp_path / "elsewhere")))
+    with pytest.raises(ValueError, match="names must be unique"):
+        plan([task, namesake])
 
 
 def test_run_task_refuses_a_function_that_publishes_nothing(tmp_path):
@@ -262,16 +265,18 @@ def test_two_jobs_writing_one_entry_give_one_result(slurm_cluster, tmp_path):
     assert all("already stored" in text for text in logs.values() if "computed and stored" not in text)
     assert ResultStore(tmp_path / "store", "probe").keys() == [_entry(task).name]
     winner = next(f for f, text in logs.items() if "computed and stored" in text)
-    assert json.loads((_entry(task) / "provenance.json").read_text())["slurm_job_id"] == reports[winner].jobs[task.name][0]
+    prov = json.loads((_entry(task) / "provenance.json").read_text())
+    assert prov["slurm_job_id"] == reports[winner].jobs[task.name][0]
     _assert_clean_and_correct(task, 5)
 
 
 @pytest.mark.slurm
 def test_failing_task_is_retried_then_named(slurm_cluster, tmp_path):
-    task = probe_task(tmp_path / "store", 7, fail=True)
+    task, good = probe_task(tmp_path / "store", 7, fail=True), probe_task(tmp_path / "store", 8)
     with pytest.raises(RunsNotFinished) as info:
-        compute([task], executor="slurm", resources=TINY, folder=tmp_path / "jobs", max_retries=1, poll_s=0.5,
+        compute([task, good], executor="slurm", resources=TINY, folder=tmp_path / "jobs", max_retries=1, poll_s=0.5,
                 verbose=False)
+    assert good.key.exists()  # the other tasks finish before the error is raised
     assert list(info.value.failed) == ["probe/seed=7"]
     why = info.value.failed["probe/seed=7"]
     assert "after 2 attempt(s)" in why and "asked to fail" in why  # the end of the job's error log

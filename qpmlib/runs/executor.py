@@ -362,7 +362,10 @@ def compute(
     report = RunReport(executor)
     missing = []
     for task in tasks:
-        (missing.append(task) if not task.key.exists() else report.stored.append(task.name))
+        if task.key.exists():
+            report.stored.append(task.name)
+        else:
+            missing.append(task)
     if not missing:
         return report
     if executor == "local":
@@ -380,10 +383,13 @@ def compute(
 def _unique(tasks: Sequence[Task]) -> list[Task]:
     """The tasks without repeats; two different tasks that write one entry are an error."""
     seen: dict[str, Task] = {}
+    names: dict[str, str] = {}
     for task in tasks:
         other = seen.setdefault(task.key.path, task)
         if other != task:
             raise ValueError(f"tasks {other.name} and {task.name} write the same entry {task.key.path} but differ")
+        if names.setdefault(task.name, task.key.path) != task.key.path:
+            raise ValueError(f"two tasks are named {task.name!r} but write different entries; names must be unique")
     return list(seen.values())
 
 
@@ -405,7 +411,8 @@ class _SlurmQueue:
     def _executor(self, stage: str) -> submitit.SlurmExecutor:
         if stage not in self._executors:
             ex = submitit.SlurmExecutor(folder=self.folder / "%j", max_num_timeout=3)
-            ex.update_parameters(job_name=f"qpm-{stage}", **_stage_resources(stage, self.resources).sbatch_parameters())
+            resources = _stage_resources(stage, self.resources)
+            ex.update_parameters(job_name=f"qpm-{stage}", **resources.sbatch_parameters())
             self._executors[stage] = ex
         return self._executors[stage]
 
@@ -491,36 +498,33 @@ class _SlurmQueue:
                 resubmit = []
                 for name, job_id in list(active.items()):
                     state = states.get(job_id, "")
-                    if by_name[name].key.exists():
-                        del active[name]
+                    verdict = _verdict(by_name[name], state, suspect)
+                    if verdict in counts:
+                        counts[verdict] += 1
+                        continue
+                    del active[name]
+                    attempts = len(report.jobs[name])
+                    ended = state or "no longer listed by squeue"
+                    if verdict == "done":
                         report.computed.append(name)
-                    elif state in _QUEUED or state in _RUNNING:
-                        counts["queued" if state in _QUEUED else "running"] += 1
-                        suspect.discard(name)
-                    elif name not in suspect:  # look once more: a shared file system may show the entry late
-                        suspect.add(name)
-                        counts["running"] += 1
+                    elif attempts <= max_retries:
+                        log.warning("task %s: job %s ended (%s) without its entry; submitting it again (attempt %d "
+                                    "of %d)", name, job_id, ended, attempts + 1, max_retries + 1)
+                        resubmit.append(by_name[name])
                     else:
-                        suspect.discard(name)
-                        ended = state or "no longer listed by squeue"
-                        attempts = len(report.jobs[name])
-                        if attempts <= max_retries:
-                            log.warning("task %s: job %s ended (%s) without its entry; submitting it again "
-                                        "(attempt %d of %d)", name, job_id, ended, attempts + 1, max_retries + 1)
-                            resubmit.append(by_name[name])
-                        else:
-                            failed[name] = f"job {job_id} ended ({ended}) after {attempts} attempt(s){self._log_tail(job_id)}"
-                            del active[name]
+                        failed[name] = f"job {job_id} ended ({ended}) after {attempts} attempt(s)"
+                        failed[name] += self._log_tail(job_id)
                 for name, job in self.submit(resubmit).items():
                     active[name] = job.job_id
                     report.jobs[name].append(job.job_id)
                     counts["queued"] += 1
-                done = len(report.computed)
                 retried = sum(len(ids) - 1 for ids in report.jobs.values())
-                status = (f"queued {counts['queued']}, running {counts['running']}, done {done}"
-                          + (f", resubmitted {retried}" if retried else "") + (f", failed {len(failed)}" if failed else ""))
+                parts = [f"queued {counts['queued']}", f"running {counts['running']}", f"done {len(report.computed)}"]
+                parts += [f"resubmitted {retried}"] if retried else []
+                parts += [f"failed {len(failed)}"] if failed else []
+                status = ", ".join(parts)
                 if status != shown:  # print only changes: a long wait stays short in a notebook's output
-                    bar.n = done
+                    bar.n = len(report.computed)
                     bar.set_postfix_str(status)
                     shown = status
                 if active:
@@ -542,6 +546,24 @@ class _SlurmQueue:
         except OSError:
             return f"; no error log at {err}"
         return f"; end of {err}:\n" + "\n".join(f"    {line}" for line in text)
+
+
+def _verdict(task: Task, state: str, suspect: set[str]) -> str:
+    """``"done"``, ``"queued"``, ``"running"`` or ``"ended"`` (without the entry) for a task and its job's state.
+
+    A job that has left the queue without the entry is ``"ended"`` only on the second look in a row (``suspect``
+    remembers the first): a shared file system may show a finished entry a little late.
+    """
+    if task.key.exists():
+        return "done"
+    if state in _QUEUED or state in _RUNNING:
+        suspect.discard(task.name)
+        return "queued" if state in _QUEUED else "running"
+    if task.name not in suspect:
+        suspect.add(task.name)
+        return "running"
+    suspect.discard(task.name)
+    return "ended"
 
 
 def parse_squeue(text: str) -> dict[str, str]:
