@@ -419,6 +419,8 @@ class _SlurmQueue:
     def submit(self, tasks: Sequence[Task]) -> dict[str, submitit.Job]:
         """Submit one job per task (an array per stage when there are several); returns task name -> job."""
         jobs: dict[str, submitit.Job] = {}
+        if not tasks:
+            return jobs
         by_stage: dict[str, list[Task]] = {}
         for task in tasks:
             by_stage.setdefault(task.stage, []).append(task)
@@ -459,7 +461,7 @@ class _SlurmQueue:
         try:
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True).stdout
         except (OSError, subprocess.SubprocessError) as exc:
-            log.warning("squeue failed (%s); keeping the last known job states", exc)
+            log.warning("squeue failed (%s); trying again at the next look", exc)
             return None
         return parse_squeue(out)
 
