@@ -138,7 +138,7 @@ class ProtoFMConfig:
 
 
 #: Demo-profile sizes (25 classes, 600 training images of 256 tokens on a 2-core CPU).
-DEMO = ProtoFMConfig(n_prototypes=100, proj_dim=64, hidden_dim=128, epochs=30, batch_size=64, lr=3e-3,
+DEMO = ProtoFMConfig(n_prototypes=100, proj_dim=64, hidden_dim=64, epochs=30, batch_size=64, lr=3e-3,
                      warmup_epochs=5, contrast_samples=256, align_tokens=32)
 
 

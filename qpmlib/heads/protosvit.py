@@ -12,7 +12,8 @@ config and ``utils_experiments.compute_model_stats``). The head, for patch token
     s_k    = max_hw h_k                                                  prototype scores, (B, K)
     logits = s @ W.T,  W >= 0 (clamped to [0, 5])                        no bias
 
-``drop`` is channel dropout (``Dropout2d``, p = 0.1), drawn independently at its three places as in the code.
+``drop`` is channel dropout (``Dropout2d``, p = 0.1), drawn independently at its three places as in the code;
+the 1 x 1 convolutions are applied as the equivalent per-token linear layers (faster on a CPU).
 The loss is ``CE + L_tanh + min(epoch / warmup, 1) * L_HS`` with the tanh-loss
 ``L_tanh = -mean_k log(tanh(sum_{b,h,w} S[b,k,h,w]) + 1e-20)`` and the Hoyer-Square loss on the importance
 ``I[b,k,c] = s[b,k] W[c,k]``: ``L_HS = mean_b (alpha ||I_b||_1^2 / sum(I_b^2 + 1e-20) / sqrt(K N_c)
@@ -35,8 +36,9 @@ Deviations from the paper and the code (each an option where it matters):
 * The paper text says "80 epochs with cosine decay"; the code's cosine horizon is 300 epochs
   (``cosine_epochs=300``, the default). :data:`DEMO` shortens the schedule for a 2-core CPU and sets the
   horizon to its own length.
-* Prototype bank size, projection width, epochs and batch size of :data:`DEMO` are scaled to the demo profile
-  (25 classes, 600 training images); :class:`ProtoSViTConfig`'s defaults are the reference's CUB values.
+* Prototype bank size, projection widths (the hidden width is D in the code), epochs and batch size of
+  :data:`DEMO` are scaled to the demo profile (25 classes, 600 training images, a 2-core CPU);
+  :class:`ProtoSViTConfig`'s defaults are the reference's CUB values.
 """
 
 from __future__ import annotations
@@ -82,6 +84,7 @@ class ProtoSViTConfig:
     Attributes:
         n_prototypes: K, prototypes in the bank.
         prototype_dim: E, width of the projection and of the prototypes.
+        hidden_dim: width of the projection's hidden layer (None: the token width D, as the reference).
         temperature: softmax temperature of the prototype similarities.
         dropout: channel dropout of the projection (``DinoFeaturizer(dropout=0.1)``).
         epochs: training epochs.
@@ -101,6 +104,7 @@ class ProtoSViTConfig:
 
     n_prototypes: int = 300
     prototype_dim: int = 512
+    hidden_dim: int | None = None
     temperature: float = 0.1
     dropout: float = 0.1
     epochs: int = 80
@@ -119,8 +123,8 @@ class ProtoSViTConfig:
 
 
 #: Demo-profile sizes (25 classes, 600 training images of 256 tokens on a 2-core CPU).
-DEMO = ProtoSViTConfig(n_prototypes=100, prototype_dim=128, epochs=30, batch_size=64, warmup_epochs=5,
-                       cosine_epochs=None)
+DEMO = ProtoSViTConfig(n_prototypes=100, prototype_dim=64, hidden_dim=64, epochs=30, batch_size=64,
+                       warmup_epochs=5, cosine_epochs=None)
 
 
 def check_protosvit_config(cfg: ProtoSViTConfig, *, n_patches: int, n_train: int) -> None:
@@ -130,6 +134,8 @@ def check_protosvit_config(cfg: ProtoSViTConfig, *, n_patches: int, n_train: int
         ValueError: naming the first bad field, or a prototype bank the tokens cannot support
             (:func:`qpmlib.heads.base.check_prototype_budget`).
     """
+    if cfg.hidden_dim is not None and cfg.hidden_dim < 1:
+        raise ValueError(f"protosvit.hidden_dim must be None or >= 1, got {cfg.hidden_dim}")
     for name in ("prototype_dim", "epochs", "batch_size"):
         value = getattr(cfg, name)
         if not isinstance(value, int) or value < (0 if name == "epochs" else 1):
@@ -157,20 +163,22 @@ class ProtoSViT(nn.Module):
         n_classes: N_c.
         n_prototypes: K.
         prototype_dim: E.
+        hidden_dim: hidden width of the projection (None: D).
         temperature: softmax temperature over prototypes.
         dropout: channel dropout p.
         max_weight: upper clamp of the classifier weights.
     """
 
     def __init__(self, in_dim: int, n_classes: int, *, n_prototypes: int = 300, prototype_dim: int = 512,
-                 temperature: float = 0.1, dropout: float = 0.1, max_weight: float = 5.0) -> None:
+                 hidden_dim: int | None = None, temperature: float = 0.1, dropout: float = 0.1,
+                 max_weight: float = 5.0) -> None:
         super().__init__()
-        k = n_prototypes
+        k, hidden = n_prototypes, hidden_dim or in_dim
         self.temperature = temperature
         self.max_weight = max_weight
-        self.drop = nn.Dropout2d(dropout)
-        self.linear_proj = nn.Conv2d(in_dim, prototype_dim, 1)
-        self.mlp_proj = nn.Sequential(nn.Conv2d(in_dim, in_dim, 1), nn.ReLU(), nn.Conv2d(in_dim, prototype_dim, 1))
+        self.dropout = dropout
+        self.linear_proj = nn.Linear(in_dim, prototype_dim)
+        self.mlp_proj = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, prototype_dim))
         self.project = nn.Linear(prototype_dim, prototype_dim)
         self.prototypes = nn.Parameter(torch.empty(k, prototype_dim))
         nn.init.orthogonal_(self.prototypes)
@@ -185,6 +193,13 @@ class ProtoSViT(nn.Module):
     def class_weight(self) -> torch.Tensor:
         """(N_c, K) the non-negative classifier weights."""
         return self.classifier
+
+    def _channel_dropout(self, x: torch.Tensor) -> torch.Tensor:
+        """``Dropout2d`` on tokens (B, P, C): one mask per sample and channel, shared by all positions."""
+        if not self.training or self.dropout == 0:
+            return x
+        keep = torch.empty(x.shape[0], 1, x.shape[2], device=x.device).bernoulli_(1 - self.dropout)
+        return x * keep / (1 - self.dropout)
 
     def clamp_weights(self) -> None:
         """Project the classifier weights onto [0, max_weight] (after every optimiser step)."""
@@ -201,11 +216,11 @@ class ProtoSViT(nn.Module):
             :class:`~qpmlib.heads.base.PrototypeOutput`: logits (B, N_c), scores (B, K), maps (B, K, H, W)
             (the softmax-normalised similarities).
         """
-        b, p, d = patches.shape
+        b, p, _ = patches.shape
         g = math.isqrt(p)
-        x = patches.transpose(1, 2).reshape(b, d, g, g)  # (B, D, H, W)
-        code = self.drop(self.linear_proj(self.drop(x)) + self.mlp_proj(self.drop(x)))  # (B, E, H, W)
-        z = F.normalize(self.project(F.relu(code.flatten(2).transpose(1, 2))), dim=-1)  # (B, P, E)
+        drop = self._channel_dropout
+        code = drop(self.linear_proj(drop(patches)) + self.mlp_proj(drop(patches)))  # (B, P, E)
+        z = F.normalize(self.project(F.relu(code)), dim=-1)  # (B, P, E)
         sim = torch.einsum("bpe,ke->bkp", z, F.normalize(self.prototypes, dim=-1))  # (B, K, P)
         maps = torch.softmax(sim / self.temperature, dim=1).reshape(b, -1, g, g)  # (B, K, H, W)
         h = self.conv3(maps) + self.conv1(maps)
@@ -274,7 +289,7 @@ def train_protosvit(
     dev = resolve_device(cfg.device)
     model = seeded_init(lambda: ProtoSViT(
         train.dim, train.n_classes, n_prototypes=cfg.n_prototypes, prototype_dim=cfg.prototype_dim,
-        temperature=cfg.temperature, dropout=cfg.dropout, max_weight=cfg.max_weight), seed).to(dev)
+        hidden_dim=cfg.hidden_dim, temperature=cfg.temperature, dropout=cfg.dropout, max_weight=cfg.max_weight), seed).to(dev)
     feed = TokenBatches(train, dev)
 
     def step(idx: np.ndarray, epoch: int):

@@ -120,8 +120,10 @@ def crop_and_resize(maps: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor
     rois = torch.cat([torch.arange(b, dtype=maps.dtype, device=maps.device)[:, None], boxes * scale], dim=1)
     out = roi_align(maps, rois, output_size=out_size or (h, w), spatial_scale=1.0, sampling_ratio=-1,
                     aligned=True)
-    flips = torch.as_tensor(flips, dtype=torch.bool, device=maps.device)
-    return torch.where(flips[:, None, None, None], out.flip(-1), out)
+    flipped = torch.nonzero(torch.as_tensor(flips, dtype=torch.bool, device=maps.device)).squeeze(1)
+    if flipped.numel() == 0:
+        return out
+    return out.index_copy(0, flipped, out.index_select(0, flipped).flip(-1))
 
 
 def crop_images(images: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
