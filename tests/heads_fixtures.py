@@ -4,7 +4,8 @@ Every image is a ``grid x grid`` map of D-dimensional tokens. Part 0 (a 2 x 2 bl
 part 1 (a 1 x 2 strip) a shared direction plus a weaker class direction, the remaining patches are background
 noise; the blocks sit at random places. ``parts`` holds the true part coverage on the grid, as
 :func:`qpmlib.data.synthbirds.part_maps` returns it, so a head that reads the right tokens can classify well above
-chance and a part-based method can be checked against the truth.
+chance and a part-based method can be checked against the truth. ``one_thread`` (autouse where imported) runs
+each test on one CPU thread.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pytest
+import torch
 
 from qpmlib.train import TokenData
 
@@ -57,3 +60,12 @@ def planted(n_classes: int = 4, n_train: int = 12, n_test: int = 8, grid: int = 
     train, train_parts = split(n_train, 1)
     test, test_parts = split(n_test, 1 + n_classes * n_train)
     return Planted(train, test, train_parts, test_parts, grid)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: several threads only contend on the shared CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

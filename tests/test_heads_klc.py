@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from heads_fixtures import planted
+from heads_fixtures import one_thread, planted  # noqa: F401 (one_thread is autouse)
 from qpmlib import metrics as qmetrics
 from qpmlib.heads.klc import (
     KLCConfig,
@@ -18,23 +18,16 @@ from qpmlib.heads.klc import (
 from qpmlib.train import TokenData
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_best_buddies_on_a_hand_built_correspondence():
     e = np.eye(4)
-    a = np.stack([e[0], e[1], e[2] + 0.1 * e[3]])  # query segments
+    a = np.stack([e[0], e[1], e[2] + 0.1 * e[3], e[1] + 0.5 * e[0]])  # query segments
     b = np.stack([e[1] + 0.1 * e[2], e[0], e[2] + 0.9 * e[3], e[2] + 0.5 * e[3]])  # prototype segments
     buddy_a, buddy_b, nn_a, nn_b = best_buddies(a, b)
-    # a0 <-> b1 and a1 <-> b0 are mutual; a2's nearest is b3, whose nearest is a2; b2 also picks a2 (not mutual)
-    assert nn_a.tolist() == [1, 0, 3]
+    # a0 <-> b1 and a1 <-> b0 are mutual; a2's nearest is b3, whose nearest is a2; b2 also picks a2 (not mutual);
+    # a3's nearest is b0, which prefers a1
+    assert nn_a.tolist() == [1, 0, 3, 0]
     assert nn_b.tolist() == [1, 0, 2, 2]
-    assert buddy_a.tolist() == [True, True, True]
+    assert buddy_a.tolist() == [True, True, True, False]
     assert buddy_b.tolist() == [True, True, False, True]
     scaled = best_buddies(3 * a, b)  # cosine: the scale of a descriptor does not matter
     assert all(np.array_equal(x, y) for x, y in zip(scaled, (buddy_a, buddy_b, nn_a, nn_b)))

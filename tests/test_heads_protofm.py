@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from heads_fixtures import planted
+from heads_fixtures import one_thread, planted  # noqa: F401 (one_thread is autouse)
+from qpmlib.heads.base import evaluate_head
 from qpmlib.heads.protofm import (
     ProtoFMConfig,
     alignment_loss,
     assignment_loss,
-    evaluate_protofm,
     patch_contrastive_loss,
     train_protofm,
 )
@@ -27,14 +27,6 @@ from qpmlib.heads.views import (
 
 CFG = ProtoFMConfig(n_prototypes=16, proj_dim=16, hidden_dim=32, epochs=25, batch_size=16, warmup_epochs=3,
                     lr=1e-2, contrast_samples=64, align_tokens=8, device="cpu")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +119,7 @@ def test_alignment_loss_closed_form():
 # ------------------------------------------------------------------------------------------------ training
 def test_learns_the_planted_classes_with_token_grid_views(data):
     run = train_protofm(data.train, CFG, seed=0, eval_data=data.test, verbose=False)
-    ev = evaluate_protofm(run.model, data.test, CFG)
+    ev = evaluate_head(run.model, data.test, CFG)
     assert np.mean(ev.predictions == ev.labels) >= 0.8  # chance is 0.25
     assert {"ce", "assign", "contrast", "align", "sparsity"} <= set(run.history.epochs[0])
     assert (run.model.classifier >= 0).all()

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from heads_fixtures import planted
+from heads_fixtures import one_thread, planted  # noqa: F401 (one_thread is autouse)
+from qpmlib.heads.base import evaluate_head
 from qpmlib.heads.protosvit import (
     ProtoSViT,
     ProtoSViTConfig,
-    evaluate_protosvit,
     hoyer_square_loss,
     tanh_loss,
     train_protosvit,
@@ -19,14 +19,6 @@ from qpmlib.heads.protosvit import (
 
 CFG = ProtoSViTConfig(n_prototypes=16, prototype_dim=16, epochs=25, batch_size=16, warmup_epochs=3,
                       cosine_epochs=None, device="cpu")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +67,7 @@ def test_channel_dropout_drops_whole_channels_in_training_only():
 
 
 def test_learns_the_planted_classes(data, trained):
-    ev = evaluate_protosvit(trained.model, data.test, CFG)
+    ev = evaluate_head(trained.model, data.test, CFG)
     assert np.mean(ev.predictions == ev.labels) >= 0.8  # chance is 0.25
     assert trained.history.epochs[-1]["test_accuracy"] >= 0.8
     assert {"ce", "tanh", "sparsity", "lr", "seconds"} <= set(trained.history.epochs[0])
@@ -84,7 +76,7 @@ def test_learns_the_planted_classes(data, trained):
 
 
 def test_evaluation_weights_follow_the_pruned_importance(data, trained):
-    ev = evaluate_protosvit(trained.model, data.test, CFG)
+    ev = evaluate_head(trained.model, data.test, CFG)
     model = trained.model
     with torch.no_grad():
         scores = model(torch.as_tensor(data.test.patches)).scores

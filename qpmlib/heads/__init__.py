@@ -4,9 +4,10 @@ Every head reads the cached tokens of the embedding store (:class:`qpmlib.train.
 (N, P, D), CLS (N, D), labels) and is evaluated into a :class:`~qpmlib.heads.base.HeadEvaluation` whose maps,
 weights and features :mod:`qpmlib.metrics` takes unchanged (:func:`~qpmlib.heads.base.head_metrics`).
 
-* :mod:`~qpmlib.heads.protosvit`: ProtoS-ViT (:func:`train_protosvit`, :func:`evaluate_protosvit`).
-* :mod:`~qpmlib.heads.protofm`: ProtoFM (:func:`train_protofm`, :func:`evaluate_protofm`), with its augmented
-  views in :mod:`~qpmlib.heads.views`.
+* :mod:`~qpmlib.heads.protosvit`: ProtoS-ViT (:func:`train_protosvit`).
+* :mod:`~qpmlib.heads.protofm`: ProtoFM (:func:`train_protofm`), with its augmented views in
+  :mod:`~qpmlib.heads.views`.
+* both are evaluated by :func:`~qpmlib.heads.base.evaluate_head` (the reference's importance pruning).
 * :mod:`~qpmlib.heads.klc`: Keypoint Labelling Classifiers, which train nothing (:func:`fit_klc`,
   :func:`predict_klc`).
 * :mod:`~qpmlib.heads.parts`: part ground truth on the patch grid (SynthBirds, CUB) for KLC and naming.
@@ -16,12 +17,12 @@ weights and features :mod:`qpmlib.metrics` takes unchanged (:func:`~qpmlib.heads
 Each module's docstring lists its deviations from the paper and the authors' code.
 """
 
-from qpmlib.heads.base import HeadEvaluation, TrainedHead, head_compactness, head_metrics
+from qpmlib.heads.base import HeadEvaluation, TrainedHead, evaluate_head, head_compactness, head_metrics
 from qpmlib.heads.klc import KLCConfig, fit_klc, klc_compactness, predict_klc
 from qpmlib.heads.named_features import attribute_agreement, class_explanations, name_features
 from qpmlib.heads.parts import PartTruth, part_truth, require_part_truth
-from qpmlib.heads.protofm import ProtoFMConfig, evaluate_protofm, train_protofm
-from qpmlib.heads.protosvit import ProtoSViTConfig, evaluate_protosvit, train_protosvit
+from qpmlib.heads.protofm import ProtoFMConfig, train_protofm
+from qpmlib.heads.protosvit import ProtoSViTConfig, train_protosvit
 
 __all__ = [
     "HEADS",
@@ -33,8 +34,7 @@ __all__ = [
     "TrainedHead",
     "attribute_agreement",
     "class_explanations",
-    "evaluate_protofm",
-    "evaluate_protosvit",
+    "evaluate_head",
     "fit_klc",
     "head_compactness",
     "head_metrics",

@@ -42,13 +42,14 @@ __all__ = [
     "TrainedHead",
     "check_prototype_budget",
     "count_parameters",
-    "evaluate_prototype_head",
+    "evaluate_head",
     "fit",
     "head_compactness",
     "head_metrics",
     "learning_rate",
     "pruned_importance",
     "seeded_init",
+    "train_head",
 ]
 
 #: A batch step: ``step(idx, epoch) -> (loss, {name: detached weighted term}, number of correct predictions)``.
@@ -402,32 +403,32 @@ def pruned_importance(scores: torch.Tensor, weight: torch.Tensor, threshold: flo
 
 
 @torch.no_grad()
-def evaluate_prototype_head(
+def evaluate_head(
     model: nn.Module,
     data: TokenData,
+    cfg: Any,
     *,
-    threshold: float,
     batch_size: int = 128,
-    device: str | torch.device = "auto",
     with_maps: bool = True,
 ) -> HeadEvaluation:
-    """Evaluate a prototype head (forward -> :class:`PrototypeOutput`, attribute ``class_weight`` (N_c, K)).
+    """Evaluate a prototype head (ProtoS-ViT, ProtoFM) with its configuration's importance pruning.
 
-    The logits are the sums of the pruned importance (:func:`pruned_importance`); a sample's weights are its
-    predicted (and true) class's weights where that class's importance survives the pruning, 0 elsewhere.
+    The head's forward pass returns a :class:`PrototypeOutput` and it has a ``class_weight`` (N_c, K). The logits
+    are the sums of the pruned importance (:func:`pruned_importance` with ``cfg.importance_threshold``); a
+    sample's weights are its predicted (and true) class's weights where that class's importance survives the
+    pruning, 0 elsewhere.
 
     Args:
-        model: the head.
+        model: the trained head.
         data: tokens of one split.
-        threshold: importance pruning threshold.
+        cfg: the head's configuration (``importance_threshold``, ``device``).
         batch_size: samples per forward pass.
-        device: "auto", "cpu" or "cuda".
         with_maps: also collect the (N, K, H, W) maps.
 
     Returns:
-        :class:`HeadEvaluation` with ``label_weights``.
+        :class:`HeadEvaluation` with ``label_weights``; ``features`` are the prototype scores.
     """
-    dev = resolve_device(device)
+    dev = resolve_device(cfg.device)
     model.to(dev).eval()
     feed = TokenBatches(data, dev, max_bytes=0)
     weight = model.class_weight.detach()
@@ -435,7 +436,7 @@ def evaluate_prototype_head(
     for s in range(0, len(data), batch_size):
         patches, _, labels = feed(np.arange(s, min(s + batch_size, len(data))))
         o = model(patches)
-        imp = pruned_importance(o.scores, weight, threshold)  # (B, K, N_c)
+        imp = pruned_importance(o.scores, weight, cfg.importance_threshold)  # (B, K, N_c)
         logits = imp.sum(dim=1)
         pred = logits.argmax(dim=1)
         rows = torch.arange(len(pred), device=dev)
@@ -448,3 +449,44 @@ def evaluate_prototype_head(
     cat = lambda k: np.concatenate(out[k]).astype(np.float32)  # noqa: E731
     return HeadEvaluation(cat("logits"), cat("scores"), cat("maps") if with_maps else None, cat("pred_w"),
                           data.labels.copy(), label_weights=cat("true_w"))
+
+
+def train_head(
+    model: nn.Module,
+    step: Step,
+    train: TokenData,
+    cfg: Any,
+    *,
+    stage: str,
+    seed: int,
+    after_step: Callable[[], None],
+    eval_data: TokenData | None,
+    verbose: bool,
+) -> TrainedHead:
+    """Run :func:`fit` with a head configuration's optimisation fields and wrap the result.
+
+    Args:
+        model: the head, already on ``cfg.device``.
+        step: its batch step.
+        train: the training tokens.
+        cfg: the head's configuration (``epochs``, ``batch_size``, ``lr``, ``weight_decay``, ``warmup_epochs``,
+            ``cosine_epochs`` (None: ``epochs``), ``min_lr``, ``device``, ``importance_threshold``).
+        stage: the head's name.
+        seed: shuffling and dropout seed.
+        after_step: called after every optimiser step.
+        eval_data: test tokens for the history's ``test_accuracy`` (:func:`evaluate_head`), or None.
+        verbose: progress bar.
+
+    Returns:
+        :class:`TrainedHead`.
+    """
+    test_acc = None
+    if eval_data is not None:
+        test_acc = lambda: float(np.mean(  # noqa: E731
+            evaluate_head(model, eval_data, cfg, with_maps=False).predictions == eval_data.labels))
+    history = fit(model, step, len(train), stage=stage, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+                  weight_decay=cfg.weight_decay, warmup_epochs=cfg.warmup_epochs,
+                  cosine_epochs=cfg.cosine_epochs or cfg.epochs, min_lr=cfg.min_lr, seed=seed,
+                  device=resolve_device(cfg.device), after_step=after_step, test_accuracy=test_acc,
+                  verbose=verbose)
+    return TrainedHead(model, history, cfg, seed, count_parameters(model))

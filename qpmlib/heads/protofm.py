@@ -47,7 +47,6 @@ Deviations (beyond not having the authors' code):
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -57,15 +56,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from qpmlib.heads.base import (
-    HeadEvaluation,
     PrototypeOutput,
     TokenBatches,
     TrainedHead,
     check_prototype_budget,
-    count_parameters,
-    evaluate_prototype_head,
-    fit,
     seeded_init,
+    train_head,
 )
 from qpmlib.heads.protosvit import hoyer_square_loss
 from qpmlib.heads.views import ViewConfig, ViewTokens, crop_and_resize, sample_views, token_views
@@ -78,7 +74,6 @@ __all__ = [
     "alignment_loss",
     "assignment_loss",
     "check_protofm_config",
-    "evaluate_protofm",
     "patch_contrastive_loss",
     "train_protofm",
 ]
@@ -376,36 +371,5 @@ def train_protofm(
         parts = {"ce": ce.detach(), **{k: v.detach() for k, v in terms.items()}}
         return loss, parts, int((logits.argmax(1) == y).sum())
 
-    test_acc = None
-    if eval_data is not None:
-        test_acc = lambda: float(np.mean(evaluate_protofm(  # noqa: E731
-            model, eval_data, cfg, with_maps=False).predictions == eval_data.labels))
-    history = fit(model, step, len(train), stage="protofm", epochs=cfg.epochs, batch_size=cfg.batch_size,
-                  lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_epochs=cfg.warmup_epochs,
-                  cosine_epochs=cfg.cosine_epochs or cfg.epochs, min_lr=cfg.min_lr, seed=seed, device=dev,
-                  after_step=lambda: model.after_step(cfg.ema), test_accuracy=test_acc, verbose=verbose)
-    return TrainedHead(model, history, dataclasses.replace(cfg), seed, count_parameters(model))
-
-
-def evaluate_protofm(
-    model: ProtoFM,
-    data: TokenData,
-    cfg: ProtoFMConfig = ProtoFMConfig(),
-    *,
-    batch_size: int = 128,
-    with_maps: bool = True,
-) -> HeadEvaluation:
-    """The student's eval-mode outputs with importance pruning (``cfg.importance_threshold``).
-
-    Args:
-        model: a trained head.
-        data: tokens of one split.
-        cfg: supplies the pruning threshold and the device.
-        batch_size: samples per forward pass.
-        with_maps: collect the (N, K, H, W) assignment maps.
-
-    Returns:
-        :class:`~qpmlib.heads.base.HeadEvaluation`; ``features`` are the prototype scores.
-    """
-    return evaluate_prototype_head(model, data, threshold=cfg.importance_threshold, batch_size=batch_size,
-                                   device=cfg.device, with_maps=with_maps)
+    return train_head(model, step, train, cfg, stage="protofm", seed=seed,
+                      after_step=lambda: model.after_step(cfg.ema), eval_data=eval_data, verbose=verbose)

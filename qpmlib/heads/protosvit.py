@@ -43,7 +43,6 @@ Deviations from the paper and the code (each an option where it matters):
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -53,15 +52,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from qpmlib.heads.base import (
-    HeadEvaluation,
     PrototypeOutput,
     TokenBatches,
     TrainedHead,
     check_prototype_budget,
-    count_parameters,
-    evaluate_prototype_head,
-    fit,
     seeded_init,
+    train_head,
 )
 from qpmlib.train import TokenData, resolve_device
 
@@ -70,7 +66,6 @@ __all__ = [
     "ProtoSViTConfig",
     "ProtoSViT",
     "check_protosvit_config",
-    "evaluate_protosvit",
     "hoyer_square_loss",
     "tanh_loss",
     "train_protosvit",
@@ -302,36 +297,5 @@ def train_protosvit(
         parts = {"ce": ce.detach(), "tanh": tanh.detach(), "sparsity": sparsity.detach()}
         return ce + tanh + sparsity, parts, int((out.logits.argmax(1) == y).sum())
 
-    test_acc = None
-    if eval_data is not None:
-        test_acc = lambda: float(np.mean(evaluate_protosvit(  # noqa: E731
-            model, eval_data, cfg, with_maps=False).predictions == eval_data.labels))
-    history = fit(model, step, len(train), stage="protosvit", epochs=cfg.epochs, batch_size=cfg.batch_size,
-                  lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_epochs=cfg.warmup_epochs,
-                  cosine_epochs=cfg.cosine_epochs or cfg.epochs, min_lr=cfg.min_lr, seed=seed, device=dev,
-                  after_step=model.clamp_weights, test_accuracy=test_acc, verbose=verbose)
-    return TrainedHead(model, history, dataclasses.replace(cfg), seed, count_parameters(model))
-
-
-def evaluate_protosvit(
-    model: ProtoSViT,
-    data: TokenData,
-    cfg: ProtoSViTConfig = ProtoSViTConfig(),
-    *,
-    batch_size: int = 128,
-    with_maps: bool = True,
-) -> HeadEvaluation:
-    """Eval-mode outputs with the reference's importance pruning (``cfg.importance_threshold``).
-
-    Args:
-        model: a trained head.
-        data: tokens of one split.
-        cfg: supplies the pruning threshold and the device.
-        batch_size: samples per forward pass.
-        with_maps: collect the (N, K, H, W) similarity maps.
-
-    Returns:
-        :class:`~qpmlib.heads.base.HeadEvaluation`; ``features`` are the prototype scores.
-    """
-    return evaluate_prototype_head(model, data, threshold=cfg.importance_threshold, batch_size=batch_size,
-                                   device=cfg.device, with_maps=with_maps)
+    return train_head(model, step, train, cfg, stage="protosvit", seed=seed, after_step=model.clamp_weights,
+                      eval_data=eval_data, verbose=verbose)
