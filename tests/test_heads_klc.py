@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 
 from heads_fixtures import one_thread, planted  # noqa: F401 (one_thread is autouse)
 from qpmlib import metrics as qmetrics

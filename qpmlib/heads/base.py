@@ -17,6 +17,8 @@ and per image.
 rate per epoch (ProtoS-ViT's ``CustomLRScheduler``), seeded shuffling, a :class:`qpmlib.train.History` with one record
 per epoch, a stop on a non-finite loss and a progress bar. The whole loop runs inside a forked torch RNG seeded
 with ``seed``, so dropout masks are reproducible and the caller's random state is left untouched.
+:func:`train_head` runs it with a head configuration's fields; :func:`evaluate_head` evaluates ProtoS-ViT and
+ProtoFM with the reference's importance pruning (:func:`pruned_importance`).
 """
 
 from __future__ import annotations

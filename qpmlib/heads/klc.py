@@ -33,7 +33,10 @@ CUB's segmentation split among its 15 part keypoints. Deviations:
 
 For the shared metrics, KLC's "features" are its parts: the maps are the query's part coverage, a sample's
 weights are the number of matched segments of predicted-class prototypes per part, and its feature vector is each
-part descriptor's best cosine similarity to a segment of the consulted prototypes (0 for an absent part).
+part descriptor's best cosine similarity to a segment of the consulted prototypes (0 for an absent part). With
+true part maps Plausibility is close to 1 by construction (the parts lie on the object), and the compactness keys
+of :func:`qpmlib.heads.base.head_metrics` count parts; KLC's own compactness is :func:`klc_compactness`
+(prototype images in all, per class, consulted per image).
 """
 
 from __future__ import annotations
