@@ -10,6 +10,7 @@ import torch
 from heads_fixtures import one_thread, planted  # noqa: F401 (one_thread is autouse)
 from qpmlib.heads.base import evaluate_head
 from qpmlib.heads.protofm import (
+    ProtoFM,
     ProtoFMConfig,
     alignment_loss,
     assignment_loss,
@@ -117,7 +118,7 @@ def test_alignment_loss_closed_form():
 
 
 # ------------------------------------------------------------------------------------------------ training
-def test_learns_the_planted_classes_with_token_grid_views(data):
+def test_learns_the_planted_classes_with_token_grid_views(data, tmp_path):
     run = train_protofm(data.train, CFG, seed=0, eval_data=data.test, verbose=False)
     ev = evaluate_head(run.model, data.test, CFG)
     assert np.mean(ev.predictions == ev.labels) >= 0.8  # chance is 0.25
@@ -127,6 +128,10 @@ def test_learns_the_planted_classes_with_token_grid_views(data):
     assert not torch.equal(run.model.teacher.prototypes, run.model.student.prototypes)
     d, h, e, k, c = 16, 32, 16, 16, 4
     assert run.n_parameters == d * h + h + h * e + e + k * e + c * k  # the teacher does not count
+    torch.save(run.model.state_dict(), tmp_path / "head.pt")
+    again = ProtoFM.from_config(run.config, d, c)
+    again.load_state_dict(torch.load(tmp_path / "head.pt", weights_only=True))
+    assert np.array_equal(evaluate_head(again, data.test, CFG).logits, ev.logits)
 
 
 def test_trains_from_cached_views_and_checks_them(data):

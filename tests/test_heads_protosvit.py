@@ -114,3 +114,11 @@ def test_parameter_count(trained):
     d, e, k, c = 16, 16, 16, 4
     expected = (d * e + e) + (d * d + d + d * e + e) + (e * e + e) + k * e + (9 * k + k) + (k + k) + 2 * k + c * k
     assert trained.n_parameters == expected
+
+
+def test_a_saved_head_rebuilds_from_its_config(tmp_path, data, trained):
+    torch.save(trained.model.state_dict(), tmp_path / "head.pt")
+    again = ProtoSViT.from_config(trained.config, data.train.dim, data.train.n_classes)
+    again.load_state_dict(torch.load(tmp_path / "head.pt", weights_only=True))
+    a, b = evaluate_head(trained.model, data.test, CFG), evaluate_head(again, data.test, CFG)
+    assert np.array_equal(a.logits, b.logits) and np.array_equal(a.feature_maps, b.feature_maps)

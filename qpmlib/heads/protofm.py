@@ -210,6 +210,13 @@ class ProtoFM(nn.Module):
         self.teacher_temperature = teacher_temperature
         self.max_weight = max_weight
 
+    @classmethod
+    def from_config(cls, cfg: "ProtoFMConfig", in_dim: int, n_classes: int) -> "ProtoFM":
+        """The head a configuration describes (to rebuild a saved state dict)."""
+        return cls(in_dim, n_classes, n_prototypes=cfg.n_prototypes, proj_dim=cfg.proj_dim,
+                   hidden_dim=cfg.hidden_dim, student_temperature=cfg.student_temperature,
+                   teacher_temperature=cfg.teacher_temperature, max_weight=cfg.max_weight)
+
     @property
     def class_weight(self) -> torch.Tensor:
         """(N_c, K) the non-negative classifier weights."""
@@ -326,10 +333,7 @@ def train_protofm(
         raise ValueError(f"views hold {tuple(views.patches.shape)}, expected ({len(train)}, V, {train.n_patches}, "
                          f"{train.dim}) for these training tokens")
     dev = resolve_device(cfg.device)
-    model = seeded_init(lambda: ProtoFM(
-        train.dim, train.n_classes, n_prototypes=cfg.n_prototypes, proj_dim=cfg.proj_dim, hidden_dim=cfg.hidden_dim,
-        student_temperature=cfg.student_temperature, teacher_temperature=cfg.teacher_temperature,
-        max_weight=cfg.max_weight), seed).to(dev)
+    model = seeded_init(lambda: ProtoFM.from_config(cfg, train.dim, train.n_classes), seed).to(dev)
     feed = TokenBatches(train, dev)
     n_views = views.n_views if views is not None else cfg.views.n_views
     if views is None:

@@ -184,6 +184,13 @@ class ProtoSViT(nn.Module):
         nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
         self.classifier = nn.Parameter(weight.abs())
 
+    @classmethod
+    def from_config(cls, cfg: "ProtoSViTConfig", in_dim: int, n_classes: int) -> "ProtoSViT":
+        """The head a configuration describes (to rebuild a saved state dict)."""
+        return cls(in_dim, n_classes, n_prototypes=cfg.n_prototypes, prototype_dim=cfg.prototype_dim,
+                   hidden_dim=cfg.hidden_dim, temperature=cfg.temperature, dropout=cfg.dropout,
+                   max_weight=cfg.max_weight)
+
     @property
     def class_weight(self) -> torch.Tensor:
         """(N_c, K) the non-negative classifier weights."""
@@ -282,9 +289,7 @@ def train_protosvit(
     """
     check_protosvit_config(cfg, n_patches=train.n_patches, n_train=len(train))
     dev = resolve_device(cfg.device)
-    model = seeded_init(lambda: ProtoSViT(
-        train.dim, train.n_classes, n_prototypes=cfg.n_prototypes, prototype_dim=cfg.prototype_dim,
-        hidden_dim=cfg.hidden_dim, temperature=cfg.temperature, dropout=cfg.dropout, max_weight=cfg.max_weight), seed).to(dev)
+    model = seeded_init(lambda: ProtoSViT.from_config(cfg, train.dim, train.n_classes), seed).to(dev)
     feed = TokenBatches(train, dev)
 
     def step(idx: np.ndarray, epoch: int):
