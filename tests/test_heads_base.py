@@ -9,12 +9,14 @@ import torch
 from qpmlib import metrics as qmetrics
 from qpmlib.heads.base import (
     HeadEvaluation,
+    TokenBatches,
     check_prototype_budget,
     head_compactness,
     head_metrics,
     learning_rate,
     pruned_importance,
 )
+from qpmlib.train import TokenData
 
 
 def test_learning_rate_warms_up_linearly_then_follows_the_half_cosine():
@@ -105,3 +107,18 @@ def test_head_metrics_count_compactness_on_true_class_weights_when_known():
     assert out["n_per_image"] == pytest.approx((weight[test.labels] != 0).sum(1).mean())
     with pytest.raises(ValueError, match="feature maps"):
         head_metrics(HeadEvaluation(test.logits, test.features, None, test.weights, test.labels), train)
+
+
+def test_token_batches_serve_rows_in_request_order_preloaded_or_not(tmp_path):
+    rng = np.random.default_rng(3)
+    patches = rng.normal(size=(7, 4, 3)).astype(np.float16)
+    np.save(tmp_path / "p.npy", patches)
+    cls = rng.normal(size=(7, 3)).astype(np.float16)
+    data = TokenData(np.load(tmp_path / "p.npy", mmap_mode="r"), cls, np.arange(7) % 2)
+    idx = np.array([5, 0, 3])
+    for max_bytes in (2**20, 0):  # preloaded, read per batch
+        p, c, y = TokenBatches(data, torch.device("cpu"), max_bytes=max_bytes)(idx)
+        assert p.dtype == torch.float32 and torch.equal(p, torch.as_tensor(patches[idx].astype(np.float32)))
+        assert torch.equal(c, torch.as_tensor(cls[idx].astype(np.float32))) and y.tolist() == [1, 0, 1]
+    with pytest.raises(ValueError, match="square"):
+        TokenBatches(TokenData(patches[:, :3], cls, np.zeros(7)), torch.device("cpu"))

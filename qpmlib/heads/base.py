@@ -186,15 +186,16 @@ def learning_rate(epoch: int, *, lr: float, warmup_epochs: int, cosine_epochs: i
 
 
 class TokenBatches:
-    """Patch tokens, CLS tokens and labels of one split as float32 tensors on a device.
+    """Patch tokens, CLS tokens and labels of one split, served as float32 batches on a device.
 
-    The split is read once (through :meth:`qpmlib.train.TokenData.batch`, so fp16 memmaps are fine) when it
-    takes less than ``max_bytes`` as float32, and batch by batch otherwise.
+    The split is read once (through :meth:`qpmlib.train.TokenData.batch`, so fp16 memmaps are fine) and kept on
+    the device when it fits: as float32 on the CPU up to ``max_bytes``, as float16 on a GPU up to half of its free
+    memory. Otherwise every batch is read from the source.
 
     Args:
         data: the tokens of one split.
         device: where batches are served.
-        max_bytes: largest float32 size held in memory at once.
+        max_bytes: largest float32 size held in CPU memory at once (0: never preload).
     """
 
     def __init__(self, data: TokenData, device: torch.device, max_bytes: int = 2**31) -> None:
@@ -203,23 +204,28 @@ class TokenBatches:
         self.grid = _grid(data.n_patches)
         self.labels = torch.as_tensor(data.labels, device=device)
         self._all = None
-        if len(data) * (data.n_patches + 1) * data.dim * 4 <= max_bytes:
+        n_values = len(data) * (data.n_patches + 1) * data.dim
+        if device.type == "cuda" and max_bytes and n_values * 2 < 0.5 * torch.cuda.mem_get_info(device)[0]:
+            self._all = torch.cat([self._read(np.arange(s, min(s + 512, len(data)))).half()
+                                   for s in range(0, len(data), 512)])
+        elif device.type != "cuda" and 0 < n_values * 4 <= max_bytes:
             self._all = self._read(np.arange(len(data)))
 
     def _read(self, idx: np.ndarray) -> torch.Tensor:
-        out = []
-        for s in range(0, len(idx), 512):
-            out.append(self.data.batch(idx[s:s + 512]))
-        return torch.cat(out).to(self.device) if out else torch.empty(0, self.data.n_patches + 1, self.data.dim)
+        parts = [self.data.batch(idx[s:s + 512]) for s in range(0, len(idx), 512)]
+        if not parts:
+            return torch.empty(0, self.data.n_patches + 1, self.data.dim, device=self.device)
+        return torch.cat(parts).to(self.device)
 
     def __len__(self) -> int:
         return len(self.data)
 
     def __call__(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Patch tokens (B, P, D), CLS tokens (B, D) and labels (B,) of the rows ``idx`` (in that order)."""
+        """Patch tokens (B, P, D), CLS tokens (B, D) and labels (B,) of the rows ``idx`` (in that order), float32."""
         idx = np.asarray(idx, dtype=np.int64)
-        x = self._all[torch.as_tensor(idx, device=self.device)] if self._all is not None else self._read(idx)
-        return x[:, :-1], x[:, -1], self.labels[torch.as_tensor(idx, device=self.device)]
+        rows = torch.as_tensor(idx, device=self.device)
+        x = self._all[rows].float() if self._all is not None else self._read(idx)
+        return x[:, :-1], x[:, -1], self.labels[rows]
 
 
 def _grid(n_patches: int) -> int:
