@@ -8,7 +8,8 @@ KLC's :func:`~qpmlib.heads.klc.fit_klc` and :func:`~qpmlib.heads.klc.predict_klc
 trains nothing: its "epoch" is one pass of fitting, and prediction is timed per test image).
 
 An epoch's time is the mean over the epochs after the first (the first pays one-off costs). The numbers depend
-on how busy the machine is; run it on idle cores.
+on how busy the machine is; run it on idle cores. The last lines give the parameter counts of the papers' sizes
+(the configurations' defaults, 300 prototypes) for the demo's classes and for CUB's 200.
 
 Usage::
 
@@ -34,6 +35,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench_training import random_tokens  # noqa: E402
 from qpmlib.heads import klc, protofm, protosvit  # noqa: E402
+from qpmlib.heads.base import count_parameters  # noqa: E402
 
 
 def random_parts(n: int, n_parts: int, grid: int, seed: int = 0) -> np.ndarray:
@@ -93,6 +95,12 @@ def main() -> None:
     print(f"{'head':<11} {'s/epoch':>8} {'params':>10}  notes")
     for name, secs, params, note in rows:
         print(f"{name:<11} {secs:8.2f} {params:10,d}  {note}")
+    for n_classes in (args.classes, 200):
+        sizes = ", ".join(
+            f"{name} {count_parameters(model.from_config(type(module.DEMO)(), args.dim, n_classes)):,d}"
+            for name, module, model in (("ProtoS-ViT", protosvit, protosvit.ProtoSViT),
+                                        ("ProtoFM", protofm, protofm.ProtoFM)))
+        print(f"papers' sizes (K = 300) at D = {args.dim}, {n_classes} classes: {sizes} parameters")
 
 
 if __name__ == "__main__":
