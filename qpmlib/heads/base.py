@@ -138,8 +138,8 @@ def check_prototype_budget(
 
     Each token spreads one unit of assignment mass over the prototypes (a softmax over prototypes), and the
     heads' coverage terms (ProtoS-ViT's tanh-loss, ProtoFM's assignment) ask every prototype for mass in every
-    batch. A batch holds ``batch_size * n_patches`` tokens (the last batch may hold fewer), and the training
-    split ``n_train * n_patches``; with more prototypes than either, some prototypes can never be used.
+    batch. A batch holds at most ``min(batch_size, n_train) * n_patches`` tokens; with more prototypes than that,
+    some prototypes can never be used.
 
     Raises:
         ValueError: naming the head, the numbers and what to change.
@@ -152,11 +152,6 @@ def check_prototype_budget(
             f"{head}: {n_prototypes} prototypes but a batch holds only {min(batch_size, n_train)} images x "
             f"{n_patches} patch tokens = {per_batch} tokens; every prototype needs token mass in every batch. "
             f"Use at most {per_batch} prototypes or a larger batch_size."
-        )
-    if n_prototypes > n_train * n_patches:
-        raise ValueError(
-            f"{head}: {n_prototypes} prototypes but the training split has only {n_train * n_patches} patch "
-            "tokens; use fewer prototypes"
         )
 
 
