@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -37,7 +38,11 @@ __all__ = [
     "file_lock",
     "atomic_write",
     "atomic_write_json",
+    "TMP_PREFIX",
+    "temp_path",
+    "publish",
     "fsync_dir",
+    "fsync_tree",
     "file_sha256",
     "cached_sha256",
     "checksums",
@@ -48,6 +53,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
+#: Prefix of temporary names; listings of stores skip names that start with a dot.
+TMP_PREFIX = ".tmp-"
 
 
 class IntegrityError(ValueError):
@@ -114,9 +121,26 @@ def fsync_dir(folder: str | Path) -> None:
         os.close(fd)
 
 
-def _tmp_name(path: Path) -> Path:
-    """A temporary name beside ``path`` that no other process or thread uses."""
-    return path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+def fsync_tree(path: str | Path) -> None:
+    """Flush a file, or every file and folder under a folder, to disk (before it is published by a rename)."""
+    path = Path(path)
+    if path.is_file():
+        with open(path, "rb") as fh:
+            os.fsync(fh.fileno())
+        return
+    for folder, _, files in os.walk(path):
+        for name in files:
+            with open(os.path.join(folder, name), "rb") as fh:
+                os.fsync(fh.fileno())
+        fsync_dir(folder)
+
+
+def temp_path(final: str | Path) -> Path:
+    """A hidden temporary name beside ``final`` that no other process or thread uses."""
+    final = Path(final)
+    return final.with_name(f"{TMP_PREFIX}{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
 
 
 def atomic_write(path: str | Path, data: bytes | str | Callable[[BinaryIO], Any]) -> None:
@@ -130,7 +154,7 @@ def atomic_write(path: str | Path, data: bytes | str | Callable[[BinaryIO], Any]
         OSError: when the folder cannot be written (the temporary file is removed).
     """
     path = Path(path)
-    tmp = _tmp_name(path)
+    tmp = temp_path(path)
     try:
         with open(tmp, "wb") as fh:
             if callable(data):
@@ -149,6 +173,56 @@ def atomic_write(path: str | Path, data: bytes | str | Callable[[BinaryIO], Any]
 def atomic_write_json(path: str | Path, obj: Any, **dump_kwargs: Any) -> None:
     """:func:`atomic_write` of ``json.dumps(obj, **dump_kwargs)`` (NaN and inf are refused)."""
     atomic_write(path, json.dumps(obj, allow_nan=False, **dump_kwargs))
+
+
+def publish(tmp: str | Path, final: str | Path) -> bool:
+    """Move a finished temporary file or folder to its final name, unless an entry is already there.
+
+    The temporary copy is flushed to disk first, then moved with one ``rename`` (folders) or ``link`` (files), so
+    ``final`` appears complete or not at all. An existing ``final`` is never replaced.
+
+    Args:
+        tmp: the finished temporary file or folder, on the same file system as ``final`` (e.g. :func:`temp_path`).
+        final: the entry's name; its parent folder is created.
+
+    Returns:
+        True when ``tmp`` became ``final``; False when ``final`` already existed (``tmp`` is then removed).
+
+    Raises:
+        OSError: for other failures (``tmp`` is left for the caller to clean up).
+    """
+    tmp, final = Path(tmp), Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fsync_tree(tmp)
+    if tmp.is_dir():
+        if final.exists():
+            won = False
+        else:
+            try:
+                os.rename(tmp, final)  # fails when final is a folder that is not empty: a writer got there first
+                won = True
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+                    raise
+                won = False
+    else:
+        try:
+            os.link(tmp, final)  # unlike rename, link never replaces an existing file
+            won = True
+        except FileExistsError:
+            won = False
+        except OSError as exc:  # a file system without hard links: a check then a rename (a tiny race window)
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+                raise
+            won = not final.exists()
+            if won:
+                os.rename(tmp, final)
+    if tmp.is_dir():
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(final.parent)
+    return won
 
 
 def read_json_object(path: str | Path) -> dict:

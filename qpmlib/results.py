@@ -48,7 +48,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from qpmlib import paths
-from qpmlib.files import IntegrityError, checksums, file_lock, fsync_dir, read_json_object, verify_checksums
+from qpmlib.files import (
+    TMP_PREFIX, IntegrityError, checksums, file_lock, fsync_dir, read_json_object, temp_path, verify_checksums,
+)
 
 __all__ = [
     "FORMAT_VERSION",
@@ -88,7 +90,6 @@ CHECKSUMS_FILE = "checksums.json"
 _STAMP_FILE = ".verified.json"
 _HASH_CHARS = 16
 _WORK_PREFIX = ".work-"
-_TMP_PREFIX = ".tmp-"
 _DAMAGED_PREFIX = ".damaged-"
 _LOCKS = ".locks"
 
@@ -332,7 +333,7 @@ class ResultStore:
             return existing
         final = self.path(config)
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.parent / f"{_TMP_PREFIX}{final.name}-{uuid.uuid4().hex[:8]}"
+        tmp = temp_path(final)
         tmp.mkdir()
         try:
             files = {CONFIG_FILE: _plain(config), METRICS_FILE: _plain(data.metrics),

@@ -1,4 +1,4 @@
-"""Tests for qpmlib.runs.atomic: publishing races, atomic rewrites, and locks between processes."""
+"""Tests for qpmlib.files: publishing races, atomic rewrites, and locks between processes."""
 
 import hashlib
 import multiprocessing as mp
@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from qpmlib.runs.atomic import atomic_write, file_lock, file_sha256, publish, temp_path
+from qpmlib.files import atomic_write, file_lock, file_sha256, publish, temp_path
 
 
 def _publish_folder(final, writer, start):

@@ -31,7 +31,7 @@ from typing import Any, BinaryIO
 from tqdm import tqdm
 
 from qpmlib import paths
-from qpmlib.runs.atomic import atomic_write, file_sha256, publish
+from qpmlib.files import atomic_write, file_sha256, publish
 
 __all__ = ["FORMAT_VERSION", "MANIFEST_NAME", "ArchiveError", "ImportReport", "export_archive", "read_manifest",
            "import_archive"]

@@ -45,7 +45,7 @@ from submitit.core.utils import FailedJobError, JobPaths
 from tqdm import tqdm
 
 from qpmlib import paths
-from qpmlib.runs.atomic import atomic_write, file_lock
+from qpmlib.files import atomic_write, file_lock
 
 __all__ = [
     "EXECUTORS",
