@@ -366,7 +366,7 @@ def test_checkpoint_written_under_a_unique_name_and_then_renamed(tmp_path, monke
     train_dense(_model(), _data(), CFG, seed=0, run_dir=tmp_path, verbose=False)
     sources = [a for a, b in renames if b.endswith("dense_checkpoint.pt")]
     assert len(sources) == 3 and len(set(sources)) == 3  # one per epoch, never the same temporary name
-    assert all(".dense_checkpoint.pt." in a and str(os.getpid()) in a for a in sources)
+    assert all(".tmp-dense_checkpoint.pt-" in a and str(os.getpid()) in a for a in sources)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".dense.lock", "dense_checkpoint.pt"]
 
 
