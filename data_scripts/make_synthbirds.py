@@ -11,7 +11,7 @@ With --profile the folder is $QPMLIB_DATA/synthbirds-<hash of the sizes> (what t
 existing complete folder is reused. The sizes come from qpmlib.profiles unless overridden. ``--layout cars``
 writes the same images in Stanford Cars' layout ($QPMLIB_DATA/synthcars-<hash>, read by qpmlib.data.cars).
 ``--paper-shapes`` writes both paper-shaped folders (dataset "synthbirds" with 200 classes and "synthcars" with
-196, PAPER_SHAPES images per class at --image-size, default 224 px) and prints the time each took.
+196, PAPER_SHAPES_PER_CLASS images per class at --image-size, default 224 px) and prints the time each took.
 """
 
 from __future__ import annotations
