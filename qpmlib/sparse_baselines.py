@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .glm import GLMPath, GLMProblem, elastic_net_path, lambda_max, solve_elastic_net
+from .glm import FeatureMetadata, GLMPath, GLMProblem, elastic_net_path, lambda_max, solve_elastic_net
 from .profiles import Profile, get_profile
 
 __all__ = [
@@ -74,6 +74,10 @@ class SLDDSettings:
     val_frac: float = 0.1  # 90/10 split of the training features (§1.1)
     select_alpha: float = 0.8  # group elastic-net mixing of the selection path
     select_lam_fac: float = 0.1  # factor on every lambda of the selection path
+    # where the selection path's lambda_max comes from: "metadata" (reference: glm-saga's metadata, i.e. raw
+    # features of the full training split) | "split" (standardised features of the 90 % split it is fitted on).
+    # The weight paths always start from their own split, as the reference (its fit_glm passes metadata=None).
+    lambda_max_source: str = "metadata"
     n_lambdas: int = 100  # path length (glm-saga k)
     lambda_min_ratio: float = 1e-3  # glm-saga epsilon
     max_epochs: int = 2000  # iterations per lambda
@@ -299,7 +303,10 @@ def sldd_selection_order(
     """The first ``n_select`` features to enter SLDD's selection path, in entry order (reference_spec §6.3).
 
     On the standardised features of a seeded 90 % split, lambdas run from ``lam_fac * lambda_max`` (group
-    version, alpha 0.8, lam_fac 0.1) down to ``1e-3`` of that. Each proximal step may add at most one new
+    version, alpha 0.8, lam_fac 0.1) down to ``1e-3`` of that. ``lambda_max`` comes from the raw features of
+    all N rows, as the reference's glm-saga ``metadata`` (``settings.lambda_max_source="metadata"``), or from
+    the standardised 90 % split itself (``"split"``); see :func:`qpmlib.glm.lambda_max`.
+    Each proximal step may add at most one new
     feature: the unselected column with the largest group norm above the threshold. As soon as one enters,
     it is marked selected and the sweep restarts from the first lambda with the current (warm) weights.
     This repeats until ``n_select`` features are selected. Because exactly one feature enters at a time,
@@ -311,7 +318,7 @@ def sldd_selection_order(
     proximal step rather than a SAGA update.
 
     Args:
-        X: (N, D) dense features of the training split (raw or standardised).
+        X: (N, D) raw dense features of the training split (the "metadata" lambda_max uses their scale).
         y: (N,) labels.
         n_select: N*_f, features to select (1 <= n_select <= D).
         seed: seed of the 90/10 split.
@@ -324,7 +331,7 @@ def sldd_selection_order(
         (n_select,) int64 feature indices in entry order.
 
     Raises:
-        ValueError: for bad shapes or n_select outside [1, D].
+        ValueError: for bad shapes, n_select outside [1, D] or an unknown ``settings.lambda_max_source``.
     """
     X, y = _check_xy(X, y)
     if not 1 <= n_select <= X.shape[1]:
@@ -333,7 +340,7 @@ def sldd_selection_order(
     train_idx, _ = train_val_split(len(y), settings.val_frac, seed=seed)
     problem = GLMProblem.from_arrays(Z[train_idx], y[train_idx], int(y.max()) + 1, device=device, dtype=dtype)
     alpha = settings.select_alpha
-    lam_max = lambda_max(problem, alpha, group=True)
+    lam_max = lambda_max(problem, alpha, group=True, metadata=_selection_metadata(X, y, settings))
     lambdas = settings.select_lam_fac * np.logspace(
         math.log10(lam_max), math.log10(lam_max * settings.lambda_min_ratio), settings.n_lambdas
     )
@@ -362,6 +369,13 @@ def sldd_selection_order(
         rest = rest[torch.argsort(grad_w[:, rest].norm(dim=0), descending=True, stable=True)]
         order.extend(int(j) for j in rest[: n_select - len(order)])
     return np.asarray(order, dtype=np.int64)
+
+
+def _selection_metadata(X: np.ndarray, y: np.ndarray, settings: SLDDSettings) -> FeatureMetadata | None:
+    """glm-saga metadata of the raw features for ``lambda_max_source="metadata"``, None for ``"split"``."""
+    if settings.lambda_max_source not in ("metadata", "split"):
+        raise ValueError(f"lambda_max_source must be 'metadata' or 'split', got {settings.lambda_max_source!r}")
+    return FeatureMetadata.of(X, y) if settings.lambda_max_source == "metadata" else None
 
 
 def sldd_select(

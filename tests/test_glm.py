@@ -6,8 +6,10 @@ import torch
 from scipy.optimize import minimize
 
 from qpmlib.glm import (
+    FeatureMetadata,
     GLMProblem,
     elastic_net_path,
+    glm_device,
     group_soft_threshold,
     lambda_max,
     prox_elastic_net,
@@ -167,3 +169,86 @@ def test_bad_arguments_raise():
         elastic_net_path(X, y, alpha=0.5, X_val=X)
     with pytest.raises(ValueError, match="gate"):
         solve_elastic_net(problem, 0.1, alpha=0.5, gate=torch.zeros(2, dtype=torch.bool))
+
+
+# ---------------------------------------------------------------------------------------------- lambda_max sources
+# Tiny problem with a closed-form lambda_max (hand computation in the comments). Raw features, 2 classes:
+#   X = [[1, 2], [3, 0], [5, 4], [7, 2]], y = [0, 0, 1, 1], ybar = (1/2, 1/2)
+#   G = X^T (Y - ybar) / 4 = [[-1, 1], [-1/2, 1/2]]  (feature 0: (1 + 3 - 5 - 7) / 8; feature 1: (2 + 0 - 4 - 2) / 8)
+#   -> max_reg = 1, max_reg_group = max(sqrt(2), sqrt(2) / 2) = sqrt(2)
+# Standardised with the mean (4, 2) and population std (sqrt(5), sqrt(2)) of all rows, each feature's score is
+# divided by its std: group scores sqrt(2)/sqrt(5) and (sqrt(2)/2)/sqrt(2) = 1/2 -> sqrt(2/5).
+X_TINY = np.array([[1.0, 2.0], [3.0, 0.0], [5.0, 4.0], [7.0, 2.0]])
+Y_TINY = np.array([0, 0, 1, 1])
+
+
+def test_feature_metadata_closed_form():
+    meta = FeatureMetadata.of(X_TINY, Y_TINY)
+    assert meta.max_reg == pytest.approx(1.0, rel=1e-12)
+    assert meta.max_reg_group == pytest.approx(np.sqrt(2.0), rel=1e-12)
+    assert np.allclose(meta.mean, [4.0, 2.0]) and np.allclose(meta.std, [np.sqrt(5.0), np.sqrt(2.0)])
+    assert (meta.n_samples, meta.n_classes, meta.n_features) == (4, 2, 2)
+    # centring the raw features does not change max_reg (the columns of Y - ybar sum to zero)
+    shifted = FeatureMetadata.of(X_TINY + 100.0, Y_TINY)
+    assert shifted.max_reg_group == pytest.approx(meta.max_reg_group, rel=1e-12)
+
+
+@pytest.mark.parametrize("group, metadata_value, split_value", [
+    (True, np.sqrt(2.0), np.sqrt(2.0 / 5.0)),
+    (False, 1.0, 1.0 / np.sqrt(5.0)),
+])
+def test_lambda_max_sources_closed_form(group, metadata_value, split_value):
+    Z = (X_TINY - X_TINY.mean(0)) / X_TINY.std(0)
+    problem = GLMProblem.from_arrays(Z, Y_TINY)
+    # "split": the zero threshold of the standardised problem being fitted
+    assert lambda_max(problem, 0.8, group) == pytest.approx(split_value / 0.8, rel=1e-12)
+    # "metadata": glm-saga's value from the raw features (here the same rows)
+    meta = FeatureMetadata.of(X_TINY, Y_TINY)
+    assert lambda_max(problem, 0.8, group, metadata=meta) == pytest.approx(metadata_value / 0.8, rel=1e-12)
+
+
+def test_path_starts_from_metadata_lambda_max():
+    Z = (X_TINY - X_TINY.mean(0)) / X_TINY.std(0)
+    meta = FeatureMetadata.of(X_TINY, Y_TINY)
+    path = elastic_net_path(Z, Y_TINY, alpha=0.8, group=True, n_lambdas=3, lam_fac=0.1, do_zero=False,
+                            metadata=meta)
+    assert path.lambda_max == pytest.approx(np.sqrt(2.0) / 0.8, rel=1e-12)
+    assert path.lambdas[0] == pytest.approx(0.1 * np.sqrt(2.0) / 0.8, rel=1e-12)
+    assert path.meta["lambda_max_from"] == "metadata"
+    assert elastic_net_path(Z, Y_TINY, alpha=0.8, n_lambdas=2).meta["lambda_max_from"] == "problem"
+    with pytest.raises(ValueError, match="metadata describes 2 features but the problem has 1"):
+        elastic_net_path(Z[:, :1], Y_TINY, alpha=0.8, n_lambdas=2, metadata=meta)
+
+
+# ---------------------------------------------------------------------------------------------- device and dtype
+def test_glm_device_defaults():
+    assert glm_device() == (torch.device("cpu"), torch.float64)
+    assert glm_device("cpu", torch.float32) == (torch.device("cpu"), torch.float32)
+    if not torch.cuda.is_available():
+        assert glm_device("auto") == (torch.device("cpu"), torch.float64)
+        with pytest.raises(ValueError, match="no CUDA device is available"):
+            glm_device("cuda")
+    else:
+        assert glm_device("cuda") == (torch.device("cuda"), torch.float32)
+    with pytest.raises(ValueError, match="floating-point"):
+        glm_device("cpu", torch.int64)
+
+
+# Stated tolerance: on every regularised entry (tol 1e-5), the float32 weights are within 2e-4 of the largest
+# float64 weight (observed: <= 4e-5) and have the same non-zeros. The lam = 0 entry is left out: an unregularised,
+# nearly separable fit has a flat optimum, so two solves that both meet tol can differ by about 1 %.
+F32_REL_TOL = 2e-4
+
+
+@pytest.mark.parametrize("group", [False, True])
+def test_float32_path_matches_float64(group):
+    X, y = _toy(n=150, d=8, c=4, informative=4, seed=3)
+    kw = dict(alpha=0.8, group=group, n_lambdas=8, lambda_min_ratio=1e-2, tol=1e-5, max_epochs=5000, do_zero=False)
+    p64 = elastic_net_path(X, y, dtype=torch.float64, **kw)
+    p32 = elastic_net_path(X, y, device="cpu", dtype=torch.float32, **kw)
+    assert p32.meta["dtype"] == "float32" and p64.meta["dtype"] == "float64"
+    assert p32.lambda_max == pytest.approx(p64.lambda_max, rel=1e-6)
+    for e32, e64 in zip(p32.entries, p64.entries):
+        assert e32.weight.dtype == np.float32 and e32.nnz == e64.nnz
+        assert np.abs(e32.weight - e64.weight).max() <= F32_REL_TOL * max(np.abs(e64.weight).max(), 1e-3)
+    assert np.abs(p64[-1].weight).max() > 1.0 and p64[-1].nnz > p64[1].nnz  # weights of size O(1), many non-zeros

@@ -175,7 +175,7 @@ def test_gurobi_matches_exhaustive(seed):
     a, r, n, k = random_instance(100 + seed, forced_duplicates=seed % 2 == 0)
     thr = 0.3 if seed % 3 else None
     exact = solve_qpm(a, r, n, k, r_threshold=thr, solver="exhaustive")
-    grb = solve_qpm(a, r, n, k, r_threshold=thr, solver="gurobi")
+    grb = solve_qpm(a, r, n, k, r_threshold=thr, solver="gurobi", gurobi="exact")
     check_solution(grb, a, r, n, k, thr)
     assert grb.objective == pytest.approx(exact.objective, rel=1e-6)
 
@@ -188,11 +188,36 @@ def test_open_solver_matches_gurobi_beyond_enumeration(seed):
         pytest.skip(reason)
     a, r = medium_instance(seed, n_features=30, n_classes=12)
     thr = r_threshold(r, 8) if seed else None
-    grb = solve_qpm(a, r, 8, 3, r_threshold=thr, solver="gurobi")
+    grb = solve_qpm(a, r, 8, 3, r_threshold=thr, solver="gurobi", gurobi="exact")
     found = solve_qpm(a, r, 8, 3, r_threshold=thr, solver="open", seed=seed)
     assert grb.gap < 1e-6
     assert found.objective == pytest.approx(grb.objective, rel=1e-9)
     assert found.bound >= grb.objective - 1e-9
+
+
+@pytest.mark.parametrize("name, time_limit, expected", [
+    ("reference", None, {"MIPGap": 5e-3, "TimeLimit": 10_800.0}),  # the reference's DINO configs (§1.5)
+    ("exact", None, {"MIPGap": 1e-6, "TimeLimit": float("inf")}),  # Gurobi reports "no limit" as inf
+    ("reference", 7.0, {"MIPGap": 5e-3, "TimeLimit": 7.0}),  # an explicit limit replaces the setting's
+])
+def test_gurobi_settings_reach_the_model(name, time_limit, expected):
+    ok, reason = gurobi_usable()
+    if not ok:
+        pytest.skip(reason)
+    a, r, n, k = random_instance(7)
+    exact = solve_qpm(a, r, n, k, solver="exhaustive")
+    kwargs = {} if name == "reference" and time_limit is None else {"gurobi": name, "time_limit": time_limit}
+    grb = solve_qpm(a, r, n, k, solver="gurobi", **kwargs)
+    assert grb.solver_settings == expected
+    assert grb.gap <= expected["MIPGap"] + 1e-12  # the solve stops only within its gap
+    assert grb.objective >= exact.objective * (1 - expected["MIPGap"]) - 1e-9
+    assert solve_qpm(a, r, n, k, solver="open").solver_settings == {}
+
+
+def test_unknown_gurobi_settings_are_refused():
+    a, r, n, k = random_instance(7)
+    with pytest.raises(ValueError, match="unknown Gurobi settings 'fast'; valid: reference, exact"):
+        solve_qpm(a, r, n, k, solver="open", gurobi="fast")
 
 
 def test_auto_falls_back_with_notice(monkeypatch):

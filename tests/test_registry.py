@@ -51,7 +51,7 @@ def test_real_datasets_are_checked_not_downloaded(data_dir):
 
 
 def test_unknown_dataset_lists_valid_names():
-    with pytest.raises(ValueError, match="synthbirds, cub, cars"):
+    with pytest.raises(ValueError, match="synthbirds, cub, cars, synthcars"):
         data.prepare(dataclasses.replace(TINY, dataset="imagenet"))
     with pytest.raises(ValueError, match="valid datasets"):
         data.read_index(".", "mnist")

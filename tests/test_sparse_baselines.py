@@ -203,3 +203,37 @@ def test_sldd_and_qsenn_configs():
     assert qsenn["qsenn.schedule"] == [(ft, 5e-3)] * 4
     assert [e for e, _ in qsenn_config("demo", schedule="qsenn")["qsenn.schedule"]] == [10] * 4
     assert SLDD.select_alpha == 0.8 and QSENN.weights_alpha == 0.99 and QSENN.n_iterations == 4
+
+
+@pytest.mark.parametrize("source", ["metadata", "split"])
+def test_selection_lambda_max_source(monkeypatch, source):
+    """The selection path starts from glm-saga's metadata of the raw features (reference) or from its own split."""
+    import qpmlib.sparse_baselines as sb
+
+    X, y = _features(n_per_class=6, d=8, informative=(1, 4))
+    X = X * np.linspace(0.5, 3.0, X.shape[1])  # columns of different scales: the two sources then differ
+    seen = []
+    real = sb.lambda_max
+
+    def spy(problem, alpha, group=False, *, metadata=None):
+        value = real(problem, alpha, group, metadata=metadata)
+        seen.append((metadata, value))
+        return value
+
+    monkeypatch.setattr(sb, "lambda_max", spy)
+    settings = dataclasses.replace(FAST, n_lambdas=5, lambda_max_source=source)
+    sldd_selection_order(X, y, 2, settings=settings)
+    (metadata, value), = seen
+    Y = np.eye(5)[y]
+    raw_score = np.linalg.norm(X.T @ (Y - Y.mean(0)) / len(y), axis=1).max()  # glm-saga's max_reg (group), raw X
+    if source == "metadata":
+        assert metadata is not None and value == pytest.approx(raw_score / 0.8, rel=1e-10)
+    else:
+        Z, _, _ = standardise(X)
+        idx, _ = train_val_split(len(y), 0.1, seed=0)
+        Yt = np.eye(5)[y[idx]]
+        split_score = np.linalg.norm(Z[idx].T @ (Yt - Yt.mean(0)) / len(idx), axis=1).max()
+        assert metadata is None and value == pytest.approx(split_score / 0.8, rel=1e-8)
+        assert abs(value - raw_score / 0.8) > 0.1 * value  # the sources really differ on this data
+    with pytest.raises(ValueError, match="lambda_max_source must be 'metadata' or 'split'"):
+        sldd_selection_order(X, y, 2, settings=dataclasses.replace(FAST, lambda_max_source="raw"))

@@ -166,3 +166,45 @@ def test_sample_grid_titles_every_class(root):
     assert len(titles) == ARGS["n_classes"]
     fig2 = sb.sample_grid(root, per_class=2, max_classes=2)
     assert len([ax for ax in fig2.axes if ax.images]) == 4
+
+
+# ---------------------------------------------------------------------------------------------- Cars layout
+def _image_hashes_by_label(df) -> list[tuple[int, bool, str]]:
+    return sorted((int(r.label), bool(r.is_train), hashlib.sha256(Path(r.path).read_bytes()).hexdigest())
+                  for r in df.itertuples())
+
+
+def test_cars_layout_is_read_by_the_cars_reader(root, tmp_path):
+    from qpmlib.data import cars
+
+    args = {k: v for k, v in ARGS.items()}
+    out = sb.generate(tmp_path / "StanfordCars", **args, layout="cars", verbose=False)
+    assert cars.validate(out) == out
+    df = cars.read_index(out)
+    n_train, n_test = ARGS["n_classes"] * ARGS["n_train"], ARGS["n_classes"] * ARGS["n_test"]
+    assert (int(df.is_train.sum()), int((~df.is_train).sum())) == (n_train, n_test)
+    assert sorted(p.name for p in (out / "cars_train").iterdir()) == [f"{i:05d}.jpg" for i in range(1, n_train + 1)]
+    assert df[df.is_train].label.head(ARGS["n_classes"]).nunique() > 1  # classes interleaved, as in Stanford Cars
+    # the same images with the same labels as the CUB layout, and the same class names
+    assert _image_hashes_by_label(df) == _image_hashes_by_label(cub.read_index(root))
+    assert cars.class_names(out) == [line.split(".", 1)[1] for line in (root / "classes.txt").read_text().splitlines()]
+    assert json.loads((out / sb.COMPLETE_MARKER).read_text()) == sb.generator_args(**ARGS, layout="cars")
+    assert "layout" not in sb.generator_args(**ARGS)  # CUB-layout folders keep their fingerprint
+    with pytest.raises(ValueError, match="unknown layout 'voc'; valid layouts: cub, cars"):
+        sb.generate(tmp_path / "x", **ARGS, layout="voc", verbose=False)
+
+
+def test_paper_shapes_read_by_the_real_readers(tmp_path, monkeypatch):
+    """200 classes in CUB's layout and 196 in Stanford Cars', found through the registry and read by the real
+    CUB and Cars readers (1 + 1 images per class at 32 px keep this quick)."""
+    from qpmlib import data
+    from qpmlib.profiles import DataConfig
+
+    monkeypatch.setenv("QPMLIB_DATA", str(tmp_path))
+    for dataset, n_classes, reader_columns in (("synthbirds", 200, "segmentations"), ("synthcars", 196, "cars_train")):
+        cfg = DataConfig(dataset=dataset, image_size=32, n_classes=n_classes, n_train=1, n_test=1, seed=0)
+        folder = data.prepare(cfg, verbose=False)
+        assert folder.name.startswith(f"{dataset}-") and (folder / reader_columns).is_dir()
+        df = data.read_index(folder, dataset)
+        assert len(df) == 2 * n_classes and sorted(df.label.unique()) == list(range(n_classes))
+        assert (df.groupby("label").is_train.sum() == 1).all()

@@ -20,8 +20,9 @@ __all__ = ["DATASET_STATS", "IMAGENET_STATS", "NORMALISATIONS", "load_image", "p
 DATASET_STATS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
     "cub": ((0.4853, 0.4964, 0.4295), (0.2300, 0.2258, 0.2625)),
     "cars": ((0.4593, 0.4466, 0.4453), (0.2920, 0.2910, 0.2988)),
-    # SynthBirds is read like CUB, so it uses CUB's statistics.
+    # SynthBirds is read like CUB, so it uses CUB's statistics; in Cars' layout it stands in for Cars.
     "synthbirds": ((0.4853, 0.4964, 0.4295), (0.2300, 0.2258, 0.2625)),
+    "synthcars": ((0.4593, 0.4466, 0.4453), (0.2920, 0.2910, 0.2988)),
 }
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 NORMALISATIONS = ("reference", "imagenet")

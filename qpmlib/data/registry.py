@@ -4,9 +4,13 @@
 dataset        folder under :func:`qpmlib.paths.data_dir`                reader
 =============  =======================================================  ===============================
 ``synthbirds`` ``synthbirds-<hash of the generator arguments>``          :func:`qpmlib.data.cub.read_index`
+``synthcars``  ``synthcars-<hash of the generator arguments>``           :func:`qpmlib.data.cars.read_index`
 ``cub``        ``CUB_200_2011`` (or the reference ``CUB200/CUB_200_2011``) :func:`qpmlib.data.cub.read_index`
 ``cars``       ``StanfordCars``                                          :func:`qpmlib.data.cars.read_index`
 =============  =======================================================  ===============================
+
+``synthcars`` is SynthBirds written in Stanford Cars' layout (:func:`qpmlib.data.synthbirds.generate` with
+``layout="cars"``), so that a paper-shaped profile runs the real Cars reader; it has no masks or parts.
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ from qpmlib.data import cars, cub, synthbirds
 
 __all__ = ["DATASETS", "synthbirds_root", "prepare", "read_index"]
 
-DATASETS: tuple[str, ...] = ("synthbirds", "cub", "cars")
+DATASETS: tuple[str, ...] = ("synthbirds", "cub", "cars", "synthcars")
+#: Generated datasets and the on-disk layout each is written in.
+_GENERATED = {"synthbirds": "cub", "synthcars": "cars"}
 
 
 def _check_dataset(dataset: str) -> None:
@@ -30,18 +36,21 @@ def _check_dataset(dataset: str) -> None:
 
 
 def synthbirds_root(data_cfg) -> Path:
-    """``data_dir()/synthbirds-<10 hex digits>``: the hash covers every generator argument and the generator version."""
+    """``data_dir()/<dataset>-<10 hex digits>`` of a generated dataset ("synthbirds" or "synthcars"); the hash
+    covers every generator argument and the generator version."""
     args = synthbirds.generator_args(
         n_classes=data_cfg.n_classes, n_train=data_cfg.n_train, n_test=data_cfg.n_test,
         image_size=data_cfg.image_size, seed=data_cfg.seed, shortcut=data_cfg.shortcut,
+        layout=_GENERATED.get(data_cfg.dataset, "cub"),
     )
-    return paths.data_dir() / f"synthbirds-{synthbirds.folder_fingerprint(args)}"
+    name = data_cfg.dataset if data_cfg.dataset in _GENERATED else "synthbirds"
+    return paths.data_dir() / f"{name}-{synthbirds.folder_fingerprint(args)}"
 
 
 def prepare(data_cfg, *, verbose: bool = True) -> Path:
     """Make sure the dataset of a profile is on disk and return its folder.
 
-    SynthBirds is generated when its folder is missing (reference sizes from the profile's
+    SynthBirds (either layout) is generated when its folder is missing (sizes from the profile's
     :class:`~qpmlib.profiles.DataConfig`); real datasets are only checked, never downloaded here.
 
     Args:
@@ -57,11 +66,12 @@ def prepare(data_cfg, *, verbose: bool = True) -> Path:
             missing file and the command that fetches it.
     """
     _check_dataset(data_cfg.dataset)
-    if data_cfg.dataset == "synthbirds":
+    if data_cfg.dataset in _GENERATED:
         root = synthbirds_root(data_cfg)
         return synthbirds.generate(
             root, n_classes=data_cfg.n_classes, n_train=data_cfg.n_train, n_test=data_cfg.n_test,
-            image_size=data_cfg.image_size, seed=data_cfg.seed, shortcut=data_cfg.shortcut, verbose=verbose,
+            image_size=data_cfg.image_size, seed=data_cfg.seed, shortcut=data_cfg.shortcut,
+            layout=_GENERATED[data_cfg.dataset], verbose=verbose,
         )
     if data_cfg.dataset == "cub":
         root = cub.validate(cub.find_root(paths.data_dir()))
@@ -84,7 +94,7 @@ def read_index(root: str | Path, dataset: str) -> pd.DataFrame:
 
     Args:
         root: folder returned by :func:`prepare`.
-        dataset: ``"synthbirds"``, ``"cub"`` or ``"cars"``.
+        dataset: a name of :data:`DATASETS`.
 
     Returns:
         DataFrame sorted by ``image_id`` with columns ``image_id`` (int), ``path`` (str, absolute),
@@ -94,4 +104,4 @@ def read_index(root: str | Path, dataset: str) -> pd.DataFrame:
         ValueError: unknown dataset name.
     """
     _check_dataset(dataset)
-    return cars.read_index(root) if dataset == "cars" else cub.read_index(root)
+    return cars.read_index(root) if dataset in ("cars", "synthcars") else cub.read_index(root)

@@ -18,6 +18,19 @@ Folder written by :func:`generate` (``root`` itself plays the role of ``CUB_200_
       part_segmentations/NNN.Name/Name_NNNN_ID.png  extra ground truth: uint8 part id, 0 = background
       .complete                                     JSON of the generator arguments, written last
 
+With ``layout="cars"`` the same images are written in Stanford Cars' on-disk format instead (reference_spec §7.2),
+so that :func:`qpmlib.data.cars.read_index` runs for real on a paper-shaped dataset (196 classes) without the
+data. ``root`` then plays the role of ``StanfordCars/``::
+
+    root/
+      car_devkit/cars_train_annos.mat  car_devkit/cars_meta.mat   (bbox_x1..y2, class (1-based), fname; class_names)
+      cars_train/NNNNN.jpg  cars_test/NNNNN.jpg                     numbered per split, classes interleaved
+      cars_test_annos_withlabels.mat
+      .complete
+
+There are no masks or parts in that layout, as in Stanford Cars. Image k of class c is byte-identical in both
+layouts (same seed); its bounding box is the bird's (the Cars reader ignores boxes, as the reference does).
+
 Images are square, ``image_size`` pixels. Every image draws its randomness from its own
 ``np.random.default_rng((seed, class, index))``, so the files do not depend on the order of generation and the
 same arguments give byte-identical files.
@@ -45,6 +58,7 @@ from qpmlib.data.cub import read_index
 
 __all__ = [
     "GENERATOR_VERSION",
+    "LAYOUTS",
     "PART_NAMES",
     "ATTRIBUTES",
     "ATTRIBUTE_PART",
@@ -62,6 +76,8 @@ __all__ = [
 #: Bumped whenever a change to the drawing code changes the files (it is part of the folder's fingerprint).
 GENERATOR_VERSION = 1
 COMPLETE_MARKER = ".complete"
+#: On-disk formats :func:`generate` writes: CUB-200-2011's (with masks and parts) or Stanford Cars'.
+LAYOUTS: tuple[str, ...] = ("cub", "cars")
 JPEG_QUALITY = 90
 
 #: Part ids are 1-based in ``parts/parts.txt`` and the part label maps (0 = background).
@@ -126,14 +142,19 @@ class _Class:
 
 
 def generator_args(
-    *, n_classes: int, n_train: int, n_test: int, image_size: int, seed: int, shortcut: bool = False
+    *, n_classes: int, n_train: int, n_test: int, image_size: int, seed: int, shortcut: bool = False,
+    layout: str = "cub",
 ) -> dict:
-    """The arguments that determine a SynthBirds folder, plus :data:`GENERATOR_VERSION` (stored in ``.complete``)."""
-    return {
+    """The arguments that determine a SynthBirds folder, plus :data:`GENERATOR_VERSION` (stored in ``.complete``).
+
+    ``layout`` is recorded only when it is not "cub", so CUB-layout folders keep the fingerprint they had.
+    """
+    args = {
         "generator": "synthbirds", "version": GENERATOR_VERSION, "n_classes": int(n_classes),
         "n_train": int(n_train), "n_test": int(n_test), "image_size": int(image_size), "seed": int(seed),
         "shortcut": bool(shortcut),
     }
+    return args if layout == "cub" else {**args, "layout": layout}
 
 
 def is_complete(root: str | Path, args: dict | None = None) -> bool:
@@ -363,9 +384,10 @@ def generate(
     image_size: int,
     seed: int,
     shortcut: bool = False,
+    layout: str = "cub",
     verbose: bool = True,
 ) -> Path:
-    """Write a SynthBirds folder in CUB-200-2011 format (see the module docstring for the layout).
+    """Write a SynthBirds folder in CUB-200-2011 or Stanford Cars format (see the module docstring for the layouts).
 
     The folder is generated under a temporary name beside ``root`` and renamed when finished; its
     ``.complete`` marker holds :func:`generator_args`. An existing complete folder made with the same
@@ -380,15 +402,18 @@ def generate(
         seed: generator seed; the same arguments give byte-identical files.
         shortcut: if True, the background hue is tied to the class in the training split only (test images
             get random hues), the "shortcut" variant for failure analysis.
+        layout: "cub" (``root`` plays ``CUB_200_2011/``) or "cars" (``root`` plays ``StanfordCars/``).
         verbose: show a tqdm progress bar.
 
     Returns:
         ``root``.
 
     Raises:
-        ValueError: for sizes out of range.
+        ValueError: for sizes out of range or an unknown layout.
         FileExistsError: ``root`` exists but is not a complete SynthBirds folder made with these arguments.
     """
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; valid layouts: {', '.join(LAYOUTS)}")
     if not 2 <= n_classes <= _MAX_CLASSES:
         raise ValueError(f"n_classes must be in 2..{_MAX_CLASSES}, got {n_classes}")
     if n_train < 1 or n_test < 1:
@@ -397,7 +422,7 @@ def generate(
         raise ValueError(f"image_size must be >= 32 pixels, got {image_size}")
     root = Path(root)
     args = generator_args(n_classes=n_classes, n_train=n_train, n_test=n_test, image_size=image_size,
-                          seed=seed, shortcut=shortcut)
+                          seed=seed, shortcut=shortcut, layout=layout)
     if root.exists():
         if is_complete(root, args):
             return root
@@ -410,7 +435,7 @@ def generate(
     tmp = root.parent / f".{root.name}.partial-{os.getpid()}"
     tmp.mkdir()
     try:
-        _write_folder(tmp, args, verbose=verbose)
+        (_write_cars_folder if layout == "cars" else _write_folder)(tmp, args, verbose=verbose)
         (tmp / COMPLETE_MARKER).write_text(json.dumps(args, sort_keys=True))
         os.replace(tmp, root)
     finally:
@@ -419,9 +444,18 @@ def generate(
     return root
 
 
+def _render_sample(args: dict, classes: list[_Class], cls: _Class, k: int) -> tuple[np.ndarray, ...]:
+    """Image k of a class (k < n_train: training image), drawn from its own generator (see :func:`_render`)."""
+    rng = np.random.default_rng((args["seed"], cls.index, k, 7))
+    if args["shortcut"] and k < args["n_train"]:
+        hue = (cls.index / len(classes) + rng.uniform(-0.01, 0.01)) % 1.0
+    else:
+        hue = rng.random()
+    return _render(args["image_size"], cls.attrs, hue, rng)
+
+
 def _write_folder(out: Path, args: dict, *, verbose: bool) -> None:
     classes = _make_classes(args["n_classes"], args["seed"])
-    size, seed = args["image_size"], args["seed"]
     per_class = args["n_train"] + args["n_test"]
     images, labels, split, locs = [], [], [], []
     image_id = 0
@@ -433,12 +467,7 @@ def _write_folder(out: Path, args: dict, *, verbose: bool) -> None:
             for k in range(per_class):
                 image_id += 1
                 is_train = k < args["n_train"]
-                rng = np.random.default_rng((seed, cls.index, k, 7))
-                if args["shortcut"] and is_train:
-                    hue = (cls.index / len(classes) + rng.uniform(-0.01, 0.01)) % 1.0
-                else:
-                    hue = rng.random()
-                rgb, part_map, alpha = _render(size, cls.attrs, hue, rng)
+                rgb, part_map, alpha = _render_sample(args, classes, cls, k)
                 stem = f"{cls.name}_{k + 1:04d}_{image_id}"
                 rel = f"{cls.folder}/{stem}"
                 (out / "images" / f"{rel}.jpg").write_bytes(_jpeg_bytes(rgb))
@@ -469,6 +498,42 @@ def _write_folder(out: Path, args: dict, *, verbose: bool) -> None:
     )
     table = pd.DataFrame([{"class_id": c.index + 1, "name": c.name, **c.attrs} for c in classes])
     table.to_csv(out / "attributes" / "class_attributes.csv", index=False, lineterminator="\n")
+
+
+def _cars_annotations(rows: list[tuple[tuple[int, int, int, int], int, str]]) -> np.ndarray:
+    """Stanford Cars' annotation struct array (1, N): bbox_x1, bbox_y1, bbox_x2, bbox_y2, class (1-based), fname."""
+    fields = ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "class", "fname")
+    ann = np.zeros((1, len(rows)), dtype=[(f, "O") for f in fields])
+    for n, (box, cls, fname) in enumerate(rows):
+        ann[0, n] = (*(np.array([[v]], np.uint16) for v in box), np.array([[cls]], np.uint16), np.array([fname]))
+    return ann
+
+
+def _write_cars_folder(out: Path, args: dict, *, verbose: bool) -> None:
+    """The images of :func:`_write_folder`, in Stanford Cars' layout (see the module docstring)."""
+    import scipy.io
+
+    classes = _make_classes(args["n_classes"], args["seed"])
+    samples = [(cls, k) for cls in classes for k in range(args["n_train"] + args["n_test"])]
+    order = np.random.default_rng((args["seed"], 0xCA125)).permutation(len(samples))  # classes interleaved
+    rows: dict[str, list] = {"cars_train": [], "cars_test": []}
+    for split in rows:
+        (out / split).mkdir(parents=True)
+    for i in tqdm(order, desc="SynthBirds (Cars layout)", unit="img", disable=not verbose):
+        cls, k = samples[i]
+        split = "cars_train" if k < args["n_train"] else "cars_test"
+        rgb, part_map, _ = _render_sample(args, classes, cls, k)
+        fname = f"{len(rows[split]) + 1:05d}.jpg"
+        (out / split / fname).write_bytes(_jpeg_bytes(rgb))
+        ys, xs = np.nonzero(part_map)
+        box = (int(xs.min()) + 1, int(ys.min()) + 1, int(xs.max()) + 1, int(ys.max()) + 1) if len(xs) else (1, 1, 1, 1)
+        rows[split].append((box, cls.index + 1, fname))
+    (out / "car_devkit").mkdir()
+    scipy.io.savemat(out / "car_devkit" / "cars_train_annos.mat", {"annotations": _cars_annotations(rows["cars_train"])})
+    scipy.io.savemat(out / "cars_test_annos_withlabels.mat", {"annotations": _cars_annotations(rows["cars_test"])})
+    names = np.empty((1, len(classes)), dtype=object)
+    names[0, :] = [np.array([c.name]) for c in classes]
+    scipy.io.savemat(out / "car_devkit" / "cars_meta.mat", {"class_names": names})
 
 
 def part_names(root: str | Path) -> list[str]:

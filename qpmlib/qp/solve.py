@@ -11,7 +11,7 @@ import pandas as pd
 
 from ._checks import check_problem, check_sizes
 from .exhaustive import solve_exhaustive
-from .gurobi_solver import gurobi_fits, model_size, solve_gurobi
+from .gurobi_solver import gurobi_fits, gurobi_settings, model_size, solve_gurobi
 from .local_search import Instance
 from .objective import penalty_matrix, qpm_objective
 from .open_solver import solve_open
@@ -35,6 +35,8 @@ class QPMSolution:
         runtime: wall-clock seconds.
         history: list of ``(seconds, objective, bound)`` (open solver only).
         r_threshold: the penalty threshold used (None: no penalty).
+        solver_settings: the Gurobi parameters read back from the solved model (``MIPGap``, ``TimeLimit``; inf
+            means no limit); empty for the other solvers.
     """
 
     selected: np.ndarray
@@ -46,6 +48,7 @@ class QPMSolution:
     runtime: float
     history: list = field(default_factory=list)
     r_threshold: float | None = None
+    solver_settings: dict = field(default_factory=dict)
 
 
 def _pick_auto(inst: Instance) -> str:
@@ -59,7 +62,7 @@ def _pick_auto(inst: Instance) -> str:
 
 def solve_qpm(A, R, n_selected: int, n_per_class: int, *, r_threshold: float | ThresholdResult | None = None,
               b=None, solver: str = "auto", time_limit: float | None = None, seed: int = 0,
-              verbose: bool = False) -> QPMSolution:
+              verbose: bool = False, gurobi: str = "reference") -> QPMSolution:
     """Select ``n_selected`` features and assign ``n_per_class`` of them to every class (reference_spec §1.5).
 
     Maximises ``Z = 1000/(N_c * n_per_class) * sum of A over assigned edges - sum of R~ over selected pairs
@@ -78,21 +81,25 @@ def solve_qpm(A, R, n_selected: int, n_per_class: int, *, r_threshold: float | T
         solver: "auto" (Gurobi if its licence can hold the model, else "open"), "open", "gurobi" or
             "exhaustive" (enumeration; tiny instances only).
         time_limit: seconds for the open solver's search (its construction phase, about 1-2 s at CUB size,
-            runs first) or Gurobi's TimeLimit (None: the open solver stops after 100 rounds without progress).
+            runs first) or Gurobi's TimeLimit (None: the open solver stops after 100 rounds without progress,
+            Gurobi takes the limit of ``gurobi``).
         seed: seed of the open solver's perturbations and Gurobi's ``Seed``.
         verbose: progress output.
+        gurobi: Gurobi settings, a name of :data:`~qpmlib.qp.gurobi_solver.GUROBI_SETTINGS`: "reference" (the
+            reference's DINO configs: MIPGap 5e-3, TimeLimit 10,800 s) or "exact" (MIPGap 1e-6, no limit).
 
     Returns:
         A :class:`QPMSolution`.
 
     Raises:
-        ValueError: infeasible sizes, non-finite inputs, shape mismatches, unknown solver.
+        ValueError: infeasible sizes, non-finite inputs, shape mismatches, unknown solver or Gurobi settings.
         RuntimeError: when ``solver="gurobi"`` and Gurobi cannot solve a model of this size.
     """
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; valid solvers are {SOLVERS}")
     if time_limit is not None and not time_limit > 0:
         raise ValueError(f"time_limit must be positive seconds or None; got {time_limit!r}")
+    grb_settings = gurobi_settings(gurobi, time_limit)  # checks the name
     a, r, bb = check_problem(A, R, b)
     n_f, n_c = a.shape
     check_sizes(n_f, n_c, n_selected, n_per_class)
@@ -108,12 +115,14 @@ def solve_qpm(A, R, n_selected: int, n_per_class: int, *, r_threshold: float | T
     start = time.monotonic()
     used = _pick_auto(inst) if solver == "auto" else solver
     history: list = []
+    params: dict = {}
     if used == "gurobi":
         if solver == "gurobi":  # "auto" has already checked the licence
             ok, reason = gurobi_fits(*model_size(inst))
             if not ok:
                 raise RuntimeError(f"{reason}. Use solver='open' (no licence needed) or solver='auto'.")
-        sel, assignment, value, bound = solve_gurobi(inst, time_limit=time_limit, seed=seed, verbose=verbose)
+        sel, assignment, value, bound, params = solve_gurobi(
+            inst, settings=grb_settings, seed=seed, verbose=verbose)
     elif used == "exhaustive":
         sel, assignment, value = solve_exhaustive(inst)
         bound = value
@@ -129,7 +138,7 @@ def solve_qpm(A, R, n_selected: int, n_per_class: int, *, r_threshold: float | T
     gap = None if bound is None else (bound - objective) / max(abs(objective), 1e-12)
     return QPMSolution(selected=np.asarray(sel, dtype=np.int64), assignment=np.asarray(assignment, dtype=bool),
                        objective=objective, bound=bound, gap=gap, solver=used, runtime=runtime,
-                       history=history, r_threshold=r_threshold)
+                       history=history, r_threshold=r_threshold, solver_settings=params)
 
 
 def selection_summary(solution: QPMSolution, A) -> pd.DataFrame:
