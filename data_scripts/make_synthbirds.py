@@ -6,7 +6,7 @@ Examples:
     python data_scripts/make_synthbirds.py --root /tmp/birds --n-classes 10 --n-train 20 --n-test 10 --image-size 224
 
 With --profile the folder is $QPMLIB_DATA/synthbirds-<hash of the sizes> (what the book's chapters use); an
-existing complete folder is reused. The sizes come from qpmlib.profiles unless overridden.
+existing complete folder is reused. The sizes come from qpmlib.config unless overridden.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from qpmlib.data import prepare, synthbirds  # noqa: E402
-from qpmlib.profiles import PROFILES, default_profile_name, get_profile  # noqa: E402
+from qpmlib.config import PROFILES, default_profile_name, get_profile  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> Path:
