@@ -100,7 +100,7 @@ def test_seeds_trained_together_are_stored_as_single_seed_runs(tmp_path, monkeyp
     assert together[0].stages["dense"].json("provenance.json")["stacked_seeds"] == [1, 3]
     assert together[0].history("dense").shape[0] == 4 and together[2].history("qpm").shape[0] == 3
     for a, b in zip(alone, together[:2]):  # same hashes, and each seed's own model
-        assert a.stages["dense"].path.name == b.stages["dense"].path.name and a.stages["qpm"].path.name == b.stages["qpm"].path.name
+        assert all(a.stages[k].path.name == b.stages[k].path.name for k in ("dense", "qpm"))
         wa, wb = a.dense_model().state_dict(), b.dense_model().state_dict()
         assert all(torch.allclose(wa[k], wb[k], atol=1e-4) for k in wa if k.endswith("weight"))
     assert not torch.allclose(together[0].dense_model().head.weight, together[2].dense_model().head.weight)

@@ -19,7 +19,8 @@ def test_feature_colours_fixed_by_id():
     assert c.shape == (25, 3)
     np.testing.assert_array_equal(c[3], explanations.feature_colours([3])[0])
     np.testing.assert_array_equal(c[3], c[3 + len(explanations.PALETTE)])  # wraps modulo the palette
-    assert len({tuple(x) for x in c[: len(explanations.PALETTE)]}) == len(explanations.PALETTE)  # distinct within a cycle
+    n = len(explanations.PALETTE)
+    assert len({tuple(x) for x in c[:n]}) == n  # distinct within a cycle
     with pytest.raises(ValueError, match="non-negative"):
         explanations.feature_colours([-1])
 

@@ -64,8 +64,9 @@ def source_imports(source: str, package: str) -> list[tuple[str, int, bool]]:
             targets = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
-            if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            if node.level:  # relative: the package, less one level per dot after the first
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
             targets = [f"{base}.{a.name}" if _is_module(f"{base}.{a.name}") else base for a in node.names]
         else:
             continue
@@ -97,7 +98,8 @@ def test_qpmlib_imports_sit_at_module_top(path):
 def test_the_checks_see_upward_relative_and_nested_imports():
     source = "from qpmlib.runs import methods\nfrom . import losses\n\ndef f():\n    from qpmlib.analysis import tables\n"
     found = source_imports(source, "qpmlib")
-    assert found == [("qpmlib.runs.methods", 1, False), ("qpmlib.losses", 2, False), ("qpmlib.analysis.tables", 5, True)]
+    assert found == [("qpmlib.runs.methods", 1, False), ("qpmlib.losses", 2, False),
+                     ("qpmlib.analysis.tables", 5, True)]
     assert [layer_of(t) > layer_of("qpmlib.model") for t, _, _ in found] == [True, False, True]
     assert layer_of("qpmlib.analysis.tables") > layer_of("qpmlib.runs.methods") > layer_of("qpmlib.train")
     assert layer_of("qpmlib") == 0 and layer_of("qpmlib.data.cub") == 1

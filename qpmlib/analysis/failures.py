@@ -346,7 +346,8 @@ def nearest_training_image(cls_query: Any, cls_train: Any, train_labels: Any, la
     Raises:
         ValueError: for mismatched shapes or when no training image has that label.
     """
-    q, x, y = np.asarray(cls_query).astype(np.float64), np.asarray(cls_train).astype(np.float64), np.asarray(train_labels)
+    q, x = np.asarray(cls_query, dtype=np.float64), np.asarray(cls_train, dtype=np.float64)
+    y = np.asarray(train_labels)
     if q.ndim != 1 or x.ndim != 2 or x.shape[1] != q.shape[0] or y.shape != (x.shape[0],):
         raise ValueError(
             f"expected cls_query (D,), cls_train (N, D) and train_labels (N,), got {q.shape}, {x.shape}, {y.shape}"

@@ -52,7 +52,8 @@ DISCREPANCIES: tuple[tuple[int, str, str, str, str, str], ...] = (
     (13, "MLP", "4 layers with ReLU and BN", "last layer also BN+ReLU → non-negative features", "reference code",
      "model.last_layer_bn_relu = True | False"),
     (14, "baselines", "pipeline closely resembling ours", "β 0.196, no L1 losses, head dropout 0.1, trainable "
-     "μ/σ; QSENN 4×25 epochs", "reference code", "qpmlib.sparse.SLDDSettings / QSENNSettings; baselines.qsenn_schedule"),
+     "μ/σ; QSENN 4×25 epochs", "reference code",
+     "qpmlib.sparse.SLDDSettings / QSENNSettings; baselines.qsenn_schedule"),
     (15, "pos-embed interpolation", "–", "antialias False, offset 0.1", "reference code",
      "qpmlib.backbones.build_backbone(pos_embed_interpolation='reference' | 'hub')"),
 )

@@ -21,9 +21,9 @@ import pandas as pd
 
 from qpmlib.paper import METHODS, METRICS, TABLES, method_display, metric_display, paper_values
 
-__all__ = ["MISSING", "METRIC_REASONS", "mean_std", "format_mean_std", "summarise", "wide_table", "paper_table", "method_gap",
-           "paper_dataset_map", "beside_paper", "gather_beside_paper", "table_rows", "beside_value", "reproduction_verdict",
-           "styled"]
+__all__ = ["MISSING", "METRIC_REASONS", "mean_std", "format_mean_std", "summarise", "wide_table", "paper_table",
+           "method_gap", "paper_dataset_map", "beside_paper", "gather_beside_paper", "table_rows", "beside_value",
+           "reproduction_verdict", "styled"]
 
 MISSING = "n/a"  # what a table shows instead of "nan"
 
@@ -170,7 +170,8 @@ def method_gap(summary: pd.DataFrame, method: str, baseline: str, metric: str = 
         Series indexed by the datasets where both methods have a row, in order of appearance.
     """
     means = summary[summary["metric"] == metric].set_index(["method", "dataset"])["mean"]
-    datasets = [d for d in dict.fromkeys(summary["dataset"]) if (method, d) in means.index and (baseline, d) in means.index]
+    datasets = [d for d in dict.fromkeys(summary["dataset"])
+                if (method, d) in means.index and (baseline, d) in means.index]
     return pd.Series({d: 100 * (means[(method, d)] - means[(baseline, d)]) for d in datasets}, dtype=float,
                      name=f"{metric} gap")
 

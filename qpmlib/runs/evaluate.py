@@ -29,8 +29,8 @@ from qpmlib.embeddings import get_store
 from qpmlib.runs.run import Run
 from qpmlib.train import Evaluation, TokenData, evaluate, extract_features
 
-__all__ = ["split_tokens", "test_masks_and_parts", "model_metrics", "prediction_tensors", "sid_at", "cam", "TestImage", "test_image",
-           "maps_for_rows"]
+__all__ = ["split_tokens", "test_masks_and_parts", "model_metrics", "prediction_tensors", "sid_at", "cam",
+           "TestImage", "test_image", "maps_for_rows"]
 
 
 def split_tokens(profile: Profile, split: str, *, verbose: bool = False) -> TokenData:
