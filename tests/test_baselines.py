@@ -5,34 +5,14 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from model_fixtures import class_tokens, real_head, tiny_dense
 
 from qpmlib.config import get_profile
-from qpmlib.model import DinoQPM
 from qpmlib.runs.baselines import finetune_sparse, fit_qsenn, method_settings
 from qpmlib.sparse import QSENN, SLDD
-from qpmlib.train import StageConfig, TokenData
+from qpmlib.train import StageConfig
 
 FAST_QSENN = dataclasses.replace(QSENN, n_lambdas=10, max_epochs=200)
-
-
-def _tokens(n_per_class=6, n_classes=3, p=4, d=8, seed=0):
-    """Tokens whose patch means depend on the class, so a tiny model can learn them."""
-    rng = np.random.default_rng(seed)
-    labels = np.repeat(np.arange(n_classes), n_per_class)
-    centres = rng.normal(size=(n_classes, d)) * 2
-    patches = centres[labels][:, None, :] + rng.normal(size=(len(labels), p, d))
-    cls = patches.mean(axis=1)
-    return TokenData(patches.astype(np.float32), cls.astype(np.float32), labels)
-
-
-def _dense(d=8, n_classes=3, n_features=6):
-    torch.manual_seed(0)
-    return DinoQPM(d, n_classes, n_layers=2, hidden_size=8, n_features=n_features).eval()
-
-
-def _head(n_classes=3, k=3, seed=1):
-    rng = np.random.default_rng(seed)
-    return rng.normal(size=(n_classes, k)).astype(np.float32), rng.normal(size=n_classes).astype(np.float32)
 
 
 def test_method_settings_take_the_profile_fields():
@@ -47,10 +27,10 @@ def test_method_settings_take_the_profile_fields():
 
 
 def test_finetune_sparse_keeps_w_and_b_frozen_and_trains_the_rest():
-    data = _tokens()
-    dense = _dense()
+    data = class_tokens()
+    dense = tiny_dense()
     mlp_before = [p.detach().clone() for p in dense.mlp.parameters()]
-    weight, bias = _head()
+    weight, bias = real_head()
     stage = StageConfig("finetune", epochs=2, batch_size=6, lr=1e-2, weight_decay=0.0, fdl=0.196)
     model, history = finetune_sparse(dense, data, [1, 3, 5], weight, bias, np.zeros(3), np.ones(3), stage, seed=0)
     assert len(history.epochs) == 2
@@ -61,9 +41,9 @@ def test_finetune_sparse_keeps_w_and_b_frozen_and_trains_the_rest():
 
 
 def test_fit_qsenn_gives_ternary_weights_and_one_history_per_iteration():
-    data = _tokens(n_per_class=10)
+    data = class_tokens(n_per_class=10)
     stage = StageConfig("finetune", epochs=1, batch_size=10, lr=1e-2, weight_decay=0.0, fdl=0.196)
-    model, histories = fit_qsenn(_dense(), data, [0, 2, 3, 5], 1, stage, [(1, 1e-2), (2, 5e-3)], seed=0,
+    model, histories = fit_qsenn(tiny_dense(), data, [0, 2, 3, 5], 1, stage, [(1, 1e-2), (2, 5e-3)], seed=0,
                                  settings=FAST_QSENN)
     assert [len(h.epochs) for h in histories] == [1, 2]
     w = model.weight.numpy()
@@ -71,4 +51,4 @@ def test_fit_qsenn_gives_ternary_weights_and_one_history_per_iteration():
     assert len(magnitudes) == 1  # {-m, 0, +m}
     assert (w != 0).sum() <= 3  # N_c * n_per_class kept
     with pytest.raises(ValueError, match="schedule"):
-        fit_qsenn(_dense(), data, [0, 2], 1, stage, [], seed=0, settings=FAST_QSENN)
+        fit_qsenn(tiny_dense(), data, [0, 2], 1, stage, [], seed=0, settings=FAST_QSENN)

@@ -3,39 +3,19 @@
 import numpy as np
 import pytest
 import torch
+from model_fixtures import class_tokens, real_head, tiny_dense
 
-from qpmlib.model import DinoQPM, SparseHeadModel
 from qpmlib.figures.explanations import cam_figure
+from qpmlib.model import DinoQPM, SparseHeadModel
 from qpmlib.runs.evaluate import cam, maps_for_rows, model_metrics
 from qpmlib.train import TokenData
 
 
-
-def _tokens(n_per_class=6, n_classes=3, p=4, d=8, seed=0):
-    """Tokens whose patch means depend on the class, so a tiny model can learn them."""
-    rng = np.random.default_rng(seed)
-    labels = np.repeat(np.arange(n_classes), n_per_class)
-    centres = rng.normal(size=(n_classes, d)) * 2
-    patches = centres[labels][:, None, :] + rng.normal(size=(len(labels), p, d))
-    cls = patches.mean(axis=1)
-    return TokenData(patches.astype(np.float32), cls.astype(np.float32), labels)
-
-
-def _dense(d=8, n_classes=3, n_features=6):
-    torch.manual_seed(0)
-    return DinoQPM(d, n_classes, n_layers=2, hidden_size=8, n_features=n_features).eval()
-
-
-def _head(n_classes=3, k=3, seed=1):
-    rng = np.random.default_rng(seed)
-    return rng.normal(size=(n_classes, k)).astype(np.float32), rng.normal(size=n_classes).astype(np.float32)
-
-
 def test_model_metrics_keys_and_sid_threshold():
-    data = _tokens()
-    weight, bias = _head()
+    data = class_tokens()
+    weight, bias = real_head()
     weight[:, 0] = 0.0  # feature 0 unused: only two "rel" features, one per row at most two non-zeros
-    model = SparseHeadModel(_dense(), [0, 1, 2], weight, bias, np.zeros(3), np.ones(3)).eval()
+    model = SparseHeadModel(tiny_dense(), [0, 1, 2], weight, bias, np.zeros(3), np.ones(3)).eval()
     masks = np.ones((len(data), 2, 2), dtype=bool)
     m, ev, feats = model_metrics(model, data, data, k=2, masks=masks, seconds_per_epoch=1.5)
     assert set(m) == {"accuracy", "plausibility", "sid_at_5", "class_independence", "contrastiveness",

@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 import torch
+from model_fixtures import class_tokens, real_head, tiny_dense
 from torch import nn
 
 from qpmlib.config import ModelConfig
 from qpmlib.model import DinoQPM, SparseHeadModel, build_model, join_tokens
-from qpmlib.train import TokenData
 
 
 @pytest.fixture(autouse=True)
@@ -144,33 +144,13 @@ def test_join_tokens_puts_cls_last_and_checks_shapes():
 # ------------------------------------------------------------------ SparseHeadModel (DINO-SLDD / DINO-QSENN head)
 
 
-def _class_tokens(n_per_class=6, n_classes=3, p=4, d=8, seed=0):
-    """Tokens whose patch means depend on the class, so a tiny model can learn them."""
-    rng = np.random.default_rng(seed)
-    labels = np.repeat(np.arange(n_classes), n_per_class)
-    centres = rng.normal(size=(n_classes, d)) * 2
-    patches = centres[labels][:, None, :] + rng.normal(size=(len(labels), p, d))
-    cls = patches.mean(axis=1)
-    return TokenData(patches.astype(np.float32), cls.astype(np.float32), labels)
-
-
-def _sparse_base(d=8, n_classes=3, n_features=6):
-    torch.manual_seed(0)
-    return DinoQPM(d, n_classes, n_layers=2, hidden_size=8, n_features=n_features).eval()
-
-
-def _sparse_head_weights(n_classes=3, k=3, seed=1):
-    rng = np.random.default_rng(seed)
-    return rng.normal(size=(n_classes, k)).astype(np.float32), rng.normal(size=n_classes).astype(np.float32)
-
-
 def test_sparse_head_forward_matches_formula_and_sorts_selection():
-    dense = _sparse_base()
-    weight, bias = _sparse_head_weights()
+    dense = tiny_dense()
+    weight, bias = real_head()
     mean, std = np.array([0.1, 0.2, 0.3], np.float32), np.array([1.0, 2.0, 0.5], np.float32)
     model = SparseHeadModel(dense, [4, 0, 2], weight, bias, mean, std).eval()
     assert model.selected.tolist() == [0, 2, 4]
-    x = _class_tokens().batch(np.arange(5))
+    x = class_tokens().batch(np.arange(5))
     out = model(x)
     pooled = dense.mlp(x)[:, :-1].mean(dim=1)  # (B, N_f)
     order = [1, 2, 0]  # positions of 0, 2, 4 in the given selection [4, 0, 2]
@@ -184,8 +164,8 @@ def test_sparse_head_forward_matches_formula_and_sorts_selection():
 
 
 def test_sparse_head_rejects_bad_shapes():
-    dense = _sparse_base()
-    weight, bias = _sparse_head_weights()
+    dense = tiny_dense()
+    weight, bias = real_head()
     with pytest.raises(ValueError, match="distinct"):
         SparseHeadModel(dense, [0, 0, 1], weight, bias, np.zeros(3), np.ones(3))
     with pytest.raises(ValueError, match="shape"):
@@ -195,10 +175,10 @@ def test_sparse_head_rejects_bad_shapes():
 
 
 def test_both_heads_share_one_trunk():
-    dense = _sparse_base()
-    weight, bias = _sparse_head_weights()
+    dense = tiny_dense()
+    weight, bias = real_head()
     model = SparseHeadModel(dense, [0, 2, 4], weight, bias, np.zeros(3), np.ones(3)).eval()
-    x = _class_tokens().batch(np.arange(5))
+    x = class_tokens().batch(np.arange(5))
     pooled, maps = dense.encode(x)
     out = model(x)
     torch.testing.assert_close(out.features, pooled[:, [0, 2, 4]])
