@@ -89,3 +89,24 @@ def test_run_methods_computes_all_seeds_then_only_loads(method, tmp_path, monkey
         assert 0.0 <= again.metrics["accuracy"] <= 1.0
     with pytest.raises(FileNotFoundError, match="no stored"):
         methods.run_method(method, "smoke", 2, compute=False)
+
+
+@pytest.mark.slow
+def test_the_baselines_fine_tune_with_the_profiles_training_settings(tmp_path, monkeypatch):
+    """The SLDD/QSENN fine-tune takes precision, FDL scale, device and BN recalibration from the profile."""
+    from qpmlib.runs import baselines
+
+    monkeypatch.setenv("QPMLIB_HOME", str(tmp_path))
+    torch.set_num_threads(1)
+    seen = []
+    real = baselines.train_dense
+    monkeypatch.setattr(baselines, "train_dense", lambda model, data, st, **kw: seen.append((st, kw)) or
+                        real(model, data, st, **kw))
+    overrides = {"train.dense_epochs": 1, "train.ft_epochs": 1, "train.precision": "bf16",
+                 "train.fdl_scale": "map_mean", "train.recalibrate_bn": True}
+    run = methods.run_method("dino_sldd", "smoke", 0, overrides=overrides)
+    (stage, kwargs), = seen
+    assert (stage.stage, stage.epochs, stage.precision, stage.fdl_scale) == ("finetune", 1, "bf16", "map_mean")
+    assert kwargs["device"] == "cpu" and kwargs["recalibrate_bn"] is True
+    assert run.stages["dino_sldd"].config["recalibrate_bn"] is True
+    assert run.stages["dino_sldd"].config["finetune"]["precision"] == "bf16"
