@@ -2,6 +2,7 @@
 
 import dataclasses
 import math
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -12,15 +13,19 @@ from qpmlib.config import apply_overrides, get_profile
 
 
 def fake_runner(calls):
-    """Metrics that are closed-form functions of the overrides, so the tables can be checked exactly."""
+    """Runs whose metrics are closed-form functions of the overrides, so the tables can be checked exactly."""
 
-    def run(prof, seed, overrides):
-        calls.append((seed, dict(overrides)))
+    def metrics(seed, overrides):
         acc = 0.5 + 0.01 * overrides.get("train.ft_l1_fm", 0.0) + 0.001 * seed
         out = {"dense": {"accuracy": 0.5 + 0.001 * seed, "sid_at_5": 0.9, "solver": "open"}}
         if overrides.get("model.n_layers", 1) > 0:
             out["dino_qpm"] = {"accuracy": acc, "sid_at_5": None}
         return out
+
+    def run(method, prof, seeds, *, overrides, verbose):
+        assert method == "dino_qpm"
+        calls.extend((seed, dict(overrides)) for seed in seeds)
+        return [SimpleNamespace(seed=s, stage_metrics=lambda s=s: metrics(s, overrides)) for s in seeds]
 
     return run
 
@@ -75,6 +80,10 @@ def test_sweep_grid_runs_the_product_and_writes_long_rows():
     assert list(df.columns) == ["n_layers", "l1_fm", "seed", "stage", "metric", "value"]
     assert len(calls) == 2 * 2 * 2
     assert calls[0] == (0, {"model.n_layers": 0, "train.ft_l1_fm": 0.0})
+    points = sweeps.sweep_requests("smoke", {"n_layers": (0, 2), "l1_fm": (0.0, 5.0)}, seeds=(0, 1))
+    assert [c for c, _ in points] == [{"n_layers": 0, "l1_fm": 0.0}, {"n_layers": 0, "l1_fm": 5.0},
+                                      {"n_layers": 2, "l1_fm": 0.0}, {"n_layers": 2, "l1_fm": 5.0}]
+    assert [(seed, dict(r.overrides)) for _, r in points for seed in r.seeds] == calls
     # n_layers = 0 has no QPM stage; the string metric is dropped; None becomes NaN
     assert set(df.loc[df.n_layers == 0, "stage"]) == {"dense"}
     assert "solver" not in set(df.metric)
@@ -93,6 +102,16 @@ def test_sweep_defaults_to_profile_grid_and_seeds_and_keeps_fixed_overrides():
     assert all(c[1]["train.ft_epochs"] == 1 for c in calls)
     assert list(zip(df.n_selected, df.n_per_class))[0] == prof.sweeps.sparsity[0]
     assert set(df.stage) == {"dino_qpm"}
+
+
+def test_figure_sweeps_are_the_figures_grids():
+    calls = []
+    prof = get_profile("smoke")
+    df = sweeps.figure_sweep(prof, "fig7", runner=fake_runner(calls))
+    assert list(df.columns)[:2] == ["n_layers", "pooling"]
+    assert len(calls) == len(prof.sweeps.n_layers) * 2 * len(prof.sweeps.seeds or prof.seeds)
+    with pytest.raises(ValueError, match="fig7"):
+        sweeps.figure_sweep(prof, "fig10", runner=fake_runner(calls))
 
 
 def test_sweep_grid_rejects_bad_input():

@@ -54,6 +54,17 @@ def test_table1_records_long_format():
     assert cell["difference"].item() == pytest.approx(55.0 - 88.3)
 
 
+def test_the_records_run_exactly_their_tables_requests():
+    calls = []
+    ex.table1_records("paper", seeds=[0, 1], methods=["dense", "dino_qpm"], runner=_fake_runner(calls))
+    requests = ex.table1_requests("paper", seeds=[0, 1], methods=["dense", "dino_qpm"])
+    assert calls == [(r.method, s, dict(r.overrides)) for _, r in requests for s in r.seeds]
+    assert [d for d, _ in requests] == ["cub", "cub", "cars", "cars"]
+    rows = dict(ex.table3_requests("demo"))
+    assert set(rows) == set(TABLE3_SETTINGS) and dict(rows["cls_noreg"].overrides)["backbone.name"] == "dinov2_vits14"
+    assert [b for b, _ in ex.table4_requests("smoke")] == ["tiny_vit_test"]
+
+
 def test_table1_records_rejects_unknown_method_and_empty_seeds():
     with pytest.raises(ValueError, match="linear_probe"):
         ex.table1_records("smoke", methods=["probe"], runner=_fake_runner([]))

@@ -1,13 +1,15 @@
 """Sweeps for the ablation chapters: run a grid of pipeline variations and return long tables (Figs. 7-13).
 
 Each sweep parameter maps to the profile field(s) the reference code's config changes for that experiment
-(reference_spec §8.3) and is passed to :func:`qpmlib.runs.dino_qpm.run_seeds` as a dotted override. The pipeline
+(reference_spec §8.3) and is passed to DINO-QPM's runs as a dotted override (:func:`sweep_requests` lists them
+as :class:`qpmlib.runs.methods.RunRequest` values, :func:`sweep_grid` runs them). The pipeline
 caches its three stages separately (``dense``, ``qp``, ``qpm``), each under a hash of what determines it, so a
 fine-tune-only variation (λ_L1-FM, λ_L1-FV, fine-tune λ_div) trains the dense model and solves the QP once per
 seed, and a sparsity variation trains the dense model once per seed; :data:`SWEEPS` records what each parameter
 reuses.
 
     df = sweep("smoke", "l1_fm")                         # grid from profile.sweeps.l1_fm, profile seeds
+    df = figure_sweep("smoke", "fig9")                   # the same: Fig. 9's grid (FIGURE_GRIDS)
     table = summarise(df)                                # qpmlib.analysis.summary: mean, std, n over seeds
     trend(table, "l1_fm", "accuracy", stage="dino_qpm")  # Spearman correlation of the means with λ
 
@@ -17,8 +19,9 @@ Long format (one row per run, stage and metric): the swept column(s) (``l1_fm``;
 ``value`` (fractions in [0, 1] for accuracy-like metrics; NaN where a metric is undefined, e.g. SID@5 with fewer
 than 5 features per class).
 
-Public names: :class:`Sweep`, :data:`SWEEPS`, :data:`STAGES`, :func:`sweep_values`, :func:`overrides_for`,
-:func:`sweep`, :func:`sweep_grid`, :func:`means_table`, :func:`trend`, :func:`spread`, :func:`stage_gap`.
+Public names: :class:`Sweep`, :data:`SWEEPS`, :data:`STAGES`, :data:`FIGURE_GRIDS`, :func:`sweep_values`,
+:func:`overrides_for`, :func:`sweep_requests`, :func:`sweep`, :func:`sweep_grid`, :func:`figure_sweep`,
+:func:`means_table`, :func:`trend`, :func:`spread`, :func:`stage_gap` and the chapters' small helpers.
 The paper's statements about these figures are judged by :mod:`qpmlib.analysis.claims`.
 """
 
@@ -38,7 +41,8 @@ from tqdm import tqdm
 from qpmlib.config import Profile, get_profile
 from qpmlib.model import POOLINGS
 from qpmlib.paper import METRICS, method_display, metric_display
-from qpmlib.runs.dino_qpm import run_seeds
+from qpmlib.runs.methods import RunRequest, run_methods
+from qpmlib.runs.run import Run
 
 __all__ = [
     "Sweep",
@@ -48,7 +52,10 @@ __all__ = [
     "sweep_values",
     "overrides_for",
     "sweep",
+    "sweep_requests",
     "sweep_grid",
+    "FIGURE_GRIDS",
+    "figure_sweep",
     "means_table",
     "trend",
     "spread",
@@ -67,8 +74,9 @@ SOURCE_LABELS = {"avg_pooling": "patches (F_froz)", "cls": "CLS (f_CLS)"}
 #: Stages a sweep reports: the dense model ("Dense F_froz") and the fine-tuned DINO-QPM.
 STAGES = ("dense", "dino_qpm")
 
-#: ``runner(profile, seed, overrides) -> {stage: {metric: value}}``; the default runs the pipeline.
-Runner = Callable[[Profile, int, dict[str, Any]], Mapping[str, Mapping[str, Any]]]
+#: ``runner(method, profile, seeds, *, overrides, verbose) -> list[Run]``, default
+#: :func:`qpmlib.runs.methods.run_methods` (results store; on a GPU the missing seeds train together).
+Runner = Callable[..., list[Run]]
 
 
 @dataclass(frozen=True)
@@ -114,6 +122,17 @@ def _check_param(param: str) -> Sweep:
     if param not in SWEEPS:
         raise ValueError(f"unknown sweep parameter {param!r}; valid: {', '.join(SWEEPS)}")
     return SWEEPS[param]
+
+
+#: The grid of each ablation figure of the paper (the values come from the profile's ``sweeps``).
+FIGURE_GRIDS: dict[str, dict[str, None]] = {
+    "fig7": {"n_layers": None, "pooling": None},
+    "fig8": {"sparsity": None},
+    "fig9": {"l1_fm": None},
+    "fig11": {"fdl": None},
+    "fig12": {"l1_fv": None},
+    "fig13": {"hidden_size": None, "n_features": None},
+}
 
 
 def sweep_values(profile: str | Profile, param: str) -> tuple[Any, ...]:
@@ -185,45 +204,33 @@ def _number(value: Any) -> float | None:
     return float(value)
 
 
-def sweep_grid(
+def sweep_requests(
     profile: str | Profile,
     grid: Mapping[str, Sequence[Any] | None],
     *,
     seeds: Sequence[int] | None = None,
-    stages: Sequence[str] = STAGES,
     fixed: Mapping[str, Any] | None = None,
-    runner: Runner | None = None,
-    verbose: bool = False,
-) -> pd.DataFrame:
-    """Run every combination of several sweep parameters for every seed (cached runs are only loaded).
+) -> list[tuple[dict[str, Any], RunRequest]]:
+    """The DINO-QPM runs of a sweep: every combination of the grid's values over the seeds.
 
     Args:
         profile: a profile or its name.
         grid: ``{param: values}`` with :data:`SWEEPS` keys; None takes :func:`sweep_values`. The full product
             is run, e.g. ``{"n_layers": None, "pooling": None}`` for Fig. 7.
         seeds: run seeds; None: ``profile.sweeps.seeds``, or the profile's seeds when that is empty.
-        stages: which stages to report, a subset of :data:`STAGES`. A run without a QPM stage
-            (``model.n_layers == 0``, reference_spec §6.1) gives dense rows only.
         fixed: further dotted overrides applied to every run (must not touch the swept fields).
-        runner: computes one run's metrics; default :func:`qpmlib.runs.dino_qpm.run_seeds` over all seeds of a
-            grid point (results store; on a GPU the missing seeds train together).
-        verbose: a progress bar over the runs, and the pipeline's own progress.
 
     Returns:
-        Long DataFrame with one column per swept value (``Sweep.columns``), then ``seed``, ``stage``,
-        ``metric`` and ``value`` (float, NaN when undefined); non-numeric metrics are dropped. Rows follow the
-        grid order, seeds innermost.
+        ``(columns, request)`` per grid point in grid order, ``columns`` holding the swept values
+        (:attr:`Sweep.columns`).
 
     Raises:
-        ValueError: unknown parameter or stage, an empty grid or seed list, or two parameters (or ``fixed``)
-            setting the same field.
+        ValueError: unknown parameter, an empty grid or seed list, or two parameters (or ``fixed``) setting the
+            same field.
     """
     prof = get_profile(profile)
     if not grid:
         raise ValueError("grid is empty; give at least one parameter, e.g. {'l1_fm': None}")
-    bad = [s for s in stages if s not in STAGES]
-    if bad or not stages:
-        raise ValueError(f"stages must be a non-empty subset of {STAGES}, got {list(stages)}")
     seeds = tuple((prof.sweeps.seeds or prof.seeds) if seeds is None else seeds)
     if not seeds:
         raise ValueError("seeds is empty; pass None for the profile's seeds")
@@ -237,26 +244,72 @@ def sweep_grid(
             if key in owners:
                 raise ValueError(f"{p!r} and {owners[key]!r} both set {key}; sweep each field once")
             owners[key] = p
-    combos = list(itertools.product(*values.values()))
-    rows = []
-    for combo in tqdm(combos, desc="sweep", disable=not verbose):
+    out = []
+    for combo in itertools.product(*values.values()):
         overrides = dict(fixed or {})
         columns: dict[str, Any] = {}
         for p, v in zip(values, combo):
             overrides.update(overrides_for(p, v))
             columns.update(_columns(p, v))
-        if runner is None:  # all seeds at once: on a GPU the missing ones train together
-            found = {r.seed: r.stage_metrics() for r in run_seeds(prof, seeds, overrides=overrides,
-                                                                     verbose=verbose)}
-        for seed in seeds:
-            metrics = found[seed] if runner is None else runner(prof, seed, overrides)
+        out.append((columns, RunRequest.of("dino_qpm", seeds, overrides)))
+    return out
+
+
+def sweep_grid(
+    profile: str | Profile,
+    grid: Mapping[str, Sequence[Any] | None],
+    *,
+    seeds: Sequence[int] | None = None,
+    stages: Sequence[str] = STAGES,
+    fixed: Mapping[str, Any] | None = None,
+    runner: Runner = run_methods,
+    verbose: bool = False,
+) -> pd.DataFrame:
+    """Run (or load) every combination of several sweep parameters for every seed (:func:`sweep_requests`).
+
+    Args:
+        profile, grid, seeds, fixed: see :func:`sweep_requests`.
+        stages: which stages to report, a subset of :data:`STAGES`. A run without a QPM stage
+            (``model.n_layers == 0``, reference_spec §6.1) gives dense rows only.
+        runner: runs DINO-QPM over the seeds of one grid point (:data:`Runner`).
+        verbose: a progress bar over the grid points, and the pipeline's own progress.
+
+    Returns:
+        Long DataFrame with one column per swept value (``Sweep.columns``), then ``seed``, ``stage``,
+        ``metric`` and ``value`` (float, NaN when undefined); non-numeric metrics are dropped. Rows follow the
+        grid order, seeds innermost.
+
+    Raises:
+        ValueError: unknown parameter or stage, and see :func:`sweep_requests`.
+    """
+    prof = get_profile(profile)
+    bad = [s for s in stages if s not in STAGES]
+    if bad or not stages:
+        raise ValueError(f"stages must be a non-empty subset of {STAGES}, got {list(stages)}")
+    requests = sweep_requests(prof, grid, seeds=seeds, fixed=fixed)
+    rows = []
+    for columns, request in tqdm(requests, desc="sweep", disable=not verbose):
+        for run in runner(request.method, prof, request.seeds, overrides=dict(request.overrides), verbose=verbose):
+            metrics = run.stage_metrics()
             for stage in stages:
                 for name, raw in metrics.get(stage, {}).items():
                     number = _number(raw)
                     if number is not None:
-                        rows.append({**columns, "seed": seed, "stage": stage, "metric": name, "value": number})
-    cols = [c for p in values for c in SWEEPS[p].columns] + ["seed", "stage", "metric", "value"]
+                        rows.append({**columns, "seed": run.seed, "stage": stage, "metric": name, "value": number})
+    cols = [c for p in grid for c in SWEEPS[p].columns] + ["seed", "stage", "metric", "value"]
     return pd.DataFrame.from_records(rows, columns=cols)
+
+
+def figure_sweep(profile: str | Profile, figure: str, *, seeds: Sequence[int] | None = None,
+                 runner: Runner = run_methods, verbose: bool = False) -> pd.DataFrame:
+    """The sweep behind one ablation figure (:data:`FIGURE_GRIDS`), as :func:`sweep_grid` returns it.
+
+    Raises:
+        ValueError: for a figure without a grid (lists the figures).
+    """
+    if figure not in FIGURE_GRIDS:
+        raise ValueError(f"no sweep for {figure!r}; figures: {', '.join(FIGURE_GRIDS)}")
+    return sweep_grid(profile, FIGURE_GRIDS[figure], seeds=seeds, runner=runner, verbose=verbose)
 
 
 def sweep(
@@ -267,7 +320,7 @@ def sweep(
     seeds: Sequence[int] | None = None,
     stages: Sequence[str] = STAGES,
     fixed: Mapping[str, Any] | None = None,
-    runner: Runner | None = None,
+    runner: Runner = run_methods,
     verbose: bool = False,
 ) -> pd.DataFrame:
     """One-parameter sweep: :func:`sweep_grid` with ``{param: values}``.

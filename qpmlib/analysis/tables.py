@@ -1,7 +1,8 @@
 """Tables 1-4 and Fig. 2 of the paper from runs: long-format records, Patch Contextualisation, the radar, the QP.
 
-Every ``*_records`` function runs (or loads from the results store) what its table needs over the profile's
-seeds and returns a long DataFrame with one row per (row, seed, metric): columns ``method``, ``dataset``,
+Every ``*_requests`` function says which runs its table needs (:class:`qpmlib.runs.methods.RunRequest`, each
+with the key of its table row), and the ``*_records`` function of the same table runs (or loads from the results
+store) exactly those and returns a long DataFrame with one row per (row, seed, metric): columns ``method``, ``dataset``,
 ``seed``, ``metric``, ``value`` (Tables 3-4 add ``row``), ready for :func:`qpmlib.analysis.summary.summarise`.
 Values are fractions as the metrics return them (None becomes NaN); only metrics of
 :data:`qpmlib.paper.METRICS` are kept. Table 1 reports SID as SID@k with ``k = sid_k(profile)``
@@ -35,15 +36,19 @@ from qpmlib.qp import QPMSolution, selection_summary
 from qpmlib.runs.checks import check_profile
 from qpmlib.runs.dino_qpm import run_dino_qpm
 from qpmlib.runs.evaluate import sid_at
-from qpmlib.runs.methods import METHOD_KEYS, METHODS, run_methods, sid_k
+from qpmlib.runs.methods import METHOD_KEYS, METHODS, RunRequest, run_methods, sid_k
 from qpmlib.runs.run import Run
 
 __all__ = [
     "dataset_overrides",
+    "table1_requests",
     "table1_records",
     "table3_backbones",
+    "table3_requests",
     "table3_records",
+    "table4_requests",
     "table4_records",
+    "OPEN_SOLVER_CHECK",
     "reproduced_tables",
     "patch_contextualisation_of",
     "backbone_cosines",
@@ -88,6 +93,29 @@ def dataset_overrides(profile: str | Profile) -> dict[str, dict[str, Any]]:
     return {prof.data.dataset: {}, **{d: {"data.dataset": d} for d in prof.extra_datasets}}
 
 
+def _run(runner: Runner, prof: Profile, request: RunRequest) -> list[Run]:
+    return runner(request.method, prof, request.seeds, overrides=dict(request.overrides), verbose=False)
+
+
+def table1_requests(profile: str | Profile, seeds: Sequence[int] | None = None, *,
+                    methods: Sequence[str] = METHOD_KEYS) -> list[tuple[str, RunRequest]]:
+    """The runs of Tables 1 and 2: every method on every dataset (:func:`dataset_overrides`) over the seeds.
+
+    Returns:
+        ``(dataset, request)`` pairs, datasets outermost, methods in ``methods`` order.
+
+    Raises:
+        ValueError: for an unknown method or empty seeds.
+    """
+    prof = get_profile(profile)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; valid: {', '.join(METHODS)}")
+    seeds = _seeds(prof, seeds)
+    return [(dataset, RunRequest.of(method, seeds, overrides))
+            for (dataset, overrides), method in itertools.product(dataset_overrides(prof).items(), methods)]
+
+
 def table1_records(profile: str | Profile, seeds: Sequence[int] | None = None, *,
                    methods: Sequence[str] = METHOD_KEYS, runner: Runner = run_methods,
                    verbose: bool = False) -> pd.DataFrame:
@@ -107,17 +135,12 @@ def table1_records(profile: str | Profile, seeds: Sequence[int] | None = None, *
     Raises:
         ValueError: for an unknown method or empty seeds.
     """
-    prof = get_profile(profile)
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise ValueError(f"unknown method(s) {unknown}; valid: {', '.join(METHODS)}")
-    seeds, k = _seeds(prof, seeds), sid_k(prof)
-    jobs = list(itertools.product(dataset_overrides(prof).items(), methods))
+    prof, k = get_profile(profile), sid_k(profile)
     rows: list[dict[str, Any]] = []
-    for (dataset, overrides), method in tqdm(jobs, desc="Table 1", disable=not verbose):
-        for run in runner(method, prof, seeds, overrides=overrides, verbose=False):
+    for dataset, request in tqdm(table1_requests(prof, seeds, methods=methods), desc="Table 1", disable=not verbose):
+        for run in _run(runner, prof, request):
             metrics = run.metrics | {"sid_at_5": sid_at(run, k)}
-            rows += _rows(metrics, method=method, dataset=dataset, seed=run.seed)
+            rows += _rows(metrics, method=request.method, dataset=dataset, seed=run.seed)
     return pd.DataFrame(rows, columns=_COLUMNS)
 
 
@@ -141,6 +164,18 @@ def table3_backbones(profile: str | Profile) -> dict[str, str | None]:
     return {row: variants.get(bool(s["registers"])) for row, s in TABLE3_SETTINGS.items()}
 
 
+def table3_requests(profile: str | Profile, seeds: Sequence[int] | None = None) -> list[tuple[str, RunRequest]]:
+    """The runs of Table 3: DINO-QPM with each available row's pooling and backbone (:func:`table3_backbones`).
+
+    Returns:
+        ``(row, request)`` pairs in :data:`qpmlib.paper.TABLE3_SETTINGS` order.
+    """
+    prof = get_profile(profile)
+    return [(row, RunRequest.of("dino_qpm", _seeds(prof, seeds),
+                                {"model.pooling": TABLE3_SETTINGS[row]["pooling"], "backbone.name": backbone}))
+            for row, backbone in table3_backbones(prof).items() if backbone is not None]
+
+
 def table3_records(profile: str | Profile, seeds: Sequence[int] | None = None, *, runner: Runner = run_methods,
                    verbose: bool = False) -> pd.DataFrame:
     """Table 3: DINO-QPM with the f_CLS or F_froz input source, with and without registers.
@@ -160,11 +195,9 @@ def table3_records(profile: str | Profile, seeds: Sequence[int] | None = None, *
         this profile are absent.
     """
     prof = get_profile(profile)
-    backbones = {row: b for row, b in table3_backbones(prof).items() if b is not None}
     rows: list[dict[str, Any]] = []
-    for row, backbone in tqdm(list(backbones.items()), desc="Table 3", disable=not verbose):
-        overrides = {"model.pooling": TABLE3_SETTINGS[row]["pooling"], "backbone.name": backbone}
-        for run in runner("dino_qpm", prof, _seeds(prof, seeds), overrides=overrides, verbose=False):
+    for row, request in tqdm(table3_requests(prof, seeds), desc="Table 3", disable=not verbose):
+        for run in _run(runner, prof, request):
             rows += _rows({k: run.metrics.get(k) for k in ("accuracy", "plausibility")},
                           row=row, method="dino_qpm", dataset=prof.data.dataset, seed=run.seed)
     return pd.DataFrame(rows, columns=["row", *_COLUMNS])
@@ -210,6 +243,24 @@ def backbone_cosines(profile: str | Profile, backbone: str, split: str = "test")
     return patch_cls_cosines(store.patch_tokens, store.cls)
 
 
+def table4_requests(profile: str | Profile, seeds: Sequence[int] | None = None, *,
+                    backbones: Sequence[str] | None = None) -> list[tuple[str, RunRequest]]:
+    """The runs of Table 4: DINO-QPM on each backbone (default: ``profile.sweeps.backbones``).
+
+    Returns:
+        ``(backbone, request)`` pairs.
+
+    Raises:
+        ValueError: for an unknown backbone (lists the valid ones).
+    """
+    prof = get_profile(profile)
+    names = list(prof.sweeps.backbones if backbones is None else backbones)
+    unknown = [b for b in names if b not in BACKBONES]
+    if unknown:
+        raise ValueError(f"unknown backbone(s) {unknown}; valid: {', '.join(BACKBONES)}")
+    return [(b, RunRequest.of("dino_qpm", _seeds(prof, seeds), {"backbone.name": b})) for b in names]
+
+
 def table4_records(profile: str | Profile, seeds: Sequence[int] | None = None, *,
                    backbones: Sequence[str] | None = None, runner: Runner = run_methods,
                    context: Callable[[Profile, str], float] = patch_contextualisation_of,
@@ -230,15 +281,11 @@ def table4_records(profile: str | Profile, seeds: Sequence[int] | None = None, *
         patch_contextualisation.
     """
     prof = get_profile(profile)
-    names = list(prof.sweeps.backbones if backbones is None else backbones)
-    unknown = [b for b in names if b not in BACKBONES]
-    if unknown:
-        raise ValueError(f"unknown backbone(s) {unknown}; valid: {', '.join(BACKBONES)}")
     rows: list[dict[str, Any]] = []
-    for backbone in tqdm(names, desc="Table 4 backbones", disable=not verbose):
+    for backbone, request in tqdm(table4_requests(prof, seeds, backbones=backbones), desc="Table 4 backbones",
+                                  disable=not verbose):
         pc = context(prof, backbone)
-        for run in runner("dino_qpm", prof, _seeds(prof, seeds), overrides={"backbone.name": backbone},
-                          verbose=False):
+        for run in _run(runner, prof, request):
             rows += _rows({"accuracy": run.metrics.get("accuracy"), "patch_contextualisation": pc},
                           row=backbone, method="dino_qpm", dataset=prof.data.dataset, seed=run.seed)
     return pd.DataFrame(rows, columns=["row", *_COLUMNS])
@@ -258,6 +305,10 @@ def reproduced_tables(profile: str | Profile, seeds: Sequence[int] | None = None
 
 
 # ---------------------------------------------------------------------------------------------- the QP
+#: The second QP setting the main-results chapter compares with the profile's: the open solver with 1 s.
+OPEN_SOLVER_CHECK: dict[str, Any] = {"qp.solver": "open", "qp.time_limit": 1.0}
+
+
 def qp_overview(profile: str | Profile, seed: int = 0, *,
                 overrides: dict[str, Any] | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
     """DINO-QPM's stored selection: which features each class got, and the solver's certificate.

@@ -3,6 +3,7 @@
     runs = run_methods("dino_sldd", "demo", seeds=[0, 1, 2])   # computes what is missing, loads the rest
     run = run_method("linear_probe", "smoke", seed=0)
     run.metrics["accuracy"], run.model()
+    RunRequest.of("dino_qpm", [0, 1], {"qp.n_selected": 40}).run("demo")   # the same, as a value
 
 :data:`METHODS` maps each reproduced key of :data:`qpmlib.paper.METHODS` to a :class:`Method`: the profile
 fields the method sets and the head that follows its dense stage. Every method runs through the same dense
@@ -18,6 +19,11 @@ stage of :mod:`qpmlib.runs.dino_qpm` (its own dense stage where its fields diffe
 
 A method is one more entry here: its profile fields and its head (``"dense"``, ``"qpm"`` or a key of
 :data:`qpmlib.runs.baselines.SPARSE_HEADS`).
+
+A :class:`RunRequest` names one method over some seeds with some overrides: what a table or a figure needs from
+the results store. The analysis modules say which requests each table and figure needs
+(:func:`qpmlib.analysis.plan.book_requests` lists all of them), so the runs can be computed ahead, anywhere,
+before the chapters only load them.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ __all__ = [
     "method_profile",
     "run_methods",
     "run_method",
+    "RunRequest",
 ]
 
 #: Dense epochs of the linear probe in the reference code (`qpm/dinov2_no_mlp.yaml`, §6.1).
@@ -232,3 +239,35 @@ def run_method(method: str, profile: str | Profile, seed: int = 0, *, overrides:
                compute: bool = True, verbose: bool = False) -> Run:
     """Run (or load) one method of Table 1 for one seed (see :func:`run_methods`)."""
     return run_methods(method, profile, [seed], overrides=overrides, compute=compute, verbose=verbose)[0]
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """One method over some seeds with some profile overrides: a unit of work for the results store.
+
+    Attributes:
+        method: a key of :data:`METHODS`.
+        seeds: run seeds.
+        overrides: the caller's dotted overrides as sorted ``(key, value)`` pairs (hashable, so that requests
+            can be collected in a set).
+    """
+
+    method: str
+    seeds: tuple[int, ...]
+    overrides: tuple[tuple[str, Any], ...] = ()
+
+    @classmethod
+    def of(cls, method: str, seeds: Sequence[int], overrides: dict[str, Any] | None = None) -> "RunRequest":
+        """A request from plain arguments.
+
+        Raises:
+            ValueError: for an unknown method (lists the valid ones).
+        """
+        _method(method)
+        return cls(method, tuple(int(s) for s in seeds), tuple(sorted((overrides or {}).items())))
+
+    def run(self, profile: str | Profile, *, compute: bool = True, verbose: bool = False) -> list[Run]:
+        """:func:`run_methods` of this request: one :class:`~qpmlib.runs.run.Run` per seed."""
+        return run_methods(self.method, profile, self.seeds, overrides=dict(self.overrides), compute=compute,
+                           verbose=verbose)
+
