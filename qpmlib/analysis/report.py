@@ -1,7 +1,7 @@
 """The reproducibility report: what differs from the paper and why, and where the compute time went.
 
-* :data:`DISCREPANCIES` (reference_spec §10, with the variant the book uses and the option that switches it) and
-  :func:`discrepancy_table`;
+* :func:`discrepancy_table`: :data:`qpmlib.paper.DISCREPANCIES` (reference_spec §10, with the variant the book
+  uses and the option that switches it) as a table;
 * :func:`profile_differences`: what a profile changes with respect to the paper's setting;
 * :func:`compute_time`: the chapters' run times and the stored training stages' times;
 * :func:`setting_reason` and :func:`reproduction_counts`: why and how far a run can be compared with the paper.
@@ -20,44 +20,10 @@ import pandas as pd
 
 from qpmlib import paths
 from qpmlib.config import get_profile
-from qpmlib.paper import METRICS, claim
+from qpmlib.paper import DISCREPANCIES, METRICS, claim
 
-__all__ = ["DISCREPANCIES", "discrepancy_table", "profile_differences", "compute_time", "setting_reason",
+__all__ = ["discrepancy_table", "profile_differences", "compute_time", "setting_reason",
            "reproduction_counts"]
-
-#: reference_spec §10: (row, topic, paper, reference code, what this book does by default, the switch).
-DISCREPANCIES: tuple[tuple[int, str, str, str, str, str], ...] = (
-    (1, "input normalisation", "resize 224, dataset mean", "resize 224×224, dataset mean/std, then per-image "
-     "min-max to [0, 1]", "reference code", "data.normalisation = 'reference' | 'imagenet'"),
-    (2, "QP components", "A, R and a locality bias b", "b disabled; A and R only", "reference code",
-     "qpmlib.qp.solve_qpm(b=None)"),
-    (3, "R penalty", "as in QPM", "threshold chosen on 2R, penalty tested on R", "reference code",
-     "qp.r_mode = 'dinoqpm' | 'qpm' | 'none'"),
-    (4, "BLDD in fine-tune", "W_sparse · f^(s)", "W_bin · ((f_S − μ_S)/σ_S), μ, σ frozen from dense train "
-     "features, no bias", "reference code", "model.standardise = True | False"),
-    (5, "optimiser", "schedule-free Adam", "AdamWScheduleFree, averaged weights, no BN recalibration",
-     "reference code", "train.recalibrate_bn = False | True"),
-    (6, "epochs / batch", "40 / 50, batch 32 / 32", "main YAML 25 / 25, batch 32 / 16",
-     "reference code on `paper`; fewer epochs on demo/smoke", "train.dense_epochs, train.ft_epochs, batch sizes"),
-    (7, "λ_L1-FV", "1", "1 only in qpm/dinov2.yaml, 0 elsewhere", "1 (both agree for DINO-QPM)",
-     "train.ft_l1_fv"),
-    (8, "FDL scaling vector", "f_d / max f", "the post-dropout feature vector", "reference code",
-     "train.fdl_scale = 'features' | 'map_mean'"),
-    (9, "Plausibility data", "X_train", "test split", "reference code", "computed on the test split"),
-    (10, "Plausibility map", "Σ_d W_ĉd F_d", "the same minus its minimum", "reference code",
-     "qpmlib.metrics.plausibility(subtract_min=True | False)"),
-    (11, "SID@5 data", "X_train", "test split; samples whose class has ≥ 5 weights", "reference code",
-     "computed on the test split"),
-    (12, "GradCAM", "Grad-CAM", "CAM (weights × maps), no gradients", "reference code", "qpmlib.runs.evaluate.cam"),
-    (13, "MLP", "4 layers with ReLU and BN", "last layer also BN+ReLU → non-negative features", "reference code",
-     "model.last_layer_bn_relu = True | False"),
-    (14, "baselines", "pipeline closely resembling ours", "β 0.196, no L1 losses, head dropout 0.1, trainable "
-     "μ/σ; QSENN 4×25 epochs", "reference code",
-     "qpmlib.sparse.SLDDSettings / QSENNSettings; baselines.qsenn_schedule"),
-    (15, "pos-embed interpolation", "–", "antialias False, offset 0.1", "reference code",
-     "qpmlib.backbones.build_backbone(pos_embed_interpolation='reference' | 'hub')"),
-)
-
 
 def discrepancy_table() -> pd.DataFrame:
     """reference_spec §10 as a table, with the variant this book uses and the option that switches it.
