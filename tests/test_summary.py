@@ -53,7 +53,7 @@ def test_format_never_prints_nan():
         assert "nan" not in tables.format_mean_std(mean, float("nan")).lower()
 
 
-def test_summarise_runs_groups_and_counts():
+def test_summarise_groups_and_counts():
     records = pd.DataFrame({
         "method": ["dino_qpm"] * 4 + ["dense"] * 2,
         "dataset": ["cub"] * 6,
@@ -72,7 +72,7 @@ def test_summarise_runs_groups_and_counts():
     assert dense["std"] == 0.0
 
 
-def test_summarise_runs_needs_columns():
+def test_summarise_needs_columns():
     with pytest.raises(ValueError, match="seed"):
         tables.summarise(pd.DataFrame({"method": ["a"], "metric": ["accuracy"], "value": [1.0]}))
 

@@ -10,7 +10,7 @@ import pytest
 from qpmlib import paper
 from qpmlib.analysis import tables as ex
 from qpmlib.analysis.summary import beside_paper
-from qpmlib.analysis.summary import summarise as summarise_runs
+from qpmlib.analysis.summary import summarise
 from qpmlib.config import get_profile
 from qpmlib.paper import TABLE3_SETTINGS
 
@@ -46,7 +46,7 @@ def test_table1_records_long_format():
     assert df.loc[df["metric"] == "plausibility", "value"].isna().all()
     acc = df[(df.metric == "accuracy") & (df.seed == 1)]["value"]
     assert np.allclose(acc, 0.6)
-    summary = summarise_runs(df)
+    summary = summarise(df)
     row = summary[(summary.method == "dino_qpm") & (summary.dataset == "cub") & (summary.metric == "accuracy")]
     assert row["mean"].item() == pytest.approx(0.55) and row["std"].item() == pytest.approx(0.05)
     beside = beside_paper(summary, "table1")
@@ -109,7 +109,7 @@ def test_table4_records_context_once_per_backbone():
     assert seen == list(get_profile("demo").sweeps.backbones)
     pc = df[df.metric == "patch_contextualisation"]
     assert len(pc) == 2 * len(seen) and np.allclose(pc["value"], 0.25)
-    summary = summarise_runs(df)
+    summary = summarise(df)
     assert math.isclose(summary[summary.metric == "patch_contextualisation"]["std"].max(), 0.0)
     with pytest.raises(ValueError, match="dinov2_vits14"):
         ex.table4_records("demo", backbones=["vit_huge"], runner=runner, context=context)
