@@ -51,10 +51,10 @@ data: env
 	$(PY) data_scripts/make_synthbirds.py --profile $(PROFILE)
 
 run: env data
-	$(PY) -m qpmlib.bookrunner run --profile $(PROFILE)
+	$(PY) -m qpmlib.book.runner run --profile $(PROFILE)
 
 html: env vendor
-	$(PY) -m qpmlib.bookrunner build --profile $(PROFILE)
+	$(PY) -m qpmlib.book.runner build --profile $(PROFILE)
 
 book: env vendor data run html
 

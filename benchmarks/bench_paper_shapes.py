@@ -93,7 +93,7 @@ def _glm(per_class: int, n_lambdas: int, n_select: int, dtype_name: str, device:
     from bench_qp import class_structured_features
 
     from qpmlib.glm import FeatureMetadata, elastic_net_path
-    from qpmlib.sparse_baselines import SLDD, sldd_selection_order, standardise, train_val_split
+    from qpmlib.sparse import SLDD, sldd_selection_order, standardise, train_val_split
 
     dtype = getattr(torch, dtype_name)
     X, y = class_structured_features(n_classes=N_CLASSES, n_features=N_FEATURES, per_class=per_class)

@@ -22,7 +22,7 @@ except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from qpmlib.embeddings import SPLITS, get_store
-from qpmlib.profiles import PROFILES, default_profile_name, get_profile
+from qpmlib.config import PROFILES, default_profile_name, get_profile
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,7 @@ Examples:
     python data_scripts/make_synthbirds.py --paper-shapes      # 200 classes (CUB layout) + 196 (Cars layout)
 
 With --profile the folder is $QPMLIB_DATA/synthbirds-<hash of the sizes> (what the book's chapters use); an
-existing complete folder is reused. The sizes come from qpmlib.profiles unless overridden. ``--layout cars``
+existing complete folder is reused. The sizes come from qpmlib.config unless overridden. ``--layout cars``
 writes the same images in Stanford Cars' layout ($QPMLIB_DATA/synthcars-<hash>, read by qpmlib.data.cars).
 ``--paper-shapes`` writes both paper-shaped folders (dataset "synthbirds" with 200 classes and "synthcars" with
 196, PAPER_SHAPES_PER_CLASS images per class at --image-size, default 224 px) and prints the time each took.
@@ -24,9 +24,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from qpmlib.config import PROFILES, default_profile_name, get_profile  # noqa: E402
 from qpmlib.data import prepare, synthbirds  # noqa: E402
 from qpmlib.data.registry import synthbirds_root  # noqa: E402
-from qpmlib.profiles import PROFILES, default_profile_name, get_profile  # noqa: E402
 
 #: Paper-shaped generated data (issue 16): (dataset, classes) with PAPER_SHAPES_PER_CLASS = (train, test) images.
 PAPER_SHAPES = (("synthbirds", 200), ("synthcars", 196))

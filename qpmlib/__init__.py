@@ -1,24 +1,60 @@
 """qpmlib: the library behind the DINO-QPM reproducibility book.
 
-Modules follow the pipeline and import only from earlier stages. The names chapters use:
+The house reads top-down; a module imports only from its own layer or the layers above it in this list
+(``tests/test_layers.py`` checks every import):
 
-* ``profiles``: ``get_profile`` (smoke / demo / paper), ``PROFILES``; ``paths``: data, cache and results folders.
-* ``data``: ``prepare``, ``read_index``; ``data.synthbirds`` (``generate``, ``part_maps``, ``part_names``,
-  ``class_attributes``, ``sample_grid``); ``data.cub`` (``patch_mask(s)``, ``download_cub``); ``data.cars``;
-  ``data.images`` (``load_image``, the reference preprocessing).
-* ``backbones``: ``build_backbone``, ``BACKBONES``, ``pretrained_available``.
-* ``embeddings``: ``get_store``, ``extract``, ``EmbeddingStore`` (fingerprinted, memory-mapped token cache).
-* ``model``, ``losses``, ``train``: the adapter, the feature-diversity and L1 losses, the training stages.
-* ``qp``: ``qpm_matrices``, ``qpm_objective``, ``r_threshold``, ``solve_qpm`` (the QPM feature selection).
-* ``glm``, ``sparse_baselines``, ``baselines``: DINO-SLDD, DINO-QSENN and the linear probe.
-* ``results``: the content-addressed results store; ``pipeline``: ``run_dino_qpm``, ``load_run``, ``summarise``.
-* ``files``: locks between processes, atomic writes and checksums (used by ``embeddings``, ``results``, ``train``).
-* ``metrics``: ``accuracy``, ``plausibility``, ``sid_at_k``, ``class_independence``, ``contrastiveness``,
-  ``patch_contextualisation``, ``compactness``, ``part_alignment``.
-* ``explain``: local explanations, CAM, class-pair comparisons, top patches, failure categories.
-* ``paper``: the paper's reported numbers; ``tables`` and ``plots``: tables beside the paper and figures.
-* ``chapter``: ``start`` (provenance line and random-weights banner); ``walkthrough``: introduction figures.
-* ``bookrunner``: papermill in ``_toc.yml`` order, then the Jupyter Book build (``python -m qpmlib.bookrunner``).
+1. config: :mod:`qpmlib.config` (profiles, overrides), :mod:`qpmlib.paths`, :mod:`qpmlib.paper` (the paper's
+   numbers and claims, as data), :mod:`qpmlib.files` (locks between processes, atomic writes, checksums).
+2. data and features: :mod:`qpmlib.data` (dataset registry, SynthBirds, CUB, Cars, images),
+   :mod:`qpmlib.backbones`, :mod:`qpmlib.embeddings`.
+3. core: :mod:`qpmlib.model`, :mod:`qpmlib.losses`, :mod:`qpmlib.qp`, :mod:`qpmlib.train`, :mod:`qpmlib.glm`,
+   :mod:`qpmlib.sparse` (SLDD / Q-SENN), :mod:`qpmlib.metrics`, :mod:`qpmlib.heads` (prototype and cluster heads:
+   ProtoS-ViT, ProtoFM, KLC; named features).
+4. runs: :mod:`qpmlib.results` (the store) and :mod:`qpmlib.runs` (checks, the run type, the stages, the
+   methods of Table 1, evaluation, provenance; the local / Slurm executor and the archive export and import).
+5. analysis: :mod:`qpmlib.analysis` (summaries, claims, Tables 1-4, sweeps, pairs, failures, the report).
+6. figures: :mod:`qpmlib.figures` (every figure builder).
+7. book: :mod:`qpmlib.book` (chapter start and glue, views, the papermill runner).
+
+:data:`CHAPTER_API` lists, module by module, every name the chapters use (``tests/test_chapter_api.py`` keeps it
+complete): a chapter is a parameters cell, calls of these names and prose.
 """
 
 __version__ = "0.1.0"
+
+#: The names the chapters use, by module.
+CHAPTER_API: dict[str, tuple[str, ...]] = {
+    "qpmlib.book.chapter": ("start", "glue", "provenance"),
+    "qpmlib.book.views": ("figure_widget", "show_pair", "pair_widget", "show_failure_category", "failure_widget",
+                          "beside_paper_view", "beside_bars_widget"),
+    "qpmlib.book.runner": ("build_dir",),
+    "qpmlib.paper": ("TABLE3_SETTINGS", "TABLE4_BACKBONES", "claim", "method_display", "metric_display"),
+    "qpmlib.data": ("prepare", "read_index"),
+    "qpmlib.data.synthbirds": ("sample_grid",),
+    "qpmlib.data.images": ("load_image",),
+    "qpmlib.backbones": ("build_backbone", "pretrained_available"),
+    "qpmlib.embeddings": ("get_store",),
+    "qpmlib.model": ("build_model", "join_tokens"),
+    "qpmlib.metrics": ("patch_contextualisation",),
+    "qpmlib.runs.methods": ("METHOD_KEYS", "compact_sizes", "run_method", "sid_k"),
+    "qpmlib.analysis.summary": ("beside_paper", "beside_value", "format_mean_std", "gather_beside_paper",
+                                "method_gap", "paper_dataset_map", "paper_table", "reproduction_verdict",
+                                "styled", "summarise", "table_rows", "wide_table"),
+    "qpmlib.analysis.claims": ("agreeing", "judge", "judged", "verdict_table"),
+    "qpmlib.analysis.tables": ("OPEN_SOLVER_CHECK", "backbone_cosines", "our_radar", "paper_radar", "qp_overview",
+                               "radar_areas", "reproduced_tables", "solver_comparison", "table1_records",
+                               "table3_backbones", "table3_records", "table4_records"),
+    "qpmlib.analysis.sweeps": ("SOURCE_LABELS", "SWEEPS", "defined_metrics", "figure_sweep", "means_table",
+                               "min_trend", "shown_value", "spread", "stage_gap", "stage_means", "sweep_values",
+                               "trend", "value_at"),
+    "qpmlib.analysis.inspection": ("inspect_run",),
+    "qpmlib.analysis.pairs": ("class_pair_features", "confused_pairs_table", "default_pairs", "pair_part_scores"),
+    "qpmlib.analysis.failures": ("FAILURE_CATEGORIES", "category_counts", "confusing_features_table",
+                                 "failure_data", "failure_examples"),
+    "qpmlib.analysis.report": ("compute_time", "discrepancy_table", "profile_differences", "reproduction_counts",
+                               "setting_reason"),
+    "qpmlib.figures.plots": ("bar_beside_paper", "cosine_histogram", "depth_plot", "lambda_sweep_plot",
+                             "radar_plot", "sweep_heatmap"),
+    "qpmlib.figures.explanations": ("explanation_figure", "sweep_maps_figure"),
+    "qpmlib.figures.walkthrough": ("image_walkthrough",),
+}

@@ -42,8 +42,9 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from . import paths
+from . import data, paths
 from .backbones import FrozenBackbone, build_backbone
+from .config import get_profile
 from .data.images import NORMALISATIONS, load_image
 from .files import (
     IntegrityError,
@@ -537,7 +538,7 @@ def get_store(profile, split: str, *, verbose: bool = True) -> EmbeddingStore:
     """The (cached) embedding store of a profile's dataset split, extracting it on first use.
 
     Args:
-        profile: a :class:`qpmlib.profiles.Profile` or its name.
+        profile: a :class:`qpmlib.config.Profile` or its name.
         split: ``"train"`` or ``"test"``.
         verbose: show progress.
 
@@ -547,9 +548,6 @@ def get_store(profile, split: str, *, verbose: bool = True) -> EmbeddingStore:
     Raises:
         ValueError: unknown profile or split.
     """
-    from . import data
-    from .profiles import get_profile
-
     profile = get_profile(profile)
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")

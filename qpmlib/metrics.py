@@ -40,6 +40,7 @@ __all__ = [
     "contrastiveness",
     "contrastiveness_overlaps",
     "part_alignment",
+    "patch_cls_cosines",
     "patch_contextualisation",
     "plausibility",
     "plausibility_scores",
@@ -442,6 +443,54 @@ def contrastiveness(features: ArrayLike, seed: int = 0, *, method: str = "sklear
 # ----------------------------------------------------------------------------------------------------------------
 # Patch Contextualisation (Eq. 6-7; reference_spec §5.6)
 # ----------------------------------------------------------------------------------------------------------------
+def _batched_cosines(patch_tokens: ArrayLike, cls_tokens: ArrayLike, batch_size: int, verbose: bool):
+    """Yield, batch by batch, the float64 cosines cos(mean_p patch_p, CLS) computed in float32 (reference §5.6)."""
+    if patch_tokens.ndim != 3 or cls_tokens.ndim != 2:
+        raise ValueError(
+            f"expected patch_tokens (N, P, D) and cls_tokens (N, D), got shapes {tuple(patch_tokens.shape)} "
+            f"and {tuple(cls_tokens.shape)}"
+        )
+    n, _, d = patch_tokens.shape
+    if tuple(cls_tokens.shape) != (n, d):
+        raise ValueError(
+            f"cls_tokens must have shape (N, D) = {(n, d)} to match patch_tokens of shape "
+            f"{tuple(patch_tokens.shape)}, got {tuple(cls_tokens.shape)}"
+        )
+    if n == 0:
+        raise ValueError("patch contextualisation of an empty set is undefined; pass at least one image")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    for s in tqdm(range(0, n, batch_size), desc="patch contextualisation", disable=not verbose):
+        p = _tensor(patch_tokens[s : s + batch_size], "patch_tokens", 3, "(N, P, D)").float()  # (b, P, D)
+        c = _tensor(cls_tokens[s : s + batch_size], "cls_tokens", 2, "(N, D)").float().to(p.device)  # (b, D)
+        _check_finite(p, "patch_tokens")
+        _check_finite(c, "cls_tokens")
+        yield F.cosine_similarity(p.mean(dim=1), c, dim=1, eps=1e-12).double()  # (b,)
+
+
+def patch_cls_cosines(
+    patch_tokens: ArrayLike, cls_tokens: ArrayLike, *, batch_size: int = 256, verbose: bool = False
+) -> np.ndarray:
+    """Per-image cos(mean patch token, CLS token): the terms whose mean is :func:`patch_contextualisation`.
+
+    Streams over the images in batches like :func:`patch_contextualisation`, so an fp16 ``np.memmap`` is never
+    loaded whole; a zero vector has cosine 0 with anything.
+
+    Args:
+        patch_tokens: (N, P, D) patch tokens (numpy, memmap or torch).
+        cls_tokens: (N, D) CLS tokens.
+        batch_size: images read at once.
+        verbose: show a progress bar.
+
+    Returns:
+        (N,) float64 cosines.
+
+    Raises:
+        ValueError: for mismatched shapes, an empty set, a bad batch_size or non-finite tokens.
+    """
+    return torch.cat(list(_batched_cosines(patch_tokens, cls_tokens, batch_size, verbose))).cpu().numpy()
+
+
 def patch_contextualisation(
     patch_tokens: ArrayLike, cls_tokens: ArrayLike, *, batch_size: int = 256, verbose: bool = False
 ) -> float:
@@ -463,29 +512,10 @@ def patch_contextualisation(
     Raises:
         ValueError: for mismatched shapes, an empty set, a bad batch_size or non-finite tokens.
     """
-    if patch_tokens.ndim != 3 or cls_tokens.ndim != 2:
-        raise ValueError(
-            f"expected patch_tokens (N, P, D) and cls_tokens (N, D), got shapes {tuple(patch_tokens.shape)} "
-            f"and {tuple(cls_tokens.shape)}"
-        )
-    n, _, d = patch_tokens.shape
-    if tuple(cls_tokens.shape) != (n, d):
-        raise ValueError(
-            f"cls_tokens must have shape (N, D) = {(n, d)} to match patch_tokens of shape "
-            f"{tuple(patch_tokens.shape)}, got {tuple(cls_tokens.shape)}"
-        )
-    if n == 0:
-        raise ValueError("patch contextualisation of an empty set is undefined; pass at least one image")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     total = 0.0
-    for s in tqdm(range(0, n, batch_size), desc="patch contextualisation", disable=not verbose):
-        p = _tensor(patch_tokens[s : s + batch_size], "patch_tokens", 3, "(N, P, D)").float()  # (b, P, D)
-        c = _tensor(cls_tokens[s : s + batch_size], "cls_tokens", 2, "(N, D)").float().to(p.device)  # (b, D)
-        _check_finite(p, "patch_tokens")
-        _check_finite(c, "cls_tokens")
-        total += float(F.cosine_similarity(p.mean(dim=1), c, dim=1, eps=1e-12).double().sum())
-    return total / n
+    for cosines in _batched_cosines(patch_tokens, cls_tokens, batch_size, verbose):
+        total += float(cosines.sum())
+    return total / patch_tokens.shape[0]
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -10,6 +10,10 @@ arrays. The model is
     dense head:  v = Dropout(p)(f),  logits = Linear(N_f -> N_c, bias)(v)                        (§2.4)
     sparse head: v = f[:, S],        logits = W_bin · ((v - mu_S) / max(sigma_S, 1e-6)), no bias   (§2.5)
 
+:class:`SparseHeadModel` is the DINO-SLDD / DINO-QSENN variant of the sparse head (real or ternary weights, a
+bias, trainable mu and sigma, head dropout; §6.3-6.4). Both models run the same trunk (:meth:`Adapter.encode`:
+MLP, pooling, feature maps) and differ only in the head.
+
 Paper-vs-code differences (reference_spec §10) are options whose default is the reference code:
 
 * ``last_layer_bn_relu=True`` (row 13): the last MLP layer also has BN + ReLU, so features are >= 0.
@@ -27,7 +31,8 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["POOLINGS", "ModelOutput", "DinoQPM", "build_model", "check_selection", "join_tokens"]
+__all__ = ["POOLINGS", "STD_FLOOR", "ModelOutput", "Adapter", "DinoQPM", "SparseHeadModel", "build_model",
+           "check_selection", "join_tokens"]
 
 #: Valid values of ``pooling`` (reference_spec §2.3).
 POOLINGS = ("avg_pooling", "cls")
@@ -68,7 +73,37 @@ def _mlp(in_dim: int, n_layers: int, hidden_size: int, n_features: int, last_lay
     return nn.Sequential(*layers)
 
 
-class DinoQPM(nn.Module):
+class Adapter(nn.Module):
+    """The trunk every head sits on: the token MLP (``self.mlp``) and the pooling (``self.pooling``)."""
+
+    mlp: nn.Module
+    pooling: str
+
+    def encode(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the MLP on every token, pool the feature vector and lay the patch features out as maps.
+
+        Args:
+            tokens: (B, P + 1, D) patch tokens followed by the CLS token (last row); P must be a square number.
+
+        Returns:
+            ``(pooled (B, N_f), maps (B, N_f, H, W))``: pooled is the mean over the patches ("avg_pooling") or
+            the CLS row ("cls") (§2.3).
+
+        Raises:
+            ValueError: when P is not a square number.
+        """
+        n_patches = tokens.shape[1] - 1
+        side = math.isqrt(n_patches)
+        if side * side != n_patches:
+            raise ValueError(f"the number of patch tokens must be square, got P={n_patches} (CLS goes last)")
+        t = self.mlp(tokens)  # (B, P+1, N_f)
+        patches = t[:, :n_patches]  # (B, P, N_f)
+        pooled = patches.mean(dim=1) if self.pooling == "avg_pooling" else t[:, n_patches]  # (B, N_f)
+        maps = patches.transpose(1, 2).reshape(t.shape[0], -1, side, side)  # (B, N_f, H, W)
+        return pooled, maps
+
+
+class DinoQPM(Adapter):
     """MLP adapter, pooling and dense or sparse head (reference_spec §2).
 
     Args:
@@ -197,14 +232,7 @@ class DinoQPM(nn.Module):
         """
         if tokens.ndim != 3 or tokens.shape[-1] != self.in_dim:
             raise ValueError(f"tokens must have shape (B, P+1, {self.in_dim}), got {tuple(tokens.shape)}")
-        n_patches = tokens.shape[1] - 1
-        side = math.isqrt(n_patches)
-        if side * side != n_patches:
-            raise ValueError(f"the number of patch tokens must be square, got P={n_patches} (CLS goes last)")
-        t = self.mlp(tokens)  # (B, P+1, N_f)
-        patches = t[:, :n_patches]  # (B, P, N_f)
-        pooled = patches.mean(dim=1) if self.pooling == "avg_pooling" else t[:, n_patches]  # (B, N_f)
-        maps = patches.transpose(1, 2).reshape(t.shape[0], self.n_features, side, side)  # (B, N_f, H, W)
+        pooled, maps = self.encode(tokens)  # (B, N_f), (B, N_f, H, W)
         if not self.sparse:
             v = self.dropout(pooled) if noise is None else pooled * noise  # (B, N_f)
             return ModelOutput(self.head(v), v, maps)
@@ -213,6 +241,70 @@ class DinoQPM(nn.Module):
         v = pooled[:, self.selected]  # (B, N*_f)
         z = (v - self.feature_mean) / self.feature_std.clamp_min(STD_FLOOR) if self.standardise else v
         return ModelOutput(z @ self.assignment.T, v, maps[:, self.selected])
+
+
+class SparseHeadModel(Adapter):
+    """The MLP of a dense model under the SLDD/QSENN sparse layer (reference_spec §2.5, §6.3-6.4).
+
+    ``logits = W ((Dropout(f)_S - mu) / max(sigma, 1e-6)) + b`` with W and b frozen; mu and sigma are trainable
+    when ``train_normalisation`` (the SLDD/QSENN default), frozen otherwise. Unlike DINO-QPM's sparse head, W is
+    real-valued (SLDD) or ternary (QSENN) and there is a bias.
+
+    Args:
+        dense: the trained dense model; its MLP is reused (and trained further), its head is dropped.
+        selected: (K,) distinct feature indices; sorted ascending here (columns of ``weight`` follow them).
+        weight: (N_c, K) frozen weights in the order of ``selected``.
+        bias: (N_c,) frozen bias.
+        mean: (K,) initial mu, in the order of ``selected``.
+        std: (K,) initial sigma.
+        dropout: head dropout (0.1 for SLDD/QSENN).
+        train_normalisation: whether mu and sigma are trained.
+
+    Raises:
+        ValueError: for mismatched shapes or indices out of range.
+    """
+
+    sparse = False  # for qpmlib.train: this model is trained with an explicit StageConfig, not train_finetune
+
+    def __init__(self, dense: DinoQPM, selected, weight, bias, mean, std, *, dropout: float = 0.1,
+                 train_normalisation: bool = True) -> None:
+        super().__init__()
+        sel, order, w = check_selection(selected, weight, dense.n_features, dense.n_classes)
+        k = sel.numel()
+        vectors = [torch.as_tensor(np.asarray(v), dtype=torch.float32).flatten() for v in (bias, mean, std)]
+        if vectors[0].numel() != dense.n_classes or vectors[1].numel() != k or vectors[2].numel() != k:
+            raise ValueError(f"expected bias ({dense.n_classes},), mean ({k},) and std ({k},); got "
+                             f"{[v.numel() for v in vectors]}")
+        self.mlp = dense.mlp
+        self.pooling = dense.pooling
+        self.n_classes = dense.n_classes
+        self.dropout = nn.Dropout(dropout)
+        self.register_buffer("selected", sel[order])
+        self.register_buffer("weight", w[:, order])
+        self.register_buffer("bias", vectors[0])
+        self.mean = nn.Parameter(vectors[1][order], requires_grad=train_normalisation)
+        self.std = nn.Parameter(vectors[2][order], requires_grad=train_normalisation)
+
+    @property
+    def head_weight(self) -> torch.Tensor:
+        """(N_c, K) frozen weights (what the FDL and the metrics see)."""
+        return self.weight
+
+    def forward(self, tokens: torch.Tensor, noise: torch.Tensor | None = None) -> ModelOutput:
+        """Logits, the selected (post-dropout, un-standardised) features and their maps.
+
+        Args:
+            tokens: (B, P + 1, D) patch tokens followed by the CLS token.
+            noise: (B, K) dropout multipliers to use instead of the dropout layer (see :meth:`DinoQPM.forward`).
+
+        Returns:
+            :class:`ModelOutput` with logits (B, N_c), features (B, K), feature_maps (B, K, H, W).
+        """
+        pooled, maps = self.encode(tokens)  # (B, N_f), (B, N_f, H, W)
+        v = pooled[:, self.selected]
+        v = self.dropout(v) if noise is None else v * noise  # (B, K)
+        z = (v - self.mean) / self.std.clamp_min(STD_FLOOR)
+        return ModelOutput(z @ self.weight.T + self.bias, v, maps[:, self.selected])
 
 
 def check_selection(
@@ -244,7 +336,7 @@ def check_selection(
 
 
 def build_model(model_cfg, in_dim: int, n_classes: int, *, seed: int, last_layer_bn_relu: bool = True) -> DinoQPM:
-    """Build a :class:`DinoQPM` from a :class:`qpmlib.profiles.ModelConfig` with seeded initialisation.
+    """Build a :class:`DinoQPM` from a :class:`qpmlib.config.ModelConfig` with seeded initialisation.
 
     The global torch RNG is forked, so building a model does not shift anyone else's randomness.
 

@@ -1,9 +1,10 @@
-"""The paper's own numbers, as data (DINO-QPM, arXiv 2604.07166).
+"""The paper's own numbers, its claims and the paper-vs-code differences, as data (DINO-QPM, arXiv 2604.07166).
 
 Every value printed in Tables 1-4 of the paper, and every number its text states about Figs. 2 and 7-13,
-lives here as a literal, one line per table row, so that it can be checked against the paper by eye.
-Chapters put these next to the book's own results (``qpmlib.tables.beside_paper``); nothing here is
-computed.
+lives here as a literal, one line per table row, so that it can be checked against the paper by eye; so do the
+differences between the paper and the authors' code (:data:`DISCREPANCIES`, reference_spec §10).
+Chapters put these next to the book's own results (:mod:`qpmlib.analysis.summary`) and judge the claims with
+:mod:`qpmlib.analysis.claims`; nothing here is computed.
 
 Sources and caveats:
 
@@ -21,8 +22,8 @@ Sources and caveats:
   contrastiveness=0.293"; these contradict Table 1 and are not used.
 
 Public names: ``METHODS``, ``METRICS``, ``DATASETS``, ``TABLES``, ``TABLE3_SETTINGS``, ``TABLE4_BACKBONES``,
-``FIG2_AXES``, ``FIG2_METHODS``, ``CLAIMS``, ``paper_values``, ``paper_value``, ``method_display``,
-``metric_display``.
+``FIG2_AXES``, ``FIG2_METHODS``, ``CLAIMS`` (:func:`claim`), ``DISCREPANCIES``, ``paper_values``,
+``paper_value``, ``method_display``, ``metric_display``.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ METRICS: dict[str, Metric] = {
     )
 }
 
-#: Dataset keys as in ``qpmlib.profiles`` ("any": Table 2 does not name a dataset).
+#: Dataset keys as in ``qpmlib.config`` ("any": Table 2 does not name a dataset).
 DATASETS: dict[str, str] = {
     "cub": "CUB-200-2011",
     "cars": "Stanford Cars",
@@ -204,37 +205,94 @@ FIG2_METHODS: tuple[str, ...] = ("linear_probe", "dino_qpm", "resnet50_qpm", "re
 
 @dataclass(frozen=True)
 class Claim:
-    """A number (or a trend) the paper's text states about a figure, for the chapters to check."""
+    """A statement of the paper's text about a figure, with the test this book judges it by.
 
+    :func:`qpmlib.analysis.claims.judge` compares our statistic (``quantity``) with ``value`` by ``relation``;
+    the claim carries both, so every chapter judges it the same way.
+    """
+
+    key: str  # unique name, e.g. "fig7_gap"
     source: str  # "fig2", "fig7", ..., "sec1", "sec9"
-    quantity: str  # what is measured, in words
-    relation: str  # "=", ">", "<", "≈" or "trend" (qualitative, value None)
-    value: float | None
-    unit: str
+    quantity: str  # the statistic the book measures, in words
+    relation: str  # how the statistic must compare with `value`: ">", ">=", "<", "<=" or "≈" (within tolerance)
+    value: float  # the bound of that comparison, in `unit`
+    unit: str  # "%", "points" (percentage points), "ρ" (a Spearman correlation), "seeds"
     text: str  # the paper's wording
+    stated: float | None = None  # the number the paper states, where the test's bound is not that number
+    tolerance: float = 0.0  # for "≈": agreement within ± tolerance
 
 
+#: Trend claims are judged by the sign of a Spearman correlation (> 0: the metric rises with the swept value);
+#: the two numbers the ablation text gives by a bound in accuracy points.
 CLAIMS: tuple[Claim, ...] = (
-    Claim("fig2", "DINO-QPM radar area, % of the full heptagon", "=", 98.4, "%",
-          "DINO-QPM ... reaching 98.4% of the maximal score calculated as the fraction of area of the heptagon"),
-    Claim("sec1", "DINO-QPM minus Dense F_froz accuracy on CUB", ">", 10.0, "points",
+    Claim("fig2", "fig2", "DINO-QPM radar area, % of the full heptagon", "≈", 98.4, "%",
+          "DINO-QPM ... reaching 98.4% of the maximal score calculated as the fraction of area of the heptagon",
+          tolerance=1.0),
+    Claim("sec1", "sec1", "DINO-QPM minus Dense F_froz accuracy on CUB", ">", 10.0, "points",
           "outperforming the dense average-pooled variant by more than 10% on CUB-2011"),
-    Claim("fig7", "dense accuracy change with the number of MLP layers", "trend", None, "points",
-          "the number of layers in the MLP has no measurable impact on the dense model"),
-    Claim("fig7", "QPM minus dense accuracy for deeper MLPs, patch input (F_froz)", "≈", 10.0, "points",
-          "the QPM is able to outperform its dense model by almost 10% using F_froz"),
-    Claim("fig8", "range of accuracy over the (N*_f, N^c_f) grid, each dataset", "<", 1.0, "points",
-          "the overall variation in accuracy across both datasets is remarkably low (< 1%)"),
-    Claim("fig9", "accuracy and plausibility as lambda_L1-FM grows", "trend", None, "points",
+    Claim("fig7_dense", "fig7", "spread (max − min) of the dense accuracy over the MLP depths, patch input", "<",
+          1.0, "points", "the number of layers in the MLP has no measurable impact on the dense model"),
+    Claim("fig7_gap", "fig7", "DINO-QPM minus dense accuracy at the deepest MLP, patch input; judged at half "
+          "the stated gap", ">=", 5.0, "points",
+          "the QPM is able to outperform its dense model by almost 10% using F_froz", stated=10.0),
+    Claim("fig8", "fig8", "spread (max − min) of DINO-QPM's accuracy over the (N*_f, N^c_f) grid", "<", 1.0,
+          "points", "the overall variation in accuracy across both datasets is remarkably low (< 1%)"),
+    Claim("fig9", "fig9", "Spearman ρ between λ_L1-FM and DINO-QPM's accuracy or Plausibility", ">", 0.0, "ρ",
           "Higher penalty weights yield substantial improvements in both accuracy and plausibility"),
-    Claim("fig11", "SID@5 as lambda_div grows", "trend", None, "points",
+    Claim("fig11", "fig11", "Spearman ρ between λ_div and SID@5", ">", 0.0, "ρ",
           "increasing the weight of this loss has a strong positive correlation with SID@5"),
-    Claim("fig12", "accuracy as lambda_L1-FV grows", "trend", None, "points",
+    Claim("fig12", "fig12", "Spearman ρ between λ_L1-FV and DINO-QPM's accuracy", ">", 0.0, "ρ",
           "we observe its positive impact on accuracy"),
-    Claim("fig13", "accuracy as N_hidden grows, for every N_f", "trend", None, "points",
+    Claim("fig13", "fig13", "smallest over N_f of the Spearman ρ between N_hidden and accuracy", ">", 0.0, "ρ",
           "Small accuracy gains are observed up to N_hidden = 2048, regardless of the number of features N_f"),
-    Claim("sec9", "seeds per reported mean", "=", 5.0, "seeds",
+    Claim("sec9", "sec9", "seeds per reported mean", "≈", 5.0, "seeds",
           "mean and standard deviation across 5 random seeds ... DINO-QPM base configuration ... 15 seeds"),
+)
+
+
+def claim(key: str) -> Claim:
+    """The claim called ``key``.
+
+    Raises:
+        ValueError: for an unknown key (the message lists the valid ones).
+    """
+    for c in CLAIMS:
+        if c.key == key:
+            return c
+    raise ValueError(f"unknown claim {key!r}; valid: {', '.join(c.key for c in CLAIMS)}")
+
+
+#: reference_spec §10: (row, topic, paper, reference code, what this book does by default, the switch).
+DISCREPANCIES: tuple[tuple[int, str, str, str, str, str], ...] = (
+    (1, "input normalisation", "resize 224, dataset mean", "resize 224×224, dataset mean/std, then per-image "
+     "min-max to [0, 1]", "reference code", "data.normalisation = 'reference' | 'imagenet'"),
+    (2, "QP components", "A, R and a locality bias b", "b disabled; A and R only", "reference code",
+     "qpmlib.qp.solve_qpm(b=None)"),
+    (3, "R penalty", "as in QPM", "threshold chosen on 2R, penalty tested on R", "reference code",
+     "qp.r_mode = 'dinoqpm' | 'qpm' | 'none'"),
+    (4, "BLDD in fine-tune", "W_sparse · f^(s)", "W_bin · ((f_S − μ_S)/σ_S), μ, σ frozen from dense train "
+     "features, no bias", "reference code", "model.standardise = True | False"),
+    (5, "optimiser", "schedule-free Adam", "AdamWScheduleFree, averaged weights, no BN recalibration",
+     "reference code", "train.recalibrate_bn = False | True"),
+    (6, "epochs / batch", "40 / 50, batch 32 / 32", "main YAML 25 / 25, batch 32 / 16",
+     "reference code on `paper`; fewer epochs on demo/smoke", "train.dense_epochs, train.ft_epochs, batch sizes"),
+    (7, "λ_L1-FV", "1", "1 only in qpm/dinov2.yaml, 0 elsewhere", "1 (both agree for DINO-QPM)",
+     "train.ft_l1_fv"),
+    (8, "FDL scaling vector", "f_d / max f", "the post-dropout feature vector", "reference code",
+     "train.fdl_scale = 'features' | 'map_mean'"),
+    (9, "Plausibility data", "X_train", "test split", "reference code", "computed on the test split"),
+    (10, "Plausibility map", "Σ_d W_ĉd F_d", "the same minus its minimum", "reference code",
+     "qpmlib.metrics.plausibility(subtract_min=True | False)"),
+    (11, "SID@5 data", "X_train", "test split; samples whose class has ≥ 5 weights", "reference code",
+     "computed on the test split"),
+    (12, "GradCAM", "Grad-CAM", "CAM (weights × maps), no gradients", "reference code", "qpmlib.runs.evaluate.cam"),
+    (13, "MLP", "4 layers with ReLU and BN", "last layer also BN+ReLU → non-negative features", "reference code",
+     "model.last_layer_bn_relu = True | False"),
+    (14, "baselines", "pipeline closely resembling ours", "β 0.196, no L1 losses, head dropout 0.1, trainable "
+     "μ/σ; QSENN 4×25 epochs", "reference code",
+     "qpmlib.sparse.SLDDSettings / QSENNSettings; baselines.qsenn_schedule"),
+    (15, "pos-embed interpolation", "–", "antialias False, offset 0.1", "reference code",
+     "qpmlib.backbones.build_backbone(pos_embed_interpolation='reference' | 'hub')"),
 )
 
 _COLUMNS = ["table", "row", "method", "dataset", "metric", "value", "std", "unit", "note"]

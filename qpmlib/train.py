@@ -238,7 +238,7 @@ class StageConfig:
 
 
 def stage_config(cfg: Any, stage: str) -> StageConfig:
-    """The :class:`StageConfig` of ``stage`` from a :class:`qpmlib.profiles.TrainConfig`.
+    """The :class:`StageConfig` of ``stage`` from a :class:`qpmlib.config.TrainConfig`.
 
     The dense stage uses no L1 terms (reference_spec §3.4). ``cfg.fdl_scale`` and ``cfg.precision`` are used
     when the fields exist.
@@ -355,7 +355,7 @@ def train_dense(
         model: a dense :class:`~qpmlib.model.DinoQPM`, or a list of them with the same architecture (trained
             in place; afterwards in eval mode on the device, holding the averaged weights).
         train_data: training tokens.
-        cfg: a :class:`qpmlib.profiles.TrainConfig` (``dense_*`` fields, ``precision`` and ``device``) or a
+        cfg: a :class:`qpmlib.config.TrainConfig` (``dense_*`` fields, ``precision`` and ``device``) or a
             dense :class:`StageConfig`.
         seed: shuffling and dropout seed; a list of seeds (one per model) with a list of models.
         run_dir: folder for the resumable checkpoint; None keeps nothing.

@@ -23,7 +23,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from qpmlib.bookrunner import build_dir, chapters
+from qpmlib.book.runner import build_dir, chapters
 
 PROFILE = os.environ.get("QPMLIB_BOOK_PROFILE", "smoke")
 HTML = build_dir(PROFILE) / "_build" / "html"

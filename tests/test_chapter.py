@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from qpmlib.chapter import Provenance, banner_markdown, plain_value, provenance, provenance_line
+from qpmlib.book.chapter import Provenance, banner_markdown, plain_value, provenance, provenance_line
 
 
 def _prov(pretrained):

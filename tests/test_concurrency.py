@@ -165,8 +165,8 @@ def test_extraction_killed_mid_write_resumes_to_the_same_store(tmp_path):
 
 
 TRAIN_SETUP = """
+from qpmlib.config import TrainConfig
 from qpmlib.model import DinoQPM
-from qpmlib.profiles import TrainConfig
 from qpmlib.train import TokenData, train_dense
 rng = np.random.default_rng(0)
 labels = np.repeat(np.arange(3), 40)
@@ -277,7 +277,7 @@ def test_result_write_killed_midway_leaves_no_entry(tmp_path):
 
 
 PIPELINE = PRELUDE + """
-import qpmlib.pipeline as pipeline
+import qpmlib.runs.dino_qpm as pipeline
 for name in ("train_dense", "train_finetune"):
     real = getattr(pipeline, name)
     def counted(*args, _real=real, _name=name, **kwargs):
@@ -285,7 +285,7 @@ for name in ("train_dense", "train_finetune"):
         return _real(*args, **kwargs)
     setattr(pipeline, name, counted)
 run = pipeline.run_dino_qpm("smoke", seed=0, overrides={"qp.solver": "open", "qp.time_limit": 2.0}, verbose=False)
-note(event="done", metrics=run.metrics, paths=[str(run.dense.path), str(run.qpm.path)])
+note(event="done", metrics=run.metrics, paths=[str(run.stages["dense"].path), str(run.stages["qpm"].path)])
 """
 
 

@@ -16,9 +16,9 @@ from PIL import Image
 import qpmlib.data
 from qpmlib import embeddings
 from qpmlib.backbones import build_backbone
+from qpmlib.config import get_profile
 from qpmlib.data.images import load_image
 from qpmlib.embeddings import MANIFEST_FILE, PROGRESS_FILE, extract, get_store, open_store
-from qpmlib.profiles import get_profile
 
 torch.set_num_threads(1)
 SIZE = 56

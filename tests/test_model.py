@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 import torch
+from model_fixtures import class_tokens, real_head, tiny_dense
 from torch import nn
 
-from qpmlib.model import DinoQPM, build_model, join_tokens
-from qpmlib.profiles import ModelConfig
+from qpmlib.config import ModelConfig
+from qpmlib.model import DinoQPM, SparseHeadModel, build_model, join_tokens
 
 
 @pytest.fixture(autouse=True)
@@ -138,3 +139,49 @@ def test_join_tokens_puts_cls_last_and_checks_shapes():
         join_tokens(p, np.zeros((2, 4)))
     with pytest.raises(ValueError, match="square"):
         DinoQPM(3, 2, n_layers=1, n_features=2)(torch.zeros(1, 6, 3))
+
+
+# ------------------------------------------------------------------ SparseHeadModel (DINO-SLDD / DINO-QSENN head)
+
+
+def test_sparse_head_forward_matches_formula_and_sorts_selection():
+    dense = tiny_dense()
+    weight, bias = real_head()
+    mean, std = np.array([0.1, 0.2, 0.3], np.float32), np.array([1.0, 2.0, 0.5], np.float32)
+    model = SparseHeadModel(dense, [4, 0, 2], weight, bias, mean, std).eval()
+    assert model.selected.tolist() == [0, 2, 4]
+    x = class_tokens().batch(np.arange(5))
+    out = model(x)
+    pooled = dense.mlp(x)[:, :-1].mean(dim=1)  # (B, N_f)
+    order = [1, 2, 0]  # positions of 0, 2, 4 in the given selection [4, 0, 2]
+    z = (pooled[:, [0, 2, 4]] - torch.tensor(mean[order])) / torch.tensor(std[order])
+    expected = z @ torch.tensor(weight[:, order]).T + torch.tensor(bias)
+    torch.testing.assert_close(out.logits, expected)
+    assert out.features.shape == (5, 3) and out.feature_maps.shape == (5, 3, 2, 2)
+    assert model.head_weight.shape == (3, 3)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert {"mean", "std"} <= trainable and "weight" not in trainable and "bias" not in trainable
+
+
+def test_sparse_head_rejects_bad_shapes():
+    dense = tiny_dense()
+    weight, bias = real_head()
+    with pytest.raises(ValueError, match="distinct"):
+        SparseHeadModel(dense, [0, 0, 1], weight, bias, np.zeros(3), np.ones(3))
+    with pytest.raises(ValueError, match="shape"):
+        SparseHeadModel(dense, [0, 1], weight, bias, np.zeros(2), np.ones(2))
+    with pytest.raises(ValueError, match="bias"):
+        SparseHeadModel(dense, [0, 1, 2], weight, bias[:2], np.zeros(3), np.ones(3))
+
+
+def test_both_heads_share_one_trunk():
+    dense = tiny_dense()
+    weight, bias = real_head()
+    model = SparseHeadModel(dense, [0, 2, 4], weight, bias, np.zeros(3), np.ones(3)).eval()
+    x = class_tokens().batch(np.arange(5))
+    pooled, maps = dense.encode(x)
+    out = model(x)
+    torch.testing.assert_close(out.features, pooled[:, [0, 2, 4]])
+    torch.testing.assert_close(out.feature_maps, maps[:, [0, 2, 4]])
+    torch.testing.assert_close(dense(x).feature_maps, maps)
+

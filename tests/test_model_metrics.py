@@ -14,7 +14,7 @@ from torch import nn
 
 from qpmlib import metrics as qm
 from qpmlib.model import ModelOutput
-from qpmlib.pipeline import model_metrics  # the one place this test needs to know where model_metrics lives
+from qpmlib.runs.evaluate import model_metrics  # the one place this test needs to know where model_metrics lives
 from qpmlib.train import TokenData
 
 K, GRID = 4, 4  # 4 features on a 4 x 4 patch grid

@@ -75,8 +75,8 @@ def test_cross_table_consistency():
     assert paper.paper_value("table3", "patch_reg", "plausibility", "cub") == paper.paper_value(
         "table1", "dino_qpm", "plausibility", "cub")
     # Sec. 1 claims DINO-QPM beats the dense model by more than 10 points on CUB.
-    claim = next(c for c in paper.CLAIMS if c.source == "sec1")
-    assert base - paper.paper_value("table1", "dense", "accuracy", "cub") > claim.value
+    claim = paper.claim("sec1")
+    assert claim.relation == ">" and base - paper.paper_value("table1", "dense", "accuracy", "cub") > claim.value
 
 
 def test_units_and_std():
@@ -111,10 +111,16 @@ def test_table3_and_table4_rows_describe_settings():
 
 
 def test_claims_are_well_formed():
+    keys = [c.key for c in paper.CLAIMS]
+    assert len(set(keys)) == len(keys)
     for claim in paper.CLAIMS:
-        assert claim.relation in {"=", ">", "<", "≈", "trend"}
-        assert (claim.value is None) == (claim.relation == "trend")
-    assert next(c for c in paper.CLAIMS if c.source == "fig2").value == 98.4
+        assert claim.relation in {">", ">=", "<", "<=", "≈"} and isinstance(claim.value, float)
+        assert claim.tolerance >= 0 and (claim.relation == "≈" or claim.tolerance == 0)
+        assert claim.source.startswith(("fig", "sec")) and claim.text
+    assert paper.claim("fig2").value == 98.4
+    assert paper.claim("fig7_gap").stated == 10.0 and paper.claim("fig7_gap").value == 5.0
+    with pytest.raises(ValueError, match="fig7_gap"):
+        paper.claim("fig7")
 
 
 @pytest.mark.parametrize(

@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from qpmlib import data, embeddings, pipeline
+from qpmlib import data, embeddings
+from qpmlib.config import BackboneConfig, DataConfig, ModelConfig, Profile, QPConfig, TrainConfig
 from qpmlib.data import cub
-from qpmlib.profiles import BackboneConfig, DataConfig, ModelConfig, Profile, QPConfig, TrainConfig
+from qpmlib.runs import dino_qpm as pipeline
 
 pytestmark = pytest.mark.slow
 
@@ -86,7 +87,7 @@ def planted(tmp_path_factory):
 
 def test_seed_0_run_on_one_thread_reproduces_the_pinned_metrics(planted):
     _, run = planted
-    got = _rounded(run.metrics)
+    got = _rounded(run.stage_metrics())
     print("PINNED =", got)
     assert got["dense"]["accuracy"] > 0.5 and got["dino_qpm"]["accuracy"] > 0.5  # 6 classes: chance is 1/6
     assert set(got) == set(PINNED) and all(set(got[m]) == set(PINNED[m]) for m in PINNED), got
@@ -106,7 +107,7 @@ def _stored_models_reproduce_stored_predictions(run) -> None:
     with torch.no_grad():
         x = test.batch(np.arange(len(test)))
         np.testing.assert_array_equal(run.dense_model()(x).logits.argmax(1).numpy(), preds["dense_pred"])
-        np.testing.assert_array_equal(run.qpm_model()(x).logits.argmax(1).numpy(), preds["qpm_pred"])
+        np.testing.assert_array_equal(run.model("qpm")(x).logits.argmax(1).numpy(), preds["pred"])
     np.testing.assert_array_equal(preds["label"], test.labels)
 
 
@@ -116,11 +117,11 @@ def test_stored_run_rebuilds_its_models_and_switches_reach_their_stage(planted, 
     torch.set_num_threads(1)
     _stored_models_reproduce_stored_predictions(run)
     plain = pipeline.run_dino_qpm(PROFILE, seed=0, overrides={"model.standardise": False}, verbose=False)
-    assert plain.dense.path == run.dense.path and plain.qp.path == run.qp.path and plain.qpm.path != run.qpm.path
-    assert plain.metrics["dino_qpm"] != run.metrics["dino_qpm"]
+    assert [plain.stages[k].path == run.stages[k].path for k in ("dense", "qp", "qpm")] == [True, True, False]
+    assert plain.metrics != run.metrics
     _stored_models_reproduce_stored_predictions(plain)  # the fine-tune used the sparse head it stored
     recal = pipeline.run_dino_qpm(PROFILE, seed=0, overrides={"train.recalibrate_bn": True}, verbose=False)
-    assert recal.dense.path != run.dense.path
+    assert recal.stages["dense"].path != run.stages["dense"].path
     from qpmlib.train import TokenData
 
     train = TokenData.from_store(embeddings.get_store(PROFILE, "train", verbose=False))
@@ -129,10 +130,10 @@ def test_stored_run_rebuilds_its_models_and_switches_reach_their_stage(planted, 
         h = model.mlp[0](train.batch(np.arange(len(train)))).reshape(-1, model.mlp[0].out_features)
     np.testing.assert_allclose(model.mlp[1].running_mean.numpy(), h.mean(0).numpy(), atol=1e-4)  # full-data BN stats
     original = pipeline.run_dino_qpm(PROFILE, seed=0, overrides={"qp.r_mode": "qpm"}, verbose=False)
-    assert original.qp.path != run.qp.path
+    assert original.stages["qp"].path != run.stages["qp"].path
     from qpmlib import qp
 
     sol = original.qp_solution()
     expected = qp.r_threshold(sol["R"], PROFILE.qp.n_selected, mode="qpm")
-    assert original.qp.metrics["r_threshold"] == pytest.approx(expected.threshold)
-    assert original.qp.metrics["n_penalised"] == expected.n_penalised
+    assert original.stages["qp"].metrics["r_threshold"] == pytest.approx(expected.threshold)
+    assert original.stages["qp"].metrics["n_penalised"] == expected.n_penalised

@@ -1,4 +1,4 @@
-"""Plots: radar area closed forms, the Fig. 2 number from the paper's own tables, and figure structure."""
+"""qpmlib.figures.plots: the structure of every plot (the radar's numbers are tested in test_tables.py)."""
 
 import math
 import warnings
@@ -8,72 +8,14 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from qpmlib import paper, plots, tables
-
-
-@pytest.mark.parametrize(
-    ("values", "expected"),
-    [
-        ([1.0] * 7, 1.0),
-        ([0.5] * 7, 0.25),
-        ([1.0, 0.0] * 3, 0.0),
-        ([0.0] * 5, 0.0),
-        ([1.0, 1.0, 0.0], 1.0 / 3.0),  # one of three triangle sectors
-        ([1.0, 0.5, 1.0, 0.5], 0.5),  # (0.5 + 0.5 + 0.5 + 0.5) / 4
-    ],
-)
-def test_polygon_area_closed_forms(values, expected):
-    assert plots.radar_area_fraction(values) == pytest.approx(expected)
-
-
-def test_convex_hull_area_is_at_least_the_polygon_and_equal_when_convex():
-    for values in ([1.0] * 7, [0.5] * 7, [0.9, 0.8, 1.0, 0.95, 0.85, 0.9, 1.0]):
-        assert plots.radar_area_fraction(values, method="convex_hull") == pytest.approx(
-            plots.radar_area_fraction(values))
-    # alternating 1/0 on a hexagon: the hull is the triangle of the three unit vertices plus the origin
-    hull = plots.radar_area_fraction([1.0, 0.0] * 3, method="convex_hull")
-    triangle = 3 * math.sqrt(3) / 4
-    hexagon = 3 * math.sqrt(3) / 2
-    assert hull == pytest.approx(triangle / hexagon)
-    assert plots.radar_area_fraction([0.0] * 4, method="convex_hull") == 0.0
-
-
-@pytest.mark.parametrize("values", [[1.0, 1.0], [1.2, 0.5, 0.5], [0.5, float("nan"), 0.5], [-0.1, 0.5, 0.5]])
-def test_radar_area_rejects_bad_values(values):
-    with pytest.raises(ValueError):
-        plots.radar_area_fraction(values)
-
-
-def test_radar_area_rejects_unknown_method():
-    with pytest.raises(ValueError, match="polygon"):
-        plots.radar_area_fraction([1.0] * 3, method="shoelace")
-
-
-def test_fig2_area_from_the_papers_tables_is_98_4_percent():
-    frame = plots.radar_frame(paper.paper_values(), paper.FIG2_AXES, methods=paper.FIG2_METHODS)
-    assert list(frame.columns) == [m for m, _ in paper.FIG2_AXES]
-    assert not frame.isna().any().any()
-    scores = plots.radar_scores(frame)
-    assert scores.max().tolist() == pytest.approx([1.0] * 7)  # best model on each axis sits at 1
-    assert scores.loc["dino_qpm", "n_per_class"] == 1.0  # 1/5 is the largest 1/N^c_f
-    claim = next(c for c in paper.CLAIMS if c.source == "fig2").value
-    for method in ("polygon", "convex_hull"):
-        fraction = plots.radar_area_fraction(scores.loc["dino_qpm"], method=method)
-        assert round(100 * fraction, 1) == claim
-
-
-def test_radar_scores_inversion_and_zero_axis():
-    table = pd.DataFrame({"accuracy": [50.0, 100.0], "n_features": [10.0, 40.0], "sid_at_5": [0.0, 0.0]},
-                         index=["a", "b"])
-    scores = plots.radar_scores(table)
-    assert scores.loc["a"].tolist() == [0.5, 1.0, 0.0]
-    assert scores.loc["b"].tolist() == [1.0, 0.25, 0.0]
-    with pytest.raises(ValueError, match="invert"):
-        plots.radar_scores(table.assign(n_features=[0.0, 1.0]))
+from qpmlib import paper
+from qpmlib.analysis import summary as tables
+from qpmlib.analysis.tables import radar_frame
+from qpmlib.figures import plots
 
 
 def test_radar_plot_structure_and_legend():
-    frame = plots.radar_frame(paper.paper_values(), methods=paper.FIG2_METHODS)
+    frame = radar_frame(paper.paper_values(), methods=paper.FIG2_METHODS)
     fig = plots.radar_plot(frame)
     assert isinstance(fig, Figure) and len(fig.axes) == 1
     ax = fig.axes[0]
@@ -164,27 +106,36 @@ def test_bar_beside_paper_structure():
 def test_plots_emit_no_warnings():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        plots.radar_plot(plots.radar_frame(paper.paper_values(), methods=paper.FIG2_METHODS))
+        plots.radar_plot(radar_frame(paper.paper_values(), methods=paper.FIG2_METHODS))
         plots.lambda_sweep_plot(_sweep_frame(), "l1_fm", "accuracy", hue="stage", logx=True)
 
 
 def test_radar_frame_takes_counts_from_any_dataset():
     ours = pd.DataFrame({"method": ["m1", "m1"], "dataset": ["cub", "cub"],
                          "metric": ["accuracy", "n_features"], "mean": [0.9, 50.0]})
-    frame = plots.radar_frame(ours, [("accuracy", "cub"), ("n_features", "any")], value="mean")
+    frame = radar_frame(ours, [("accuracy", "cub"), ("n_features", "any")], value="mean")
     assert frame.loc["m1"].tolist() == [0.9, 50.0]
     with pytest.raises(ValueError, match="m2"):
-        plots.radar_frame(ours, value="mean", methods=["m2"])
+        radar_frame(ours, value="mean", methods=["m2"])
 
 
 def test_figure_png_returns_png_bytes_of_the_figure():
-    from matplotlib.figure import Figure
-
-    from qpmlib.plots import figure_png
-
     fig = Figure(figsize=(2, 1))
     fig.subplots().plot([0, 1], [0, 1])
-    data = figure_png(fig, dpi=50)
+    data = plots.figure_png(fig, dpi=50)
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     # the IHDR chunk holds the size in pixels: 2 x 1 inches at 50 dpi
     assert int.from_bytes(data[16:20], "big") == 100 and int.from_bytes(data[20:24], "big") == 50
+
+
+def test_cosine_histogram_marks_the_mean():
+    fig = plots.cosine_histogram(np.array([0.1, 0.2, 0.6]), title="t")
+    assert len(fig.axes) == 1 and fig.axes[0].get_title() == "t"
+    assert fig.axes[0].get_legend().get_texts()[0].get_text() == "mean 0.300"
+
+
+def test_sweep_heatmap_uses_the_parameters_labels():
+    rows = [{"hidden_size": h, "n_features": f, "stage": "dino_qpm", "metric": "accuracy", "mean": 0.5}
+            for h in (32, 64) for f in (16, 24)]
+    fig = plots.sweep_heatmap(pd.DataFrame(rows), "hidden_size", "n_features", "accuracy")
+    assert fig.axes[0].get_xlabel() == "N_hidden" and fig.axes[0].get_ylabel() == "N_f"

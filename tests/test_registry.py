@@ -2,12 +2,15 @@
 
 import dataclasses
 
+import numpy as np
 import pytest
+from PIL import Image
 from data_fixtures import make_cars, make_cub
 
 from qpmlib import data
 from qpmlib.data import synthbirds
-from qpmlib.profiles import get_profile
+from qpmlib.data.images import ImageList, display_image
+from qpmlib.config import get_profile
 
 TINY = dataclasses.replace(get_profile("smoke").data, n_classes=3, n_train=2, n_test=1, image_size=48)
 
@@ -55,3 +58,20 @@ def test_unknown_dataset_lists_valid_names():
         data.prepare(dataclasses.replace(TINY, dataset="imagenet"))
     with pytest.raises(ValueError, match="valid datasets"):
         data.read_index(".", "mnist")
+
+
+def test_class_names_and_images(tmp_path):
+    (tmp_path / "classes.txt").write_text("2 002.Beta_Bird\n1 001.Alpha_Bird\n")
+    assert data.class_names(tmp_path, "synthbirds") == ["Alpha Bird", "Beta Bird"]
+    with pytest.raises(ValueError, match="valid datasets"):
+        data.class_names(tmp_path, "imagenet")
+    pixels = np.zeros((4, 6, 3), np.uint8)
+    pixels[..., 0] = 255
+    Image.fromarray(pixels).save(tmp_path / "red.png")
+    img = display_image(tmp_path / "red.png", 8)
+    assert img.shape == (8, 8, 3) and img.dtype == np.float32
+    np.testing.assert_allclose(img[..., 0], 1.0) and np.testing.assert_allclose(img[..., 1:], 0.0)
+    images = ImageList([tmp_path / "red.png"] * 3, 5)
+    assert len(images) == 3 and images[2].shape == (5, 5, 3) and images[-1] is images[2]
+    with pytest.raises(IndexError):
+        images[3]

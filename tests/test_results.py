@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from qpmlib import results
-from qpmlib.profiles import TrainConfig
+from qpmlib.config import TrainConfig
 from qpmlib.files import IntegrityError
 from qpmlib.results import (
     CHECKSUMS_FILE,

@@ -13,14 +13,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from qpmlib.profiles import SMOKE, Profile
+from qpmlib.config import SMOKE, Profile
 
 STAGES = ("dense", "qp", "qpm")
 
 
 def stage_hashes(profile: Profile) -> dict[str, str]:
     """The hash of each stage's configuration for seed 0 (the one place that knows where the pipeline keeps it)."""
-    from qpmlib.pipeline import _configs
+    from qpmlib.runs.dino_qpm import _configs
     from qpmlib.results import config_hash
 
     store = SimpleNamespace(manifest={"inputs": {"root": "/data", "weights_id": "w", "pretrained": False,
@@ -55,13 +55,17 @@ NO_EFFECT = {
     "extra_datasets": "which other datasets the chapters show",
     **{f"sweeps.{f.name}": "the grids the sweep chapters try; each point is a run of its own"
        for f in dataclasses.fields(SMOKE.sweeps)},
+    **{f"baselines.{f.name}": "the other methods' settings: they reach those runs through the fields they override "
+       "(qpmlib.runs.methods) or the SLDD / Q-SENN store keys (qpmlib.runs.baselines), never the DINO-QPM stages"
+       for f in dataclasses.fields(SMOKE.baselines)},
 }
 
 #: Valid other values for fields whose type alone does not give one.
 OTHER_VALUE = {
     "name": "demo", "description": "another", "data.dataset": "cub", "data.normalisation": "imagenet",
     "backbone.name": "dinov2_vits14", "backbone.weights": "auto", "model.pooling": "cls", "qp.r_mode": "qpm",
-    "qp.solver": "open", "train.fdl_scale": "map_mean", "train.precision": "bf16", "train.device": "cuda",
+    "qp.solver": "open", "train.fdl_scale": "map_mean", "train.precision": "bf16",
+    "train.device": "cuda", "baselines.qsenn_schedule": "qsenn", "baselines.compact": (6, 1),
 }
 
 
@@ -130,7 +134,7 @@ def test_field_without_effect_keeps_every_hash(name):
 
 
 def test_each_seed_and_each_embedding_store_is_its_own_run():
-    from qpmlib.pipeline import _configs
+    from qpmlib.runs.dino_qpm import _configs
     from qpmlib.results import config_hash
 
     def store(**inputs):

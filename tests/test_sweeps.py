@@ -1,27 +1,31 @@
-"""Tests of qpmlib.sweeps: grid bookkeeping with a fake runner, and cache reuse with the real pipeline."""
+"""Tests of qpmlib.analysis.sweeps: grid bookkeeping with a fake runner, and cache reuse with the real pipeline."""
 
 import dataclasses
 import math
+from types import SimpleNamespace
 
-import numpy as np
 import pandas as pd
 import pytest
 
-from qpmlib import sweeps
-from qpmlib.pipeline import apply_overrides
-from qpmlib.profiles import get_profile
+from qpmlib.analysis import sweeps
+from qpmlib.analysis.summary import summarise
+from qpmlib.config import apply_overrides, get_profile
 
 
 def fake_runner(calls):
-    """Metrics that are closed-form functions of the overrides, so the tables can be checked exactly."""
+    """Runs whose metrics are closed-form functions of the overrides, so the tables can be checked exactly."""
 
-    def run(prof, seed, overrides):
-        calls.append((seed, dict(overrides)))
+    def metrics(seed, overrides):
         acc = 0.5 + 0.01 * overrides.get("train.ft_l1_fm", 0.0) + 0.001 * seed
         out = {"dense": {"accuracy": 0.5 + 0.001 * seed, "sid_at_5": 0.9, "solver": "open"}}
         if overrides.get("model.n_layers", 1) > 0:
             out["dino_qpm"] = {"accuracy": acc, "sid_at_5": None}
         return out
+
+    def run(method, prof, seeds, *, overrides, verbose):
+        assert method == "dino_qpm"
+        calls.extend((seed, dict(overrides)) for seed in seeds)
+        return [SimpleNamespace(seed=s, stage_metrics=lambda s=s: metrics(s, overrides)) for s in seeds]
 
     return run
 
@@ -76,6 +80,10 @@ def test_sweep_grid_runs_the_product_and_writes_long_rows():
     assert list(df.columns) == ["n_layers", "l1_fm", "seed", "stage", "metric", "value"]
     assert len(calls) == 2 * 2 * 2
     assert calls[0] == (0, {"model.n_layers": 0, "train.ft_l1_fm": 0.0})
+    points = sweeps.sweep_requests("smoke", {"n_layers": (0, 2), "l1_fm": (0.0, 5.0)}, seeds=(0, 1))
+    assert [c for c, _ in points] == [{"n_layers": 0, "l1_fm": 0.0}, {"n_layers": 0, "l1_fm": 5.0},
+                                      {"n_layers": 2, "l1_fm": 0.0}, {"n_layers": 2, "l1_fm": 5.0}]
+    assert [(seed, dict(r.overrides)) for _, r in points for seed in r.seeds] == calls
     # n_layers = 0 has no QPM stage; the string metric is dropped; None becomes NaN
     assert set(df.loc[df.n_layers == 0, "stage"]) == {"dense"}
     assert "solver" not in set(df.metric)
@@ -94,6 +102,16 @@ def test_sweep_defaults_to_profile_grid_and_seeds_and_keeps_fixed_overrides():
     assert all(c[1]["train.ft_epochs"] == 1 for c in calls)
     assert list(zip(df.n_selected, df.n_per_class))[0] == prof.sweeps.sparsity[0]
     assert set(df.stage) == {"dino_qpm"}
+
+
+def test_figure_sweeps_are_the_figures_grids():
+    calls = []
+    prof = get_profile("smoke")
+    df = sweeps.figure_sweep(prof, "fig7", runner=fake_runner(calls))
+    assert list(df.columns)[:2] == ["n_layers", "pooling"]
+    assert len(calls) == len(prof.sweeps.n_layers) * 2 * len(prof.sweeps.seeds or prof.seeds)
+    with pytest.raises(ValueError, match="fig7"):
+        sweeps.figure_sweep(prof, "fig10", runner=fake_runner(calls))
 
 
 def test_sweep_grid_rejects_bad_input():
@@ -121,16 +139,16 @@ def _table():
 
 
 def test_summarise_mean_std_and_count():
-    s = sweeps.summarise(_table())
+    s = summarise(_table())
     assert list(s.columns) == ["l1_fm", "stage", "metric", "mean", "std", "n"]
     row = s[(s.l1_fm == 1.0) & (s.stage == "dino_qpm")].iloc[0]
     assert row["mean"] == pytest.approx(0.60) and row["std"] == pytest.approx(0.01) and row["n"] == 2
     with pytest.raises(ValueError, match="seed and value"):
-        sweeps.summarise(_table().drop(columns="seed"))
+        summarise(_table().drop(columns="seed"))
 
 
 def test_means_table_in_percent_with_display_names():
-    s = sweeps.summarise(_table())
+    s = summarise(_table())
     table = sweeps.means_table(s, "l1_fm", ["accuracy"])
     assert table.columns.tolist() == [("Dense F_froz", "Accuracy"), ("DINO-QPM", "Accuracy")]
     assert table.index.tolist() == [0.0, 1.0, 5.0]
@@ -140,7 +158,7 @@ def test_means_table_in_percent_with_display_names():
 
 
 def test_trend_spread_and_gap_closed_form():
-    s = sweeps.summarise(_table())
+    s = summarise(_table())
     assert sweeps.trend(s, "l1_fm", "accuracy", stage="dino_qpm") == pytest.approx(1.0)
     assert sweeps.trend(s, "l1_fm", "accuracy", stage="dense") == pytest.approx(0.5)
     assert math.isnan(sweeps.trend(s, "l1_fm", "accuracy", where={"l1_fm": 1.0}))
@@ -152,43 +170,26 @@ def test_trend_spread_and_gap_closed_form():
         sweeps.spread(s, "plausibility")
 
 
-# ------------------------------------------------------------------ Fig. 10 figure and the claims table
-def _view(n_ids):
-    maps = np.zeros((6, 4, 4))
-    maps[:, 1, 2] = 3.0
-    return sweeps.FeatureMapView(image=np.full((8, 8, 3), 0.5), feature_maps=maps,
-                                 feature_ids=np.arange(n_ids), selected=np.arange(10, 16), label=1,
-                                 prediction=2, image_id=7)
-
-
-def test_feature_maps_figure_layout():
-    fig = sweeps.feature_maps_figure({"without": _view(2), "with": _view(3)})
-    images = [ax for ax in fig.axes if ax.images]
-    assert len(images) == 2 + 2 + 3  # one explanation per row, then 2 and 3 maps
-    shown = images[1].images[0].get_array()
-    assert shown.max() == pytest.approx(1.0) and shown[1, 2] == pytest.approx(1.0)  # each map / its max
-    assert "predicted 2" in images[0].get_title()
-    with pytest.raises(ValueError, match="empty"):
-        sweeps.feature_maps_figure({})
-
-
-def test_claim_row():
-    row = sweeps.claim_row("fig8", 0.456, True, criterion="spread < 1 point")
-    assert row["figure"] == "Fig. 8" and row["ours"] == "0.46" and row["agrees"] == "yes"
-    assert "< 1%" in row["paper says"]
-    second = sweeps.claim_row("fig7", 9.0, False, which=1)
-    assert "almost 10%" in second["paper says"] and second["agrees"] == "no"
-    assert sweeps.claim_row("fig11", float("nan"), True)["agrees"] == "n/a"
-    with pytest.raises(ValueError, match="sources: fig2"):
-        sweeps.claim_row("fig99", 1.0, True)
+def test_chapter_helpers_closed_form():
+    s = summarise(_table())
+    assert sweeps.stage_means(s, "dense")["accuracy"] == pytest.approx(s[s.stage == "dense"]["mean"].mean())
+    assert sweeps.value_at(s, "l1_fm", 1.0) == pytest.approx(s[(s.stage == "dino_qpm") & (s.l1_fm == 1.0)]
+                                                            ["mean"].item())
+    with pytest.raises(ValueError, match="not on the grid"):
+        sweeps.value_at(s, "l1_fm", 3.0)
+    assert sweeps.min_trend(s.assign(n_features=16), "l1_fm", "accuracy", over="n_features") == pytest.approx(1.0)
+    undefined = pd.DataFrame([{"l1_fm": 0.0, "stage": "dino_qpm", "metric": "sid_at_5", "mean": math.nan}])
+    assert sweeps.defined_metrics([pd.concat([s, undefined])], ["accuracy", "sid_at_5"]) == ["accuracy"]
+    assert sweeps.shown_value("smoke", "l1_fm") == 5.0  # the profile's own value is on the grid
+    assert sweeps.shown_value(apply_overrides("smoke", {"train.ft_l1_fm": 2.0}), "l1_fm") == 5.0  # else the largest
 
 
 # ------------------------------------------------------------------ the real pipeline: reuse of cached stages
 @pytest.fixture
 def counted_pipeline(monkeypatch, tmp_path):
     """The smoke pipeline with 1-epoch stages, an empty results store in tmp_path, and counters."""
-    import qpmlib.pipeline as pipeline
     from qpmlib import paths, qp
+    from qpmlib.runs import dino_qpm as pipeline
 
     monkeypatch.setattr(paths, "results_dir", lambda profile: tmp_path / profile)
     counts = {"dense": 0, "qp": 0, "finetune": 0}
@@ -228,21 +229,3 @@ def test_fine_tune_sweeps_reuse_dense_model_and_qp_selection(counted_pipeline):
 
     sweeps.sweep(prof, "l1_fm", (0.0, 5.0), seeds=(0,))  # everything cached: nothing trains
     assert counts == {"dense": 1, "qp": 2, "finetune": 3}
-
-
-@pytest.mark.slow
-def test_feature_map_view_of_a_stored_run(counted_pipeline):
-    import qpmlib.pipeline as pipeline
-
-    prof, _, _ = counted_pipeline
-    run = pipeline.run_dino_qpm(prof, 0, verbose=False)
-    view = sweeps.feature_map_view(prof, run, 1)
-    grid = prof.data.image_size // 14  # tiny_vit_test has 14-px patches
-    assert view.image.shape == (prof.data.image_size, prof.data.image_size, 3)
-    assert 0.0 <= view.image.min() and view.image.max() <= 1.0
-    assert view.feature_maps.shape == (prof.qp.n_selected, grid, grid)
-    assert len(view.feature_ids) == prof.qp.n_per_class
-    assert view.prediction == int(run.predictions()["qpm_pred"].iloc[1])
-    assert np.array_equal(view.selected, np.sort(run.selected))
-    with pytest.raises(ValueError, match="test images"):
-        sweeps.feature_map_view(prof, run, 10_000)

@@ -198,7 +198,7 @@ def test_paper_shapes_read_by_the_real_readers(tmp_path, monkeypatch):
     """200 classes in CUB's layout and 196 in Stanford Cars', found through the registry and read by the real
     CUB and Cars readers (1 + 1 images per class at 32 px keep this quick)."""
     from qpmlib import data
-    from qpmlib.profiles import DataConfig
+    from qpmlib.config import DataConfig
 
     monkeypatch.setenv("QPMLIB_DATA", str(tmp_path))
     for dataset, n_classes, reader_columns in (("synthbirds", 200, "segmentations"), ("synthcars", 196, "cars_train")):

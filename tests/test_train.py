@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from qpmlib.config import TrainConfig
 from qpmlib.model import DinoQPM
-from qpmlib.profiles import TrainConfig
 from qpmlib.train import (
     StageConfig,
     TokenData,

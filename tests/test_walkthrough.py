@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from qpmlib.walkthrough import part_label_map, token_pca_rgb, walkthrough_figure
+from qpmlib.figures.walkthrough import part_label_map, token_pca_rgb, walkthrough_figure
 
 
 def test_token_pca_separates_two_kinds_of_patches():

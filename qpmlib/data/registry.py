@@ -1,4 +1,4 @@
-"""One entry point per dataset: :func:`prepare` finds (or generates) a dataset folder, :func:`read_index` lists it.
+"""The dataset registry: :data:`DATASETS` maps a name to how that dataset is found, listed and annotated.
 
 =============  =======================================================  ===============================
 dataset        folder under :func:`qpmlib.paths.data_dir`                reader
@@ -11,11 +11,17 @@ dataset        folder under :func:`qpmlib.paths.data_dir`                reader
 
 ``synthcars`` is SynthBirds written in Stanford Cars' layout (:func:`qpmlib.data.synthbirds.generate` with
 ``layout="cars"``), so that a paper-shaped profile runs the real Cars reader; it has no masks or parts.
+
+:func:`prepare` finds (or generates) a profile's dataset folder, :func:`read_index` lists its images and
+:func:`class_names` names its classes; :class:`Dataset` says whether it has object masks (Plausibility) and part
+maps (SynthBirds' part alignment).
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -23,16 +29,10 @@ import pandas as pd
 from qpmlib import paths
 from qpmlib.data import cars, cub, synthbirds
 
-__all__ = ["DATASETS", "synthbirds_root", "prepare", "read_index"]
+__all__ = ["Dataset", "DATASETS", "synthbirds_root", "prepare", "read_index", "class_names"]
 
-DATASETS: tuple[str, ...] = ("synthbirds", "cub", "cars", "synthcars")
 #: Generated datasets and the on-disk layout each is written in.
 _GENERATED = {"synthbirds": "cub", "synthcars": "cars"}
-
-
-def _check_dataset(dataset: str) -> None:
-    if dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}; valid datasets: {', '.join(DATASETS)}")
 
 
 def synthbirds_root(data_cfg) -> Path:
@@ -47,14 +47,94 @@ def synthbirds_root(data_cfg) -> Path:
     return paths.data_dir() / f"{name}-{synthbirds.folder_fingerprint(args)}"
 
 
+def _prepare_synthbirds(data_cfg, verbose: bool) -> Path:
+    """SynthBirds in the layout of its dataset name (generated when missing)."""
+    return synthbirds.generate(
+        synthbirds_root(data_cfg), n_classes=data_cfg.n_classes, n_train=data_cfg.n_train,
+        n_test=data_cfg.n_test, image_size=data_cfg.image_size, seed=data_cfg.seed, shortcut=data_cfg.shortcut,
+        layout=_GENERATED[data_cfg.dataset], verbose=verbose,
+    )
+
+
+def _checked(root: Path, reader: Callable[[Path], pd.DataFrame], expected: tuple[int, int]) -> Path:
+    """A real dataset's folder, with a warning when its split is not the standard one."""
+    index = reader(root)
+    counts = (int(index["is_train"].sum()), int((~index["is_train"]).sum()))
+    if counts != expected:
+        warnings.warn(
+            f"{root} holds {counts[0]} training / {counts[1]} test images, the standard split has "
+            f"{expected[0]} / {expected[1]}; numbers will not be comparable with the paper", stacklevel=4
+        )
+    return root
+
+
+def _prepare_cub(data_cfg, verbose: bool) -> Path:
+    return _checked(cub.validate(cub.find_root(paths.data_dir())), cub.read_index, (cub.N_TRAIN, cub.N_TEST))
+
+
+def _prepare_cars(data_cfg, verbose: bool) -> Path:
+    return _checked(cars.validate(paths.data_dir() / cars.FOLDER), cars.read_index, (cars.N_TRAIN, cars.N_TEST))
+
+
+def _cub_class_names(root: str | Path) -> list[str]:
+    """Class names of a CUB-format folder (``classes.txt``): ``NNN.Some_Name`` becomes ``Some Name``."""
+    path = Path(root) / "classes.txt"
+    if not path.is_file():
+        raise FileNotFoundError(f"missing {path}; is {root} a CUB-format folder?")
+    rows = sorted((int(a), b) for a, b in (line.split(maxsplit=1) for line in path.read_text().splitlines()
+                                           if line.strip()))
+    return [(b.split(".", 1)[1] if "." in b else b).replace("_", " ") for _, b in rows]
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """How one dataset is found, listed and annotated.
+
+    Attributes:
+        name: registry key (the profile's ``data.dataset``).
+        prepare: ``prepare(data_cfg, verbose) -> folder``; generates SynthBirds, checks a real dataset.
+        read_index: ``read_index(folder) -> DataFrame`` (see :func:`read_index`).
+        class_names: ``class_names(folder) -> list[str]`` in label order.
+        segmentations: whether it has CUB-format object masks (Plausibility is computed only then).
+        parts: whether it has SynthBirds part maps (part alignment is computed only then).
+    """
+
+    name: str
+    prepare: Callable[..., Path]
+    read_index: Callable[[Path], pd.DataFrame]
+    class_names: Callable[[Path], list[str]]
+    segmentations: bool
+    parts: bool
+
+    @property
+    def generated(self) -> bool:
+        """Whether it is SynthBirds (in either layout), generated from the profile's sizes."""
+        return self.name in _GENERATED
+
+
+#: Registry of datasets by name.
+DATASETS: dict[str, Dataset] = {
+    "synthbirds": Dataset("synthbirds", _prepare_synthbirds, cub.read_index, _cub_class_names, True, True),
+    "cub": Dataset("cub", _prepare_cub, cub.read_index, _cub_class_names, True, False),
+    "cars": Dataset("cars", _prepare_cars, cars.read_index, cars.class_names, False, False),
+    "synthcars": Dataset("synthcars", _prepare_synthbirds, cars.read_index, cars.class_names, False, False),
+}
+
+
+def _dataset(name: str) -> Dataset:
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; valid datasets: {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
 def prepare(data_cfg, *, verbose: bool = True) -> Path:
     """Make sure the dataset of a profile is on disk and return its folder.
 
     SynthBirds (either layout) is generated when its folder is missing (sizes from the profile's
-    :class:`~qpmlib.profiles.DataConfig`); real datasets are only checked, never downloaded here.
+    :class:`~qpmlib.config.DataConfig`); real datasets are only checked, never downloaded here.
 
     Args:
-        data_cfg: a :class:`qpmlib.profiles.DataConfig`.
+        data_cfg: a :class:`qpmlib.config.DataConfig`.
         verbose: progress bar while generating SynthBirds.
 
     Returns:
@@ -65,28 +145,7 @@ def prepare(data_cfg, *, verbose: bool = True) -> Path:
         FileNotFoundError: a real dataset is missing or incomplete; the message names the folder, the first
             missing file and the command that fetches it.
     """
-    _check_dataset(data_cfg.dataset)
-    if data_cfg.dataset in _GENERATED:
-        root = synthbirds_root(data_cfg)
-        return synthbirds.generate(
-            root, n_classes=data_cfg.n_classes, n_train=data_cfg.n_train, n_test=data_cfg.n_test,
-            image_size=data_cfg.image_size, seed=data_cfg.seed, shortcut=data_cfg.shortcut,
-            layout=_GENERATED[data_cfg.dataset], verbose=verbose,
-        )
-    if data_cfg.dataset == "cub":
-        root = cub.validate(cub.find_root(paths.data_dir()))
-        expected = (cub.N_TRAIN, cub.N_TEST)
-    else:
-        root = cars.validate(paths.data_dir() / cars.FOLDER)
-        expected = (cars.N_TRAIN, cars.N_TEST)
-    index = read_index(root, data_cfg.dataset)
-    counts = (int(index["is_train"].sum()), int((~index["is_train"]).sum()))
-    if counts != expected:
-        warnings.warn(
-            f"{root} holds {counts[0]} training / {counts[1]} test images, the standard split has "
-            f"{expected[0]} / {expected[1]}; numbers will not be comparable with the paper", stacklevel=2
-        )
-    return root
+    return _dataset(data_cfg.dataset).prepare(data_cfg, verbose)
 
 
 def read_index(root: str | Path, dataset: str) -> pd.DataFrame:
@@ -94,7 +153,7 @@ def read_index(root: str | Path, dataset: str) -> pd.DataFrame:
 
     Args:
         root: folder returned by :func:`prepare`.
-        dataset: a name of :data:`DATASETS`.
+        dataset: a :data:`DATASETS` name.
 
     Returns:
         DataFrame sorted by ``image_id`` with columns ``image_id`` (int), ``path`` (str, absolute),
@@ -103,5 +162,21 @@ def read_index(root: str | Path, dataset: str) -> pd.DataFrame:
     Raises:
         ValueError: unknown dataset name.
     """
-    _check_dataset(dataset)
-    return cars.read_index(root) if dataset in ("cars", "synthcars") else cub.read_index(root)
+    return _dataset(dataset).read_index(root)
+
+
+def class_names(root: str | Path, dataset: str) -> list[str]:
+    """Readable class names in label order (index = 0-based label).
+
+    Args:
+        root: dataset folder (from :func:`prepare`).
+        dataset: a :data:`DATASETS` name.
+
+    Returns:
+        list of names; CUB-format ``NNN.Some_Name`` becomes ``Some Name``.
+
+    Raises:
+        ValueError: for an unknown dataset.
+        FileNotFoundError: when the class list is missing.
+    """
+    return _dataset(dataset).class_names(root)

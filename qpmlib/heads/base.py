@@ -9,7 +9,7 @@ A head (:mod:`qpmlib.heads.protosvit`, :mod:`qpmlib.heads.protofm`, :mod:`qpmlib
 * ``features`` (N, K): one score per prototype, the vector Class-Independence and Contrastiveness read.
 
 :func:`head_metrics` computes the Table 1 metrics from two evaluations (test, train) in the same way
-:func:`qpmlib.pipeline.model_metrics` does for DINO-QPM: only the prototypes that carry weight for some test sample
+:func:`qpmlib.runs.evaluate.model_metrics` does for DINO-QPM: only the prototypes that carry weight for some test sample
 enter the metrics. :func:`head_compactness` gives each head's own compactness measure: prototypes in all, per class
 and per image.
 
@@ -351,7 +351,7 @@ def head_metrics(
     masks: np.ndarray | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """The Table 1 metrics of a head, as :func:`qpmlib.pipeline.model_metrics` computes them for DINO-QPM.
+    """The Table 1 metrics of a head, as :func:`qpmlib.runs.evaluate.model_metrics` computes them for DINO-QPM.
 
     Only the prototypes that carry weight for some test sample (the "used" ones) enter the metrics.
 

@@ -1,23 +1,78 @@
-"""``solve_qpm``: one entry point for every QPM solver (reference_spec §1.5-1.7, §11)."""
+"""``solve_qpm``: one entry point for every QPM solver (reference_spec §1.5-1.7, §11).
+
+The solvers sit behind :data:`SOLVER_FUNCTIONS`, a name-to-function registry; each function takes the scaled
+:class:`~qpmlib.qp.local_search.Instance` and returns a :class:`SolverOutput`, which :func:`solve_qpm` checks
+(the objective is recomputed) and turns into the one result type, :class:`QPMSolution`.
+"""
 
 from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 
 from ._checks import check_problem, check_sizes
 from .exhaustive import solve_exhaustive
-from .gurobi_solver import gurobi_fits, gurobi_settings, model_size, solve_gurobi
+from .gurobi_solver import GurobiSettings, gurobi_fits, gurobi_settings, model_size, solve_gurobi
 from .local_search import Instance
 from .objective import penalty_matrix, qpm_objective
 from .open_solver import solve_open
 from .threshold import ThresholdResult
 
-SOLVERS = ("auto", "open", "gurobi", "exhaustive")
+
+class SolverOutput(NamedTuple):
+    """What a registered solver returns (see :data:`SOLVER_FUNCTIONS`).
+
+    Attributes:
+        selected: (n_selected,) chosen feature indices.
+        assignment: (N_c, n_selected) bool assignment; column j is feature ``selected[j]``.
+        objective: the objective the solver reports (checked against :func:`qpm_objective`).
+        bound: a proven upper bound, or None.
+        history: ``(seconds, objective, bound)`` steps (open solver only).
+        settings: the parameters the solver ran with, read back from it (Gurobi: ``MIPGap``, ``TimeLimit``);
+            empty for the other solvers.
+    """
+
+    selected: np.ndarray
+    assignment: np.ndarray
+    objective: float
+    bound: float | None
+    history: list
+    settings: dict
+
+
+def _open(inst: Instance, time_limit: float | None, seed: int, verbose: bool, gurobi: GurobiSettings) -> SolverOutput:
+    res = solve_open(inst, time_limit=time_limit, seed=seed, verbose=verbose)
+    return SolverOutput(res.selected, res.assignment, res.objective, res.bound, res.history, {})
+
+
+def _gurobi(inst: Instance, time_limit: float | None, seed: int, verbose: bool,
+            gurobi: GurobiSettings) -> SolverOutput:
+    sel, assignment, value, bound, params = solve_gurobi(inst, settings=gurobi, time_limit=time_limit, seed=seed,
+                                                         verbose=verbose)
+    return SolverOutput(sel, assignment, value, bound, [], params)
+
+
+def _exhaustive(inst: Instance, time_limit: float | None, seed: int, verbose: bool,
+                gurobi: GurobiSettings) -> SolverOutput:
+    sel, assignment, value = solve_exhaustive(inst)
+    return SolverOutput(sel, assignment, value, value, [], {})  # enumeration proves optimality
+
+
+#: Solver name -> ``fn(instance, time_limit, seed, verbose, gurobi) -> SolverOutput``; ``gurobi`` is the
+#: :class:`~qpmlib.qp.gurobi_solver.GurobiSettings` of the call (only the Gurobi solver reads it).
+SOLVER_FUNCTIONS: dict[str, Callable[[Instance, float | None, int, bool, GurobiSettings], SolverOutput]] = {
+    "open": _open,
+    "gurobi": _gurobi,
+    "exhaustive": _exhaustive,
+}
+#: Valid ``solver`` arguments of :func:`solve_qpm`: "auto" picks Gurobi when its licence fits, else "open".
+SOLVERS = ("auto", *SOLVER_FUNCTIONS)
 
 
 @dataclass
@@ -114,21 +169,12 @@ def solve_qpm(A, R, n_selected: int, n_per_class: int, *, r_threshold: float | T
                     n_selected=int(n_selected), n_per_class=int(n_per_class))
     start = time.monotonic()
     used = _pick_auto(inst) if solver == "auto" else solver
-    history: list = []
-    params: dict = {}
-    if used == "gurobi":
-        if solver == "gurobi":  # "auto" has already checked the licence
-            ok, reason = gurobi_fits(*model_size(inst))
-            if not ok:
-                raise RuntimeError(f"{reason}. Use solver='open' (no licence needed) or solver='auto'.")
-        sel, assignment, value, bound, params = solve_gurobi(
-            inst, settings=grb_settings, seed=seed, verbose=verbose)
-    elif used == "exhaustive":
-        sel, assignment, value = solve_exhaustive(inst)
-        bound = value
-    else:
-        res = solve_open(inst, time_limit=time_limit, seed=seed, verbose=verbose)
-        sel, assignment, value, bound, history = res.selected, res.assignment, res.objective, res.bound, res.history
+    if used == "gurobi" and solver == "gurobi":  # "auto" has already checked the licence
+        ok, reason = gurobi_fits(*model_size(inst))
+        if not ok:
+            raise RuntimeError(f"{reason}. Use solver='open' (no licence needed) or solver='auto'.")
+    sel, assignment, value, bound, history, params = SOLVER_FUNCTIONS[used](inst, time_limit, seed, verbose,
+                                                                            grb_settings)
     runtime = time.monotonic() - start
     objective = qpm_objective(a, r, sel, assignment, r_threshold=r_threshold, b=bb)
     if abs(objective - value) > 1e-6 * max(1.0, abs(objective)):

@@ -41,11 +41,13 @@ from pathlib import Path
 from typing import Any
 
 import submitit
+import torch
 from submitit.core.utils import FailedJobError, JobPaths
 from tqdm import tqdm
 
 from qpmlib import paths
 from qpmlib.files import atomic_write, file_lock
+from qpmlib.results import ResultData, ResultStore, provenance
 
 __all__ = [
     "EXECUTORS",
@@ -661,8 +663,6 @@ def probe_task(root: str | Path, seed: int, *, size: int = 8, sleep_s: float = 0
         sleep_s, fail: see :func:`probe` (not part of the configuration).
         stage: the stage whose resources the job gets.
     """
-    from qpmlib.results import ResultStore  # imports torch: only when a probe is asked for
-
     root = str(Path(root).absolute())
     key = StoreKey(str(ResultStore(root, "probe").path(_probe_config(seed, size))))
     return Task(f"probe/seed={seed}", "probe", {"root": root, "seed": seed, "size": size, "sleep_s": sleep_s,
@@ -693,10 +693,6 @@ def probe(root: str, seed: int, size: int = 8, sleep_s: float = 0.0, fail: bool 
     """
     if fail:
         raise RuntimeError(f"probe seed={seed} was asked to fail")
-    import torch
-
-    from qpmlib.results import ResultData, ResultStore, provenance
-
     store = ResultStore(root, "probe")
     config = _probe_config(seed, size)
     checkpoint = store.work_dir(config) / "checkpoint.json"

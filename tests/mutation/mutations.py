@@ -22,16 +22,17 @@ class Mutation:
 
 TRAIN = "qpmlib/train.py"
 LOSSES = "qpmlib/losses.py"
-PIPELINE = "qpmlib/pipeline.py"
-BOOK = "qpmlib/bookrunner.py"
+PIPELINE = "qpmlib/runs/dino_qpm.py"
+EVALUATE = "qpmlib/runs/evaluate.py"
+BOOK = "qpmlib/book/runner.py"
 
 #: Tests run for each area (``-x``: the first failure ends the run).
 AREA_TESTS = {
     "training": ["tests/test_train.py", "tests/test_model_metrics.py", "tests/test_pinned_run.py"],
     "losses": ["tests/test_losses.py", "tests/test_pinned_run.py"],
-    "stage hashes": ["tests/test_stage_hashes.py", "tests/test_pipeline.py"],
-    "pipeline metrics": ["tests/test_model_metrics.py", "tests/test_pinned_run.py", "tests/test_pipeline.py"],
-    "book runner": ["tests/test_bookrunner.py"],
+    "stage hashes": ["tests/test_stage_hashes.py", "tests/test_dino_qpm.py"],
+    "pipeline metrics": ["tests/test_model_metrics.py", "tests/test_pinned_run.py", "tests/test_dino_qpm.py"],
+    "book runner": ["tests/test_runner.py"],
     "locks and loading": ["tests/test_files.py", "tests/test_train.py", "tests/test_results.py",
                           "tests/test_concurrency.py"],
 }
@@ -113,7 +114,7 @@ MUTATIONS = [
       "L1-FM summed over positions"),
     M("L10", "losses", LOSSES, "    ce = F.cross_entropy(out.logits, labels)",
       "    ce = F.cross_entropy(out.logits, labels, reduction=\"sum\")", "cross-entropy summed over the batch"),
-    # ------------------------------------------------------------------ stage hashes (qpmlib/pipeline.py)
+    # ------------------------------------------------------------------ stage hashes (qpmlib/runs/dino_qpm.py)
     M("H01", "stage hashes", PIPELINE,
       '"backbone": {k: v for k, v in dataclasses.asdict(prof.backbone).items() if k != "batch_size"},',
       '"backbone": dataclasses.asdict(prof.backbone),', "extraction batch size in the hash (needless recomputation)"),
@@ -137,18 +138,18 @@ MUTATIONS = [
     M("H10", "stage hashes", PIPELINE, 'model["last_layer_bn_relu"] = prof.model.last_layer_bn_relu',
       'model.pop("last_layer_bn_relu")', "last_layer_bn_relu missing from the dense hash"),
     # ------------------------------------------------------------------ pipeline metrics
-    M("P01", "pipeline metrics", PIPELINE, "rows = weight[ev.predictions][:, rel]", "rows = weight[ev.labels][:, rel]",
+    M("P01", "pipeline metrics", EVALUATE, "rows = weight[ev.predictions][:, rel]", "rows = weight[ev.labels][:, rel]",
       "metrics use the label's weights, not the predicted class's"),
-    M("P02", "pipeline metrics", PIPELINE, "rel = np.flatnonzero((weight != 0).any(axis=0))",
-      "rel = np.arange(weight.shape[1])", "features without weight kept in the metrics"),
-    M("P03", "pipeline metrics", PIPELINE, '"class_independence": qmetrics.class_independence(train_feats[:, rel], train.labels),',
+    M("P02", "pipeline metrics", EVALUATE, "# (N_c, K)\n    rel = np.flatnonzero((weight != 0).any(axis=0))",
+      "# (N_c, K)\n    rel = np.arange(weight.shape[1])", "features without weight kept in the metrics"),
+    M("P03", "pipeline metrics", EVALUATE, '"class_independence": qmetrics.class_independence(train_feats[:, rel], train.labels),',
       '"class_independence": qmetrics.class_independence(ev.features[:, rel], ev.labels),',
       "class independence on test features"),
-    M("P04", "pipeline metrics", PIPELINE, "if (weight != 0).sum(axis=1).max() >= k else None",
+    M("P04", "pipeline metrics", EVALUATE, "if (weight != 0).sum(axis=1).max() >= k else None",
       "if (weight != 0).sum(axis=1).max() > k else None", "SID@k skipped when a class has exactly k features"),
     M("P05", "pipeline metrics", PIPELINE, '"mean": feats.mean(axis=0), "std": feats.std(axis=0)}',
       '"mean": feats.mean(axis=0), "std": feats.std(axis=0, ddof=1)}', "sample std for the standardisation"),
-    M("P06", "pipeline metrics", PIPELINE, '"pred": ev.predictions.astype(np.int64)', '"pred": ev.labels.astype(np.int64)',
+    M("P06", "pipeline metrics", EVALUATE, '"pred": ev.predictions.astype(np.int64)', '"pred": ev.labels.astype(np.int64)',
       "stored predictions are the labels"),
     M("P07", "pipeline metrics", PIPELINE, "standardise=standardise)\n            models.append(model)",
       "standardise=True)\n            models.append(model)", "fine-tune ignores model.standardise"),
@@ -158,7 +159,7 @@ MUTATIONS = [
       'sel["assignment"].float(), stats["std"], stats["mean"],', "sparse head gets the mean and std swapped"),
     M("P10", "pipeline metrics", PIPELINE, "recalibrate_bn=self.prof.train.recalibrate_bn, verbose=self.verbose)",
       "recalibrate_bn=False, verbose=self.verbose)", "train.recalibrate_bn ignored"),
-    M("P11", "pipeline metrics", PIPELINE, '"accuracy": qmetrics.accuracy(ev.logits, ev.labels),',
+    M("P11", "pipeline metrics", EVALUATE, '"accuracy": qmetrics.accuracy(ev.logits, ev.labels),',
       '"accuracy": qmetrics.accuracy(ev.logits, train.labels[: len(ev.labels)]),', "accuracy against other labels"),
     # ------------------------------------------------------------------ book runner
     M("B01", "book runner", BOOK, 'blob = json.dumps({"cells": cells, "parameters": parameters, "code": code}, sort_keys=True)',

@@ -1,152 +1,42 @@
-"""Figures for the chapters: the Fig. 2 radar, λ sweeps (Figs. 9, 11, 12), sparsity and width grids
-(Figs. 8, 13), MLP depth (Fig. 7) and ours-beside-the-paper bars.
+"""Plots for the chapters: the Fig. 2 radar, λ sweeps (Figs. 9, 11, 12), sparsity and width grids
+(Figs. 8, 13), MLP depth (Fig. 7), ours-beside-the-paper bars and the Patch Contextualisation histogram.
 
 Every function takes finished numbers (no training here) and returns a ``matplotlib.figure.Figure`` built
 without pyplot: nothing is shown, saved or left open in pyplot's figure list, so a notebook cell that ends
 with the figure displays it exactly once (``display(fig)`` shows it elsewhere).
 
-Input convention (what ``qpmlib.tables.summarise_runs`` returns): a long DataFrame with a ``metric``
+Input convention (what :func:`qpmlib.analysis.summary.summarise` returns): a long DataFrame with a ``metric``
 column, a ``mean`` column and optionally a ``std`` column, plus the swept parameter(s). Values of percent
-metrics are fractions in [0, 1] and are shown in percent (``percent=True``).
+metrics are fractions in [0, 1] and are shown in percent (``percent=True``). The radar's numbers (axes, scaling,
+areas) come from :mod:`qpmlib.analysis.tables`.
 
-Public names: ``radar_area_fraction``, ``radar_frame``, ``radar_scores``, ``radar_plot``,
-``lambda_sweep_plot``, ``depth_plot``, ``grid_heatmap``, ``bar_beside_paper``.
+Public names: ``radar_plot``, ``lambda_sweep_plot``, ``depth_plot``, ``grid_heatmap``, ``sweep_heatmap``,
+``bar_beside_paper``, ``cosine_histogram``, ``figure_png``.
 """
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
-from scipy.spatial import ConvexHull, QhullError
 
-from qpmlib.paper import FIG2_AXES, METRICS, method_display, metric_display
+from qpmlib.analysis.sweeps import SWEEPS
+from qpmlib.analysis.tables import inverted_axes, radar_area_fraction, radar_scores
+from qpmlib.paper import METRICS, method_display, metric_display
+
+__all__ = ["radar_plot", "lambda_sweep_plot", "depth_plot", "grid_heatmap", "sweep_heatmap", "bar_beside_paper",
+           "cosine_histogram", "figure_png"]
 
 _PALETTE = "colorblind"
 _LINESTYLES = ("-", "--", ":", "-.")
-_AREA_METHODS = ("polygon", "convex_hull")
 
 
 # ---------------------------------------------------------------------------------------------------
 # Radar (Fig. 2)
-
-
-def radar_area_fraction(values: Sequence[float], *, method: str = "polygon") -> float:
-    """Fraction of the regular polygon (every axis at 1) covered by a model's radar polygon.
-
-    With n axes at equal angles 2π/n and radii v_i, the polygon's area is Σ_i ½ v_i v_{i+1} sin(2π/n)
-    (indices mod n) and the full polygon's is n · ½ sin(2π/n), so
-
-        polygon:      fraction = Σ_i v_i v_{i+1} / n.
-
-    The authors' radar script (the one behind Fig. 2's "98.4 %") measures the convex hull of the n vertices
-    instead, which is larger whenever the polygon is not convex:
-
-        convex_hull:  fraction = area(hull of the n vertices) / (n/2 · sin(2π/n)).
-
-    Args:
-        values: n >= 3 radii in [0, 1], one per axis, in plotting order.
-        method: "polygon" (closed form above) or "convex_hull" (the authors' Fig. 2 computation).
-
-    Returns:
-        The fraction in [0, 1] (all ones -> 1, all 0.5 -> 0.25, alternating 1/0 -> 0 for "polygon").
-
-    Raises:
-        ValueError: fewer than 3 values, a value outside [0, 1] or NaN, or an unknown method.
-    """
-    if method not in _AREA_METHODS:
-        raise ValueError(f"unknown method {method!r}; valid: {', '.join(_AREA_METHODS)}")
-    v = np.asarray(values, dtype=float).ravel()
-    if v.size < 3:
-        raise ValueError(f"a radar needs at least 3 axes, got {v.size}")
-    if not np.all(np.isfinite(v)) or v.min() < 0 or v.max() > 1:
-        raise ValueError(f"radar values must be finite and in [0, 1] (normalise first); got {v.tolist()}")
-    n = v.size
-    if method == "polygon":
-        return float(np.sum(v * np.roll(v, -1)) / n)
-    angles = 2 * np.pi * np.arange(n) / n
-    points = np.column_stack([v * np.cos(angles), v * np.sin(angles)])  # (n, 2)
-    try:
-        hull_area = ConvexHull(points).volume  # in 2-D, "volume" is the area
-    except QhullError:  # all points on a line (or one point): no area
-        hull_area = 0.0
-    return float(hull_area / (n / 2 * np.sin(2 * np.pi / n)))
-
-
-def radar_frame(long: pd.DataFrame, axes: Sequence[tuple[str, str]] = FIG2_AXES, *, value: str = "value",
-                key: str = "method", methods: Sequence[str] | None = None) -> pd.DataFrame:
-    """Pivot a long table (``paper_values()`` or a summary of ours) into one row per model and one column per axis.
-
-    Args:
-        long: columns ``key``, dataset, metric and ``value``. Where no row has the axis' dataset, rows
-            with dataset "any" (Table 2) fill it, and an axis with dataset "any" takes any dataset's row.
-        axes: (metric, dataset) pairs in plotting order (default: Fig. 2's seven axes).
-        value: the column holding the numbers ("value" for the paper, "mean" for ours).
-        key: the column naming the models.
-        methods: models to keep, in this order (default: all, in order of appearance).
-
-    Returns:
-        DataFrame (models × axes). Columns are metric keys when the axes' metrics are distinct (as in
-        Fig. 2), else "metric/dataset". Missing cells are NaN.
-
-    Raises:
-        ValueError: missing columns, or a requested model is absent.
-    """
-    missing = {key, "dataset", "metric", value} - set(long.columns)
-    if missing:
-        raise ValueError(f"long needs columns {sorted({key, 'dataset', 'metric', value})}; missing {sorted(missing)}")
-    metrics = [m for m, _ in axes]
-    labels = metrics if len(set(metrics)) == len(metrics) else [f"{m}/{d}" for m, d in axes]
-    names = list(methods) if methods is not None else list(dict.fromkeys(long[key]))
-    absent = [m for m in names if m not in set(long[key])]
-    if absent:
-        raise ValueError(f"no rows for {absent}; available: {sorted(set(long[key]))}")
-    table = pd.DataFrame(index=pd.Index(names, name=key), columns=labels, dtype=float)
-    for label, (metric, dataset) in zip(labels, axes):
-        rows = long[long["metric"] == metric]
-        exact = rows[rows["dataset"] == dataset]
-        # Table 2 is not per dataset ("any"): let it fill a dataset axis, and let any dataset fill an "any" axis.
-        rows = exact if not exact.empty else rows[(rows["dataset"] == "any") | (dataset == "any")]
-        for name in names:
-            hit = rows.loc[rows[key] == name, value]
-            if not hit.empty:
-                table.loc[name, label] = float(hit.iloc[0])
-    return table
-
-
-def _lower_is_better(columns: Sequence[str]) -> list[str]:
-    return [c for c in columns if c.split("/")[0] in METRICS and not METRICS[c.split("/")[0]].higher_is_better]
-
-
-def radar_scores(table: pd.DataFrame, *, lower_is_better: Sequence[str] | None = None) -> pd.DataFrame:
-    """Scale every radar axis to [0, 1] as Fig. 2 does.
-
-    Lower-is-better axes (the counts N*_f and N^c_f) are first replaced by 1/x; then every axis is divided
-    by its maximum over the models shown, so the best model on each axis sits at 1.
-
-    Args:
-        table: models × axes, raw values (e.g. from ``radar_frame``), all > 0 where inverted.
-        lower_is_better: columns to invert; default: columns whose metric has ``higher_is_better=False``.
-
-    Returns:
-        DataFrame of the same shape with values in [0, 1] (NaN stays NaN).
-
-    Raises:
-        ValueError: a value is negative, or an inverted value is 0.
-    """
-    invert = _lower_is_better(table.columns) if lower_is_better is None else list(lower_is_better)
-    values = table.astype(float).copy()
-    if (values < 0).any().any():
-        raise ValueError("radar values must be >= 0 before scaling")
-    for column in invert:
-        if (values[column] == 0).any():
-            raise ValueError(f"cannot invert {column!r}: it has a 0")
-        values[column] = 1.0 / values[column]
-    maxima = values.max(axis=0).replace(0.0, 1.0)  # an all-zero axis stays 0
-    return values / maxima
 
 
 def radar_plot(table: pd.DataFrame, axes: Sequence[str] | None = None, *,
@@ -156,12 +46,12 @@ def radar_plot(table: pd.DataFrame, axes: Sequence[str] | None = None, *,
     """Radar plot in the style of Fig. 2, with each model's area fraction in the legend.
 
     Args:
-        table: models × axes (index: model keys, e.g. from ``radar_frame``).
+        table: models × axes (index: model keys, e.g. from :func:`qpmlib.analysis.tables.radar_frame`).
         axes: columns to use, in order (default: all columns).
-        lower_is_better: passed to ``radar_scores`` (their labels read "1 / ...").
+        lower_is_better: passed to :func:`~qpmlib.analysis.tables.radar_scores` (their labels read "1 / ...").
         normalise: True to scale with ``radar_scores``; False when ``table`` is already in [0, 1].
         area: "convex_hull" (default; the authors' computation behind the paper's "98.4 %") or "polygon"
-            (the area of the drawn polygon), see ``radar_area_fraction``.
+            (the area of the drawn polygon), see :func:`~qpmlib.analysis.tables.radar_area_fraction`.
         highlight: model drawn with a thicker line.
         title: axes title.
 
@@ -173,7 +63,7 @@ def radar_plot(table: pd.DataFrame, axes: Sequence[str] | None = None, *,
         ValueError: a model has NaN on an axis, or values outside [0, 1] after scaling.
     """
     columns = list(table.columns) if axes is None else list(axes)
-    invert = _lower_is_better(columns) if lower_is_better is None else list(lower_is_better)
+    invert = inverted_axes(columns) if lower_is_better is None else list(lower_is_better)
     scores = radar_scores(table[columns], lower_is_better=invert) if normalise else table[columns].astype(float)
     if scores.isna().any().any():
         bad = scores.index[scores.isna().any(axis=1)].tolist()
@@ -352,11 +242,23 @@ def grid_heatmap(df: pd.DataFrame, x: str, y: str, value: str = "mean", *, col: 
     return fig
 
 
+def sweep_heatmap(summary: pd.DataFrame, x: str, y: str, metric: str) -> Figure:
+    """:func:`grid_heatmap` of a sweep summary with the sweep parameters' axis names (Figs. 8, 13).
+
+    Args:
+        summary: :func:`qpmlib.analysis.summary.summarise` of a two-parameter sweep, one stage.
+        x, y: swept columns (keys of :data:`qpmlib.analysis.sweeps.SWEEPS`).
+        metric: metric key to colour.
+    """
+    labels = {p: SWEEPS[p].label for p in (x, y)}
+    return grid_heatmap(summary.rename(columns=labels), x=labels[x], y=labels[y], metric=metric)
+
+
 def bar_beside_paper(table: pd.DataFrame, *, metrics: Sequence[str] | None = None) -> Figure:
     """Grouped bars, ours beside the paper, one panel per (metric, dataset), with ours' std as error bars.
 
     Args:
-        table: the output of ``qpmlib.tables.beside_paper`` (columns row, dataset, metric, ours_mean,
+        table: the output of :func:`qpmlib.analysis.summary.beside_paper` (columns row, dataset, metric, ours_mean,
             ours_std, paper_value, paper_std).
         metrics: metrics to show (default: every metric with at least one number on either side).
 
@@ -396,6 +298,28 @@ def bar_beside_paper(table: pd.DataFrame, *, metrics: Sequence[str] | None = Non
     return fig
 
 
+def cosine_histogram(values: np.ndarray, *, title: str = "") -> Figure:
+    """Histogram of per-image cosines with their mean marked.
+
+    Args:
+        values: (N,) cosines, e.g. from :func:`qpmlib.analysis.tables.backbone_cosines`.
+        title: axes title.
+
+    Returns:
+        Figure with one axes.
+    """
+    values = np.asarray(values, dtype=float)
+    fig = Figure(figsize=(5, 3), layout="constrained")
+    ax = fig.add_subplot()
+    ax.hist(values, bins=20, color="tab:blue")
+    ax.axvline(values.mean(), color="black", linestyle="--", label=f"mean {values.mean():.3f}")
+    ax.set_xlabel("cos(mean patch token, CLS token)")
+    ax.set_ylabel("images")
+    ax.set_title(title)
+    ax.legend()
+    return fig
+
+
 def figure_png(fig: Figure, *, dpi: int = 72) -> bytes:
     """PNG bytes of a figure, e.g. for an ``ipywidgets.Image`` that a drop-down updates.
 
@@ -406,8 +330,6 @@ def figure_png(fig: Figure, *, dpi: int = 72) -> bytes:
     Returns:
         the PNG file's bytes.
     """
-    import io
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
     return buf.getvalue()

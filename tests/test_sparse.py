@@ -1,22 +1,19 @@
-"""Tests for qpmlib.sparse_baselines: SLDD selection and weights, QSENN ternary head, baseline settings."""
+"""Tests for qpmlib.sparse: SLDD selection and weights, QSENN ternary head, the methods' constants."""
 
 import dataclasses
 
 import numpy as np
 import pytest
 
+from qpmlib import sparse
 from qpmlib.glm import GLMPath, GLMPathEntry, elastic_net_path
-from qpmlib.profiles import ModelConfig, TrainConfig, get_profile
-from qpmlib.sparse_baselines import (
+from qpmlib.sparse import (
     QSENN,
     SLDD,
-    linear_probe_config,
     pick_sldd_entry,
     qsenn_bias,
-    qsenn_config,
     qsenn_schedule,
     qsenn_weights,
-    sldd_config,
     sldd_select,
     sldd_selection_order,
     sldd_weights,
@@ -175,52 +172,27 @@ def test_qsenn_schedule_variants():
         qsenn_schedule(25, 5e-3, variant="fast")
 
 
-def _profile_keys_exist(config):
-    fields = {"model": ModelConfig, "train": TrainConfig}
-    for key in config:
-        part, name = key.split(".")
-        if part in fields:
-            assert name in {f.name for f in dataclasses.fields(fields[part])}, key
-
-
-def test_linear_probe_config():
-    config = linear_probe_config("paper")
-    assert config["model.n_layers"] == 0 and config["model.pooling"] == "cls"
-    assert config["train.dense_fdl"] == 0.0 and config["train.ft_epochs"] == 0
-    assert config["train.dense_epochs"] == 40
-    assert linear_probe_config("smoke")["train.dense_epochs"] == get_profile("smoke").train.dense_epochs
-    _profile_keys_exist(config)
-
-
-def test_sldd_and_qsenn_configs():
-    sldd = sldd_config("paper")
-    assert sldd["train.dense_fdl"] == sldd["train.ft_fdl"] == 0.196
-    assert sldd["train.ft_l1_fm"] == sldd["train.ft_l1_fv"] == 0.0
-    assert sldd["head.dropout"] == 0.1 and sldd["train.ft_epochs"] == 50
-    _profile_keys_exist(sldd)
-    qsenn = qsenn_config("demo")
-    ft = get_profile("demo").train.ft_epochs
-    assert qsenn["qsenn.schedule"] == [(ft, 5e-3)] * 4
-    assert [e for e, _ in qsenn_config("demo", schedule="qsenn")["qsenn.schedule"]] == [10] * 4
+def test_constants_are_the_reference_code_s():
+    assert SLDD.fdl == 0.196 and SLDD.l1_fm == SLDD.l1_fv == 0.0 and SLDD.head_dropout == 0.1
+    assert (SLDD.dense_epochs, SLDD.ft_epochs, SLDD.dense_batch_size, SLDD.ft_batch_size) == (40, 50, 32, 16)
     assert SLDD.select_alpha == 0.8 and QSENN.weights_alpha == 0.99 and QSENN.n_iterations == 4
+    assert QSENN.schedule == "reference"
 
 
 @pytest.mark.parametrize("source", ["metadata", "split"])
 def test_selection_lambda_max_source(monkeypatch, source):
     """The selection path starts from glm-saga's metadata of the raw features (reference) or from its own split."""
-    import qpmlib.sparse_baselines as sb
-
     X, y = _features(n_per_class=6, d=8, informative=(1, 4))
     X = X * np.linspace(0.5, 3.0, X.shape[1])  # columns of different scales: the two sources then differ
     seen = []
-    real = sb.lambda_max
+    real = sparse.lambda_max
 
     def spy(problem, alpha, group=False, *, metadata=None):
         value = real(problem, alpha, group, metadata=metadata)
         seen.append((metadata, value))
         return value
 
-    monkeypatch.setattr(sb, "lambda_max", spy)
+    monkeypatch.setattr(sparse, "lambda_max", spy)
     settings = dataclasses.replace(FAST, n_lambdas=5, lambda_max_source=source)
     sldd_selection_order(X, y, 2, settings=settings)
     (metadata, value), = seen

@@ -4,15 +4,27 @@
   to look at ViT patch features.
 * :func:`part_label_map` turns SynthBirds' per-patch part fractions into one label per patch.
 * :func:`walkthrough_figure` draws the image, the backbone's input, the token PCA, the true parts and one
-  adapter feature map side by side, on the same patch grid.
+  adapter feature map side by side, on the same patch grid; :func:`image_walkthrough` does it for one training
+  image of a profile's dataset, with a given backbone and adapter.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import torch
+from matplotlib import colormaps
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from PIL import Image
 
-__all__ = ["token_pca_rgb", "part_label_map", "walkthrough_figure"]
+from qpmlib.backbones import FrozenBackbone
+from qpmlib.config import Profile, get_profile
+from qpmlib.data import DATASETS, prepare, read_index
+from qpmlib.data.images import load_image
+from qpmlib.data.synthbirds import part_maps, part_names
+from qpmlib.model import DinoQPM, join_tokens
+
+__all__ = ["token_pca_rgb", "part_label_map", "walkthrough_figure", "image_walkthrough"]
 
 
 def token_pca_rgb(patches: np.ndarray, grid: int) -> np.ndarray:
@@ -99,9 +111,6 @@ def walkthrough_figure(
         ax.set_title(title, fontsize=9)
     k = 3
     if part_fractions is not None:
-        from matplotlib import colormaps
-        from matplotlib.patches import Patch
-
         labels = part_label_map(part_fractions)
         n_parts = part_fractions.shape[0]
         cmap = colormaps["tab10" if n_parts <= 10 else "tab20"].with_extremes(bad="white")
@@ -119,3 +128,36 @@ def walkthrough_figure(
         ax.set_xticks([])
         ax.set_yticks([])
     return fig
+
+
+def image_walkthrough(profile: str | Profile, image_index: int, *, backbone: FrozenBackbone,
+                      adapter: DinoQPM) -> Figure:
+    """:func:`walkthrough_figure` of the ``image_index``-th training image, with its most active adapter feature.
+
+    Args:
+        profile: profile name or object (dataset, image size, normalisation).
+        image_index: row among the training images of the dataset's index.
+        backbone: the frozen backbone (e.g. :func:`qpmlib.backbones.build_backbone` of the profile's).
+        adapter: a :class:`~qpmlib.model.DinoQPM` in eval mode (trained or not).
+
+    Returns:
+        The figure; the true-parts panel only where the dataset has part maps (SynthBirds).
+    """
+    prof = get_profile(profile)
+    root = prepare(prof.data, verbose=False)
+    index = read_index(root, prof.data.dataset)
+    row = index[index.is_train].iloc[image_index]
+    x = load_image(row.path, prof.data.image_size, dataset=prof.data.dataset, normalisation=prof.data.normalisation)
+    with torch.no_grad():
+        cls, patches = backbone(x[None])
+        out = adapter(join_tokens(patches, cls))
+    d = int(out.features[0].argmax())
+    has_parts = DATASETS[prof.data.dataset].parts
+    with Image.open(row.path) as im:
+        image = np.asarray(im.convert("RGB"))
+    return walkthrough_figure(
+        image, x.numpy(), patches[0].numpy(), backbone.grid,
+        part_fractions=part_maps(root, [row.image_id], backbone.grid)[0] if has_parts else None,
+        part_names=part_names(root) if has_parts else None,
+        feature_map=out.feature_maps[0, d].numpy(), feature_id=d,
+    )

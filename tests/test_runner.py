@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from qpmlib import bookrunner
-from qpmlib.bookrunner import (
+from qpmlib.book import runner as bookrunner
+from qpmlib.book.runner import (
     ChapterFailed,
     check_parameters,
     chapters,
@@ -18,7 +18,7 @@ from qpmlib.bookrunner import (
     toc_entries,
 )
 from qpmlib.paths import REPO_ROOT
-from qpmlib.profiles import PROFILES
+from qpmlib.config import PROFILES
 
 
 def _write_notebook(path, cells):

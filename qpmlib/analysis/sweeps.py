@@ -1,14 +1,16 @@
 """Sweeps for the ablation chapters: run a grid of pipeline variations and return long tables (Figs. 7-13).
 
 Each sweep parameter maps to the profile field(s) the reference code's config changes for that experiment
-(reference_spec §8.3) and is passed to :func:`qpmlib.pipeline.run_dino_qpm` as a dotted override. The pipeline
+(reference_spec §8.3) and is passed to DINO-QPM's runs as a dotted override (:func:`sweep_requests` lists them
+as :class:`qpmlib.runs.methods.RunRequest` values, :func:`sweep_grid` runs them). The pipeline
 caches its three stages separately (``dense``, ``qp``, ``qpm``), each under a hash of what determines it, so a
 fine-tune-only variation (λ_L1-FM, λ_L1-FV, fine-tune λ_div) trains the dense model and solves the QP once per
 seed, and a sparsity variation trains the dense model once per seed; :data:`SWEEPS` records what each parameter
 reuses.
 
     df = sweep("smoke", "l1_fm")                         # grid from profile.sweeps.l1_fm, profile seeds
-    table = summarise(df)                                # mean, std, n over seeds
+    df = figure_sweep("smoke", "fig9")                   # the same: Fig. 9's grid (FIGURE_GRIDS)
+    table = summarise(df)                                # qpmlib.analysis.summary: mean, std, n over seeds
     trend(table, "l1_fm", "accuracy", stage="dino_qpm")  # Spearman correlation of the means with λ
 
 Long format (one row per run, stage and metric): the swept column(s) (``l1_fm``; ``n_selected`` and
@@ -17,9 +19,10 @@ Long format (one row per run, stage and metric): the swept column(s) (``l1_fm``;
 ``value`` (fractions in [0, 1] for accuracy-like metrics; NaN where a metric is undefined, e.g. SID@5 with fewer
 than 5 features per class).
 
-Public names: :class:`Sweep`, :data:`SWEEPS`, :data:`STAGES`, :func:`sweep_values`, :func:`overrides_for`,
-:func:`sweep`, :func:`sweep_grid`, :func:`summarise`, :func:`means_table`, :func:`trend`, :func:`spread`,
-:func:`stage_gap`, :class:`FeatureMapView`, :func:`feature_map_view`, :func:`feature_maps_figure`, :func:`claim_row`.
+Public names: :class:`Sweep`, :data:`SWEEPS`, :data:`STAGES`, :data:`FIGURE_GRIDS`, :func:`sweep_values`,
+:func:`overrides_for`, :func:`sweep_requests`, :func:`sweep`, :func:`sweep_grid`, :func:`figure_sweep`,
+:func:`means_table`, :func:`trend`, :func:`spread`, :func:`stage_gap` and the chapters' small helpers.
+The paper's statements about these figures are judged by :mod:`qpmlib.analysis.claims`.
 """
 
 from __future__ import annotations
@@ -32,15 +35,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 from scipy.stats import spearmanr
 from tqdm import tqdm
 
-from qpmlib.explain import local_explanation
+from qpmlib.config import Profile, get_profile
 from qpmlib.model import POOLINGS
-from qpmlib.paper import CLAIMS, METRICS, method_display, metric_display
-from qpmlib.profiles import Profile, get_profile
-from qpmlib.tables import mean_std
+from qpmlib.paper import METRICS, method_display, metric_display
+from qpmlib.runs.methods import RunRequest, run_methods
+from qpmlib.runs.run import Run
 
 __all__ = [
     "Sweep",
@@ -50,23 +52,31 @@ __all__ = [
     "sweep_values",
     "overrides_for",
     "sweep",
+    "sweep_requests",
     "sweep_grid",
-    "summarise",
+    "FIGURE_GRIDS",
+    "figure_sweep",
     "means_table",
     "trend",
     "spread",
     "stage_gap",
-    "FeatureMapView",
-    "feature_map_view",
-    "feature_maps_figure",
-    "claim_row",
+    "SOURCE_LABELS",
+    "shown_value",
+    "stage_means",
+    "value_at",
+    "min_trend",
+    "defined_metrics",
 ]
+
+#: Readable name of each feature-vector source (``model.pooling``), as Fig. 7 and Table 3 call them.
+SOURCE_LABELS = {"avg_pooling": "patches (F_froz)", "cls": "CLS (f_CLS)"}
 
 #: Stages a sweep reports: the dense model ("Dense F_froz") and the fine-tuned DINO-QPM.
 STAGES = ("dense", "dino_qpm")
 
-#: ``runner(profile, seed, overrides) -> {stage: {metric: value}}``; the default runs the pipeline.
-Runner = Callable[[Profile, int, dict[str, Any]], Mapping[str, Mapping[str, Any]]]
+#: ``runner(method, profile, seeds, *, overrides, verbose) -> list[Run]``, default
+#: :func:`qpmlib.runs.methods.run_methods` (results store; on a GPU the missing seeds train together).
+Runner = Callable[..., list[Run]]
 
 
 @dataclass(frozen=True)
@@ -74,7 +84,7 @@ class Sweep:
     """One sweepable parameter.
 
     Attributes:
-        keys: dotted profile fields it sets (see :func:`qpmlib.pipeline.apply_overrides`).
+        keys: dotted profile fields it sets (see :func:`qpmlib.config.apply_overrides`).
         columns: the DataFrame column(s) holding its value; one column for several keys means the same value
             goes to every key (λ_div in both stages), one column per key means the value is a tuple.
         reuses: pipeline stages shared by all values of this parameter (same seed): ``("dense", "qp")``,
@@ -114,6 +124,17 @@ def _check_param(param: str) -> Sweep:
     return SWEEPS[param]
 
 
+#: The grid of each ablation figure of the paper (the values come from the profile's ``sweeps``).
+FIGURE_GRIDS: dict[str, dict[str, None]] = {
+    "fig7": {"n_layers": None, "pooling": None},
+    "fig8": {"sparsity": None},
+    "fig9": {"l1_fm": None},
+    "fig11": {"fdl": None},
+    "fig12": {"l1_fv": None},
+    "fig13": {"hidden_size": None, "n_features": None},
+}
+
+
 def sweep_values(profile: str | Profile, param: str) -> tuple[Any, ...]:
     """The grid of ``param`` for a profile: ``profile.sweeps.<param>``; both poolings for ``"pooling"``.
 
@@ -137,6 +158,15 @@ def sweep_values(profile: str | Profile, param: str) -> tuple[Any, ...]:
                          f"{', '.join(f for f in prof.sweeps.__dataclass_fields__ if f != 'backbones')}, "
                          "pooling); pass values= explicitly")
     return tuple(getattr(prof.sweeps, param))
+
+
+def shown_value(profile: str | Profile, param: str) -> Any:
+    """The value a chapter shows by default: the profile's own value of a one-field parameter when it is on the
+    grid, else the grid's largest value."""
+    values = sweep_values(profile, param)
+    section, name = _check_param(param).keys[0].split(".")
+    own = getattr(getattr(get_profile(profile), section), name)
+    return own if own in values else max(values)
 
 
 def overrides_for(param: str, value: Any) -> dict[str, Any]:
@@ -174,45 +204,33 @@ def _number(value: Any) -> float | None:
     return float(value)
 
 
-def sweep_grid(
+def sweep_requests(
     profile: str | Profile,
     grid: Mapping[str, Sequence[Any] | None],
     *,
     seeds: Sequence[int] | None = None,
-    stages: Sequence[str] = STAGES,
     fixed: Mapping[str, Any] | None = None,
-    runner: Runner | None = None,
-    verbose: bool = False,
-) -> pd.DataFrame:
-    """Run every combination of several sweep parameters for every seed (cached runs are only loaded).
+) -> list[tuple[dict[str, Any], RunRequest]]:
+    """The DINO-QPM runs of a sweep: every combination of the grid's values over the seeds.
 
     Args:
         profile: a profile or its name.
         grid: ``{param: values}`` with :data:`SWEEPS` keys; None takes :func:`sweep_values`. The full product
             is run, e.g. ``{"n_layers": None, "pooling": None}`` for Fig. 7.
         seeds: run seeds; None: ``profile.sweeps.seeds``, or the profile's seeds when that is empty.
-        stages: which stages to report, a subset of :data:`STAGES`. A run without a QPM stage
-            (``model.n_layers == 0``, reference_spec §6.1) gives dense rows only.
         fixed: further dotted overrides applied to every run (must not touch the swept fields).
-        runner: computes one run's metrics; default :func:`qpmlib.pipeline.run_seeds` over all seeds of a grid
-            point (results store; on a GPU the missing seeds train together).
-        verbose: a progress bar over the runs, and the pipeline's own progress.
 
     Returns:
-        Long DataFrame with one column per swept value (``Sweep.columns``), then ``seed``, ``stage``,
-        ``metric`` and ``value`` (float, NaN when undefined); non-numeric metrics are dropped. Rows follow the
-        grid order, seeds innermost.
+        ``(columns, request)`` per grid point in grid order, ``columns`` holding the swept values
+        (:attr:`Sweep.columns`).
 
     Raises:
-        ValueError: unknown parameter or stage, an empty grid or seed list, or two parameters (or ``fixed``)
-            setting the same field.
+        ValueError: unknown parameter, an empty grid or seed list, or two parameters (or ``fixed``) setting the
+            same field.
     """
     prof = get_profile(profile)
     if not grid:
         raise ValueError("grid is empty; give at least one parameter, e.g. {'l1_fm': None}")
-    bad = [s for s in stages if s not in STAGES]
-    if bad or not stages:
-        raise ValueError(f"stages must be a non-empty subset of {STAGES}, got {list(stages)}")
     seeds = tuple((prof.sweeps.seeds or prof.seeds) if seeds is None else seeds)
     if not seeds:
         raise ValueError("seeds is empty; pass None for the profile's seeds")
@@ -226,27 +244,72 @@ def sweep_grid(
             if key in owners:
                 raise ValueError(f"{p!r} and {owners[key]!r} both set {key}; sweep each field once")
             owners[key] = p
-    combos = list(itertools.product(*values.values()))
-    rows = []
-    for combo in tqdm(combos, desc="sweep", disable=not verbose):
+    out = []
+    for combo in itertools.product(*values.values()):
         overrides = dict(fixed or {})
         columns: dict[str, Any] = {}
         for p, v in zip(values, combo):
             overrides.update(overrides_for(p, v))
             columns.update(_columns(p, v))
-        if runner is None:  # all seeds at once: on a GPU the missing ones train together
-            from qpmlib.pipeline import run_seeds
+        out.append((columns, RunRequest.of("dino_qpm", seeds, overrides)))
+    return out
 
-            found = {r.seed: r.metrics for r in run_seeds(prof, seeds, overrides=overrides, verbose=verbose)}
-        for seed in seeds:
-            metrics = found[seed] if runner is None else runner(prof, seed, overrides)
+
+def sweep_grid(
+    profile: str | Profile,
+    grid: Mapping[str, Sequence[Any] | None],
+    *,
+    seeds: Sequence[int] | None = None,
+    stages: Sequence[str] = STAGES,
+    fixed: Mapping[str, Any] | None = None,
+    runner: Runner = run_methods,
+    verbose: bool = False,
+) -> pd.DataFrame:
+    """Run (or load) every combination of several sweep parameters for every seed (:func:`sweep_requests`).
+
+    Args:
+        profile, grid, seeds, fixed: see :func:`sweep_requests`.
+        stages: which stages to report, a subset of :data:`STAGES`. A run without a QPM stage
+            (``model.n_layers == 0``, reference_spec §6.1) gives dense rows only.
+        runner: runs DINO-QPM over the seeds of one grid point (:data:`Runner`).
+        verbose: a progress bar over the grid points, and the pipeline's own progress.
+
+    Returns:
+        Long DataFrame with one column per swept value (``Sweep.columns``), then ``seed``, ``stage``,
+        ``metric`` and ``value`` (float, NaN when undefined); non-numeric metrics are dropped. Rows follow the
+        grid order, seeds innermost.
+
+    Raises:
+        ValueError: unknown parameter or stage, and see :func:`sweep_requests`.
+    """
+    prof = get_profile(profile)
+    bad = [s for s in stages if s not in STAGES]
+    if bad or not stages:
+        raise ValueError(f"stages must be a non-empty subset of {STAGES}, got {list(stages)}")
+    requests = sweep_requests(prof, grid, seeds=seeds, fixed=fixed)
+    rows = []
+    for columns, request in tqdm(requests, desc="sweep", disable=not verbose):
+        for run in runner(request.method, prof, request.seeds, overrides=dict(request.overrides), verbose=verbose):
+            metrics = run.stage_metrics()
             for stage in stages:
                 for name, raw in metrics.get(stage, {}).items():
                     number = _number(raw)
                     if number is not None:
-                        rows.append({**columns, "seed": seed, "stage": stage, "metric": name, "value": number})
-    cols = [c for p in values for c in SWEEPS[p].columns] + ["seed", "stage", "metric", "value"]
+                        rows.append({**columns, "seed": run.seed, "stage": stage, "metric": name, "value": number})
+    cols = [c for p in grid for c in SWEEPS[p].columns] + ["seed", "stage", "metric", "value"]
     return pd.DataFrame.from_records(rows, columns=cols)
+
+
+def figure_sweep(profile: str | Profile, figure: str, *, seeds: Sequence[int] | None = None,
+                 runner: Runner = run_methods, verbose: bool = False) -> pd.DataFrame:
+    """The sweep behind one ablation figure (:data:`FIGURE_GRIDS`), as :func:`sweep_grid` returns it.
+
+    Raises:
+        ValueError: for a figure without a grid (lists the figures).
+    """
+    if figure not in FIGURE_GRIDS:
+        raise ValueError(f"no sweep for {figure!r}; figures: {', '.join(FIGURE_GRIDS)}")
+    return sweep_grid(profile, FIGURE_GRIDS[figure], seeds=seeds, runner=runner, verbose=verbose)
 
 
 def sweep(
@@ -257,7 +320,7 @@ def sweep(
     seeds: Sequence[int] | None = None,
     stages: Sequence[str] = STAGES,
     fixed: Mapping[str, Any] | None = None,
-    runner: Runner | None = None,
+    runner: Runner = run_methods,
     verbose: bool = False,
 ) -> pd.DataFrame:
     """One-parameter sweep: :func:`sweep_grid` with ``{param: values}``.
@@ -278,38 +341,12 @@ def sweep(
                       verbose=verbose)
 
 
-def summarise(df: pd.DataFrame, *, ddof: int = 0) -> pd.DataFrame:
-    """Mean and std over seeds of a sweep table (NaN values ignored, :func:`qpmlib.tables.mean_std`).
-
-    Args:
-        df: output of :func:`sweep` / :func:`sweep_grid` (any columns besides seed and value are keys).
-        ddof: 0 population std (the authors' aggregation), 1 sample std.
-
-    Returns:
-        One row per group with the key columns, ``mean``, ``std`` (NaN for a single seed) and ``n`` (finite
-        values), in first-appearance order: the input of :mod:`qpmlib.plots`.
-
-    Raises:
-        ValueError: when ``seed`` or ``value`` is missing.
-    """
-    missing = {"seed", "value"} - set(df.columns)
-    if missing:
-        raise ValueError(f"df needs columns seed and value (a sweep table); missing {sorted(missing)}")
-    keys = [c for c in df.columns if c not in ("seed", "value")]
-    rows = []
-    for group, part in df.groupby(keys, sort=False, dropna=False):
-        mean, std = mean_std(part["value"], ddof=ddof)
-        n = int(np.isfinite(part["value"].to_numpy(dtype=float)).sum())
-        rows.append({**dict(zip(keys, group)), "mean": mean, "std": std, "n": n})
-    return pd.DataFrame.from_records(rows, columns=[*keys, "mean", "std", "n"])
-
-
 def means_table(summary: pd.DataFrame, index: str | Sequence[str], metrics: Sequence[str], *,
                 percent: bool = True, digits: int = 1) -> pd.DataFrame:
     """Means of a sweep summary, one row per grid point and one column per (stage, metric), display names.
 
     Args:
-        summary: output of :func:`summarise`.
+        summary: :func:`qpmlib.analysis.summary.summarise` of a sweep table.
         index: the swept column(s), e.g. "l1_fm" or ["n_selected", "n_per_class"].
         metrics: metric keys, in column order.
         percent: show percent metrics (unit "%" in :data:`qpmlib.paper.METRICS`) × 100.
@@ -354,7 +391,7 @@ def trend(summary: pd.DataFrame, x: str, metric: str, *, stage: str = "dino_qpm"
     """Spearman rank correlation between a swept value and a metric's mean (+1: rises with x, -1: falls).
 
     Args:
-        summary: output of :func:`summarise`.
+        summary: :func:`qpmlib.analysis.summary.summarise` of a sweep table.
         x: the swept column, e.g. "l1_fm".
         metric: metric key, e.g. "accuracy".
         stage: "dense" or "dino_qpm".
@@ -380,7 +417,7 @@ def spread(summary: pd.DataFrame, metric: str, *, stage: str = "dino_qpm",
     """Largest minus smallest mean of a metric over a sweep (Fig. 8's "variation in accuracy").
 
     Args:
-        summary: output of :func:`summarise`.
+        summary: :func:`qpmlib.analysis.summary.summarise` of a sweep table.
         metric: metric key.
         stage: "dense" or "dino_qpm".
         where: further column filters.
@@ -401,7 +438,7 @@ def stage_gap(summary: pd.DataFrame, x: str, metric: str = "accuracy", *,
     """DINO-QPM's mean minus the dense model's mean at each value of ``x`` (Fig. 7's "QPM beats dense").
 
     Args:
-        summary: output of :func:`summarise` with both stages.
+        summary: :func:`qpmlib.analysis.summary.summarise` of a sweep table with both stages.
         x: the swept column, e.g. "n_layers".
         metric: metric key.
         where: further column filters, e.g. {"pooling": "avg_pooling"}.
@@ -423,138 +460,37 @@ def stage_gap(summary: pd.DataFrame, x: str, metric: str = "accuracy", *,
     return (qpm.loc[common] - dense.loc[common]).rename(f"{metric} gap")
 
 
-# ---------------------------------------------------------------------------------------------- Fig. 10
-@dataclass
-class FeatureMapView:
-    """One test image through a fine-tuned DINO-QPM model (input of :func:`qpmlib.explain.local_explanation`).
-
-    Attributes:
-        image: (S, S, 3) float image in [0, 1], resized as the backbone saw it (without normalisation).
-        feature_maps: (N*_f, h, w) maps of the selected features on the patch grid.
-        feature_ids: positions (into feature_maps' first axis) of the predicted class's N^c_f features.
-        selected: (N*_f,) the dense feature index of each map.
-        label: true class (0-based).
-        prediction: predicted class.
-        image_id: the dataset's image id.
-    """
-
-    image: np.ndarray
-    feature_maps: np.ndarray
-    feature_ids: np.ndarray
-    selected: np.ndarray
-    label: int
-    prediction: int
-    image_id: int
+def stage_means(summary: pd.DataFrame, stage: str = "dense") -> dict[str, float]:
+    """Each metric's mean over all grid points of one stage (the dense reference line of Figs. 9 and 12, whose
+    grid points share one dense model)."""
+    return summary[summary["stage"] == stage].groupby("metric")["mean"].mean().to_dict()
 
 
-def feature_map_view(profile: str | Profile, run: Any, index: int) -> FeatureMapView:
-    """Feature maps of the ``index``-th test image under a run's fine-tuned model (paper Fig. 10).
-
-    Args:
-        profile: the profile the run belongs to (gives the dataset and its embedding store).
-        run: a :class:`qpmlib.pipeline.QPMRun` with a QPM stage.
-        index: row of the test split, in [0, number of test images).
-
-    Returns:
-        :class:`FeatureMapView`.
+def value_at(summary: pd.DataFrame, x: str, value: Any, metric: str = "accuracy", *,
+             stage: str = "dino_qpm") -> float:
+    """The mean of ``metric`` at one grid point ``x == value``.
 
     Raises:
-        ValueError: index out of range, or a run without a QPM stage.
+        ValueError: when no row matches (see :func:`trend`) or the grid point is absent.
     """
-    import torch
-    from PIL import Image
-
-    from qpmlib.data import prepare, read_index
-    from qpmlib.embeddings import get_store
-    from qpmlib.train import TokenData
-
-    prof = get_profile(profile)
-    test = TokenData.from_store(get_store(prof, "test", verbose=False))
-    if not 0 <= index < len(test):
-        raise ValueError(f"index must lie in [0, {len(test)}) (test images), got {index}")
-    model = run.qpm_model()
-    with torch.no_grad():
-        out = model(test.batch(np.array([index])))
-    prediction = int(out.logits[0].argmax())
-    image_id = int(test.image_ids[index])
-    table = read_index(prepare(prof.data, verbose=False), prof.data.dataset)
-    path = table.loc[table["image_id"] == image_id, "path"].iloc[0]
-    size = prof.data.image_size
-    with Image.open(path) as im:
-        image = np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.float32) / 255.0
-    return FeatureMapView(
-        image=image,
-        feature_maps=out.feature_maps[0].numpy(),
-        feature_ids=np.flatnonzero(model.assignment[prediction].numpy()),
-        selected=model.selected.numpy(),
-        label=int(test.labels[index]),
-        prediction=prediction,
-        image_id=image_id,
-    )
+    part = _select(summary, metric, stage, None).set_index(x)["mean"]
+    if value not in part.index:
+        raise ValueError(f"{x} = {value!r} is not on the grid; values: {list(part.index)}")
+    return float(part.loc[value])
 
 
-def feature_maps_figure(views: Mapping[str, FeatureMapView], *, cmap: str = "magma") -> Figure:
-    """Paper Fig. 10: one row per model, the local explanation and then each of the class's feature maps.
-
-    Each map is shown on the patch grid divided by its own maximum, so background activation shows up as
-    colour outside the bird whatever the map's scale.
-
-    Args:
-        views: row title -> :class:`FeatureMapView` (e.g. {"λ_L1-FM = 0": ..., "λ_L1-FM = 5": ...}).
-        cmap: colour map of the individual maps.
-
-    Returns:
-        Figure with len(views) rows and 1 + max N^c_f columns.
-
-    Raises:
-        ValueError: when ``views`` is empty.
-    """
-    if not views:
-        raise ValueError("views is empty; pass at least one FeatureMapView")
-    n_cols = 1 + max(len(v.feature_ids) for v in views.values())
-    fig = Figure(figsize=(2.3 * n_cols + 1.2, 2.4 * len(views)), layout="constrained")
-    axes = fig.subplots(len(views), n_cols, squeeze=False)
-    for row, (title, view) in zip(axes, views.items()):
-        local_explanation(view.image, view.feature_maps, view.feature_ids, ax=row[0],
-                          title=f"{title}\nclass {view.label}, predicted {view.prediction}")
-        for ax, j in zip(row[1:], view.feature_ids):
-            fmap = np.maximum(view.feature_maps[j], 0.0)
-            top = fmap.max()
-            ax.imshow(fmap / top if top > 0 else fmap, cmap=cmap, vmin=0.0, vmax=1.0)
-            ax.set_title(f"feature {j}", fontsize="small")
-        for ax in row[1:]:
-            ax.set_axis_off()
-    return fig
+def min_trend(summary: pd.DataFrame, x: str, metric: str, over: str, *, stage: str = "dino_qpm") -> float:
+    """The smallest :func:`trend` of ``metric`` along ``x`` over the values of another swept column ``over``
+    (Fig. 13: width against accuracy for every N_f); NaN when any of them is undefined."""
+    rhos = [trend(summary, x, metric, stage=stage, where={over: v}) for v in sorted(set(summary[over]))]
+    return float(pd.Series(rhos, dtype=float).min(skipna=False))
 
 
-def claim_row(source: str, observed: float, agrees: bool | None, *, which: int = 0, digits: int = 2,
-              criterion: str = "") -> dict[str, str]:
-    """One row of a "does the reproduction agree?" table: a claim of the paper beside our number.
+def defined_metrics(summaries: Sequence[pd.DataFrame], candidates: Sequence[str], *,
+                    stage: str = "dino_qpm") -> list[str]:
+    """The candidates whose mean is defined at every grid point of every summary (for a metric drop-down)."""
+    def defined(summary: pd.DataFrame, metric: str) -> bool:
+        part = summary[(summary["stage"] == stage) & (summary["metric"] == metric)]
+        return bool(part["mean"].notna().all())
 
-    Args:
-        source: the claim's ``source`` in :data:`qpmlib.paper.CLAIMS`, e.g. "fig9".
-        observed: our statistic (a correlation, a spread in points, ...); NaN when undefined here.
-        agrees: whether our statistic supports the claim; None when it cannot be judged.
-        which: the n-th claim with this source (Fig. 7 has two).
-        digits: decimals of ``observed``.
-        criterion: how ``agrees`` was decided, in words.
-
-    Returns:
-        {"figure", "paper says", "ours", "criterion", "agrees"} with "yes", "no" or "n/a".
-
-    Raises:
-        ValueError: when the paper has no such claim (the message lists the sources).
-    """
-    found = [c for c in CLAIMS if c.source == source]
-    if which >= len(found) or which < 0:
-        sources = ", ".join(dict.fromkeys(c.source for c in CLAIMS))
-        raise ValueError(f"no claim #{which} for {source!r}; sources: {sources}")
-    claim = found[which]
-    undefined = agrees is None or not math.isfinite(observed)
-    return {
-        "figure": "Fig. " + source.removeprefix("fig") if source.startswith("fig") else source,
-        "paper says": f"“{claim.text}”",
-        "ours": "undefined" if not math.isfinite(observed) else f"{observed:.{digits}f}",
-        "criterion": criterion,
-        "agrees": "n/a" if undefined else ("yes" if agrees else "no"),
-    }
+    return [m for m in candidates if all(defined(s, m) for s in summaries)]

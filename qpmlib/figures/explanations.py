@@ -1,4 +1,4 @@
-"""Explanations of DINO-QPM decisions: local explanations, CAMs, class pairs, prototypes, failure cases.
+"""Explanation figures: local explanations, CAMs, class pairs, prototype patches, one test image under a model.
 
 Array helpers return numpy arrays; figure helpers return a matplotlib ``Figure`` (they never call ``show()``,
 save or close anything) so that each chapter decides the layout. A feature id always gets the same colour
@@ -8,15 +8,14 @@ save or close anything) so that each chapter decides the layout. A feature id al
 or, for a fine-tuned QPM model whose maps hold only the selected features, the position among them.
 
 Public names: :data:`PALETTE`, :func:`feature_colours`, :func:`upsample_maps`, :func:`local_explanation_array`,
-:func:`local_explanation`, :func:`cam`, :func:`cam_figure`, :func:`class_pair_features`,
-:func:`class_pair_figure`, :func:`most_confused_pairs`, :func:`top_activating_patches`,
-:func:`top_patches_figure`, :func:`nearest_training_image`, :func:`failure_categories`, :func:`pick_examples`.
+:func:`local_explanation`, :func:`cam_figure`, :func:`class_pair_figure`, :func:`top_patches_figure`,
+:func:`feature_maps_figure` (Fig. 10), :func:`explanation_figure` (any method on one test image). The numbers
+they draw come from :mod:`qpmlib.runs.evaluate` (``cam``, ``test_image``) and :mod:`qpmlib.analysis.pairs`.
 """
 
 from __future__ import annotations
 
-import heapq
-from collections.abc import Iterable, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import matplotlib
@@ -26,32 +25,32 @@ import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 
+from qpmlib.analysis.pairs import class_pair_features
+from qpmlib.analysis.sweeps import overrides_for
+from qpmlib.config import Profile
+from qpmlib.paper import method_display
+from qpmlib.runs.dino_qpm import run_dino_qpm
+from qpmlib.runs.evaluate import TestImage, cam, test_image
+from qpmlib.runs.run import Run
+
 __all__ = [
-    "FAILURE_CATEGORIES",
     "PALETTE",
-    "cam",
-    "cam_figure",
-    "class_pair_features",
-    "class_pair_figure",
-    "failure_categories",
     "feature_colours",
-    "local_explanation",
-    "local_explanation_array",
-    "most_confused_pairs",
-    "nearest_training_image",
-    "pick_examples",
-    "top_activating_patches",
-    "top_patches_figure",
     "upsample_maps",
+    "local_explanation_array",
+    "local_explanation",
+    "cam_figure",
+    "class_pair_figure",
+    "top_patches_figure",
+    "feature_maps_figure",
+    "sweep_maps_figure",
+    "explanation_figure",
 ]
 
 ArrayLike = Any  # numpy array or torch tensor
 
 #: Qualitative palette of 20 colours, strong first: tab20's 10 dark shades, then its 10 light ones.
 PALETTE: np.ndarray = np.array(matplotlib.colormaps["tab20"].colors[0::2] + matplotlib.colormaps["tab20"].colors[1::2])
-
-#: Keys of :func:`failure_categories`.
-FAILURE_CATEGORIES = ("qpm_right_dense_wrong", "both_right", "both_wrong", "dense_right_qpm_wrong")
 
 
 def _numpy(x: ArrayLike) -> np.ndarray:
@@ -205,34 +204,12 @@ def local_explanation(
     return fig
 
 
-def cam(feature_maps: ArrayLike, weights: ArrayLike) -> np.ndarray:
-    """Class activation map ``G = sum_d w_d F_d``, min-shifted and max-normalised (reference_spec §5.7).
-
-    Args:
-        feature_maps: (D, H, W) feature maps of one image.
-        weights: (D,) weight row of the class to explain.
-
-    Returns:
-        float array (H, W) in [0, 1]; all zeros when G is constant.
-
-    Raises:
-        ValueError: for mismatched shapes (both are named).
-    """
-    maps, w = _numpy(feature_maps).astype(np.float64), _numpy(weights).astype(np.float64)
-    if maps.ndim != 3 or w.shape != (maps.shape[0],):
-        raise ValueError(f"expected feature_maps (D, H, W) and weights (D,), got {maps.shape} and {w.shape}")
-    g = np.tensordot(w, maps, axes=1)  # (H, W)
-    g = g - g.min()
-    top = g.max()
-    return g / top if top > 0 else np.zeros_like(g)
-
-
 def cam_figure(image: ArrayLike, cam_map: ArrayLike, *, ax=None, alpha: float = 0.5, cmap: str = "jet") -> Figure:
     """Overlay of a CAM (upsampled bilinearly) on the image.
 
     Args:
         image: (3, H, W) or (H, W, 3) image in [0, 1].
-        cam_map: (h, w) map in [0, 1], e.g. from :func:`cam`.
+        cam_map: (h, w) map in [0, 1], e.g. from :func:`qpmlib.runs.evaluate.cam`.
         ax: Axes to draw into; a new figure when None.
         alpha: opacity of the heat map.
         cmap: matplotlib colour map name.
@@ -252,44 +229,6 @@ def cam_figure(image: ArrayLike, cam_map: ArrayLike, *, ax=None, alpha: float = 
     ax.imshow(upsample_maps(m, img.shape[:2]), cmap=cmap, alpha=alpha, vmin=0.0, vmax=1.0)
     ax.set_axis_off()
     return fig
-
-
-def class_pair_features(
-    assignment: ArrayLike, selected: Sequence[int] | None, c1: int, c2: int
-) -> dict[str, list[int]]:
-    """Features two classes share and those only one of them uses (paper Figs. 5, 14-17).
-
-    Args:
-        assignment: (N_c, n_sel) bool class-feature assignment of the QP solution.
-        selected: (n_sel,) feature id of each assignment column (``solve_qpm(...).selected`` for maps of all dense
-            features); None means the column positions themselves (maps of the fine-tuned model).
-        c1: first class.
-        c2: second class.
-
-    Returns:
-        ``{"shared": [...], "only_c1": [...], "only_c2": [...]}``, sorted feature ids.
-
-    Raises:
-        ValueError: for a bad shape or a class index outside [0, N_c).
-    """
-    a = _numpy(assignment).astype(bool)
-    if a.ndim != 2:
-        raise ValueError(f"assignment must have shape (N_c, n_sel), got {a.shape}")
-    ids = np.arange(a.shape[1]) if selected is None else np.asarray(selected, dtype=int).ravel()
-    if ids.shape != (a.shape[1],):
-        raise ValueError(f"selected has {ids.size} ids but assignment has {a.shape[1]} columns; need one per column")
-    for c in (c1, c2):
-        if not 0 <= c < a.shape[0]:
-            raise ValueError(f"class {c} is outside [0, {a.shape[0]})")
-
-    def pick(mask):
-        return sorted(int(i) for i in ids[mask])
-
-    return {
-        "shared": pick(a[c1] & a[c2]),
-        "only_c1": pick(a[c1] & ~a[c2]),
-        "only_c2": pick(a[c2] & ~a[c1]),
-    }
 
 
 def class_pair_figure(
@@ -316,7 +255,8 @@ def class_pair_figure(
         image2: image of class c2.
         feature_maps2: (D, h, w) feature maps of image2.
         assignment: (N_c, n_sel) bool assignment.
-        selected: feature id of each assignment column, or None (see :func:`class_pair_features`).
+        selected: feature id of each assignment column, or None (see
+            :func:`qpmlib.analysis.pairs.class_pair_features`).
         c1: class of image1.
         c2: class of image2.
         class_names: optional names of all classes, for the titles.
@@ -326,7 +266,7 @@ def class_pair_figure(
         Figure with two axes.
 
     Raises:
-        ValueError: see :func:`class_pair_features` and :func:`local_explanation_array`.
+        ValueError: see :func:`qpmlib.analysis.pairs.class_pair_features` and :func:`local_explanation_array`.
     """
     groups = class_pair_features(assignment, selected, c1, c2)
     shared = set(groups["shared"])
@@ -344,82 +284,6 @@ def class_pair_figure(
     return fig
 
 
-def most_confused_pairs(y_true: ArrayLike, y_pred: ArrayLike, n: int) -> list[tuple[int, int, int]]:
-    """The n class pairs confused most often, counting both directions.
-
-    Args:
-        y_true: (N,) true labels.
-        y_pred: (N,) predicted labels.
-        n: number of pairs to return.
-
-    Returns:
-        up to n tuples ``(c1, c2, count)`` with ``c1 < c2``, by count descending, ties by (c1, c2); pairs that are
-        never confused are left out.
-
-    Raises:
-        ValueError: for different lengths or a negative n.
-    """
-    t, p = _numpy(y_true).astype(int).ravel(), _numpy(y_pred).astype(int).ravel()
-    if t.shape != p.shape:
-        raise ValueError(f"y_true has shape {t.shape} but y_pred has shape {p.shape}; need the same N")
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
-    wrong = t != p
-    lo, hi = np.minimum(t[wrong], p[wrong]), np.maximum(t[wrong], p[wrong])
-    pairs, counts = np.unique(np.stack([lo, hi], axis=1), axis=0, return_counts=True)
-    order = np.lexsort((pairs[:, 1], pairs[:, 0], -counts)) if len(counts) else np.zeros(0, int)
-    return [(int(pairs[i, 0]), int(pairs[i, 1]), int(counts[i])) for i in order[:n]]
-
-
-def top_activating_patches(
-    feature_maps: ArrayLike | Iterable[ArrayLike], feature: int, k: int, *, one_per_image: bool = True
-) -> list[tuple[int, int, int, float]]:
-    """The k patches where one feature is most active over a dataset (prototype-style views).
-
-    Args:
-        feature_maps: (N, D, H, W) maps of the training images, or an iterable of (B, D, H, W) batches in
-            dataset order (so a cache can be streamed); image indices count across batches.
-        feature: feature id (index into D).
-        k: number of patches.
-        one_per_image: keep only each image's strongest patch (so k distinct images), as prototype
-            visualisations do; False allows several patches from one image.
-
-    Returns:
-        up to k tuples ``(image_index, row, col, value)`` by value descending (ties: lower image index, row, col).
-
-    Raises:
-        ValueError: for k < 1, bad batch shapes or a feature outside [0, D).
-    """
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    batches = [feature_maps] if isinstance(feature_maps, (np.ndarray, torch.Tensor)) else feature_maps
-    best: list[tuple[float, int, int, int]] = []  # min-heap of (value, -image, -row, -col)
-    offset = 0
-    for batch in batches:
-        b = _numpy(batch)
-        if b.ndim != 4:
-            raise ValueError(f"feature maps must have shape (N, D, H, W), got a batch of shape {b.shape}")
-        if not 0 <= feature < b.shape[1]:
-            raise ValueError(f"feature {feature} is outside [0, {b.shape[1]})")
-        m = b[:, feature].astype(np.float64)  # (B, H, W)
-        w = m.shape[2]
-        flat = m.reshape(len(m), -1)
-        if one_per_image:
-            pos = flat.argmax(axis=1)
-            cands = [(flat[i, pos[i]], i, pos[i]) for i in range(len(m))]
-        else:
-            top = np.argsort(-flat, axis=None, kind="stable")[:k]
-            cands = [(flat.flat[t], t // flat.shape[1], t % flat.shape[1]) for t in top]
-        for value, i, p in cands:
-            item = (float(value), -(offset + int(i)), -(int(p) // w), -(int(p) % w))
-            if len(best) < k:
-                heapq.heappush(best, item)
-            elif item > best[0]:
-                heapq.heapreplace(best, item)
-        offset += len(m)
-    return [(-i, -r, -c, v) for v, i, r, c in sorted(best, reverse=True)]
-
-
 def top_patches_figure(
     images: Sequence[ArrayLike],
     patches: Sequence[tuple[int, int, int, float]],
@@ -429,7 +293,7 @@ def top_patches_figure(
     ncols: int = 5,
     title: str | None = None,
 ) -> Figure:
-    """Crops around the patches found by :func:`top_activating_patches`, the patch itself outlined.
+    """Crops around the patches found by :func:`qpmlib.analysis.pairs.top_activating_patches`, outlined.
 
     Args:
         images: indexable collection of images ((3, H, W) or (H, W, 3) in [0, 1]) by image index.
@@ -473,74 +337,85 @@ def top_patches_figure(
     return fig
 
 
-def nearest_training_image(cls_query: ArrayLike, cls_train: ArrayLike, train_labels: ArrayLike, label: int) -> int:
-    """Index of the training image of class ``label`` whose CLS token is most cosine-similar to the query.
+def feature_maps_figure(views: Mapping[str, TestImage], *, cmap: str = "magma") -> Figure:
+    """Paper Fig. 10: one row per model, the local explanation and then each of the class's feature maps.
+
+    Each map is shown on the patch grid divided by its own maximum, so background activation shows up as
+    colour outside the bird whatever the map's scale.
 
     Args:
-        cls_query: (D,) CLS token of the query image.
-        cls_train: (N, D) CLS tokens of the training images.
-        train_labels: (N,) labels of the training images.
-        label: class to search in.
+        views: row title -> :class:`~qpmlib.runs.evaluate.TestImage` of a fine-tuned model (e.g.
+            {"λ_L1-FM = 0": ..., "λ_L1-FM = 5": ...}).
+        cmap: colour map of the individual maps.
 
     Returns:
-        index into cls_train (ties: the lowest index).
+        Figure with len(views) rows and 1 + max N^c_f columns.
 
     Raises:
-        ValueError: for mismatched shapes or when no training image has that label.
+        ValueError: when ``views`` is empty.
     """
-    q, x, y = _numpy(cls_query).astype(np.float64), _numpy(cls_train).astype(np.float64), _numpy(train_labels)
-    if q.ndim != 1 or x.ndim != 2 or x.shape[1] != q.shape[0] or y.shape != (x.shape[0],):
-        raise ValueError(
-            f"expected cls_query (D,), cls_train (N, D) and train_labels (N,), got {q.shape}, {x.shape}, {y.shape}"
-        )
-    rows = np.nonzero(y == label)[0]
-    if rows.size == 0:
-        raise ValueError(f"no training image has label {label}")
-    sims = x[rows] @ q / np.maximum(np.linalg.norm(x[rows], axis=1) * np.linalg.norm(q), 1e-12)
-    return int(rows[np.argmax(sims)])
+    if not views:
+        raise ValueError("views is empty; pass at least one TestImage")
+    n_cols = 1 + max(len(v.feature_ids) for v in views.values())
+    fig = Figure(figsize=(2.3 * n_cols + 1.2, 2.4 * len(views)), layout="constrained")
+    axes = fig.subplots(len(views), n_cols, squeeze=False)
+    for row, (title, view) in zip(axes, views.items()):
+        local_explanation(view.image, view.feature_maps, view.feature_ids, ax=row[0],
+                          title=f"{title}\nclass {view.label}, predicted {view.prediction}")
+        for ax, j in zip(row[1:], view.feature_ids):
+            fmap = np.maximum(view.feature_maps[j], 0.0)
+            top = fmap.max()
+            ax.imshow(fmap / top if top > 0 else fmap, cmap=cmap, vmin=0.0, vmax=1.0)
+            ax.set_title(f"feature {j}", fontsize="small")
+        for ax in row[1:]:
+            ax.set_axis_off()
+    return fig
 
 
-def failure_categories(y_true: ArrayLike, pred_qpm: ArrayLike, pred_dense: ArrayLike) -> dict[str, np.ndarray]:
-    """Split test samples by which of QPM and the dense model is right.
+def sweep_maps_figure(profile: str | Profile, param: str, values: Sequence[float], index: int, *, seed: int,
+                      name: str | None = None) -> Figure:
+    """Fig. 10: one test image under the fine-tuned DINO-QPM of each value of a sweep parameter (same seed).
 
     Args:
-        y_true: (N,) true labels.
-        pred_qpm: (N,) QPM predictions.
-        pred_dense: (N,) dense-model predictions.
+        profile: profile name or object.
+        param: a numeric :data:`qpmlib.analysis.sweeps.SWEEPS` key, e.g. "l1_fm".
+        values: the values to show, one row each (runs are loaded, or trained when missing).
+        index: test image index.
+        seed: run seed.
+        name: how the row titles name the parameter (default: ``param``), e.g. "λ_L1-FM".
 
     Returns:
-        dict with keys :data:`FAILURE_CATEGORIES`, each a sorted int array of sample indices; together they
-        partition range(N).
-
-    Raises:
-        ValueError: for different lengths.
+        :func:`feature_maps_figure` with rows titled "<name> = <value>".
     """
-    t, q, d = (_numpy(a).ravel() for a in (y_true, pred_qpm, pred_dense))
-    if not t.shape == q.shape == d.shape:
-        raise ValueError(f"need equal lengths, got y_true {t.shape}, pred_qpm {q.shape}, pred_dense {d.shape}")
-    qr, dr = q == t, d == t
-    masks = (qr & ~dr, qr & dr, ~qr & ~dr, ~qr & dr)
-    return {name: np.nonzero(m)[0] for name, m in zip(FAILURE_CATEGORIES, masks)}
+    return feature_maps_figure({
+        f"{name or param} = {v:g}": test_image(run_dino_qpm(profile, seed, overrides=overrides_for(param, v),
+                                                            verbose=False), index)
+        for v in values
+    })
 
 
-def pick_examples(categories: dict[str, np.ndarray], n: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Up to n random examples of each category, drawn without replacement.
+def explanation_figure(run: Run, index: int, *, max_features: int = 10) -> Figure:
+    """Explain one test image with one model: the local explanation of a sparse model, or the CAM of a dense one.
+
+    A model whose predicted class uses at most ``max_features`` features is shown with
+    :func:`local_explanation` (one colour per feature of that class); otherwise with the CAM
+    ``sum_d W[c, d] F_d`` (:func:`qpmlib.runs.evaluate.cam`, reference_spec §5.7; for the linear probe the maps
+    are the frozen patch tokens).
 
     Args:
-        categories: name -> index array, e.g. from :func:`failure_categories`.
-        n: examples per category (fewer when a category is smaller).
-        seed: seed of the draw; the same seed gives the same picks.
+        run: a finished :class:`~qpmlib.runs.run.Run` of any method.
+        index: test image index.
+        max_features: largest class support drawn feature by feature.
 
     Returns:
-        name -> sorted int array of at most n indices.
-
-    Raises:
-        ValueError: for a negative n.
+        Figure titled with the method, the true and the predicted class.
     """
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
-    rng = np.random.default_rng(seed)
-    return {
-        name: np.sort(rng.choice(np.asarray(idx, dtype=int), size=min(n, len(idx)), replace=False))
-        for name, idx in categories.items()
-    }
+    view = test_image(run, index)
+    title = f"{method_display(run.method)}: true {view.label}, predicted {view.prediction}"
+    if len(view.feature_ids) == 0:
+        title += " (this class has no weights)"
+    if len(view.feature_ids) <= max_features:
+        return local_explanation(view.image, view.feature_maps, view.feature_ids.tolist(), title=title)
+    fig = cam_figure(view.image, cam(view.feature_maps, view.weights))
+    fig.axes[0].set_title(title + " (CAM)")
+    return fig

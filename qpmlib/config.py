@@ -1,4 +1,4 @@
-"""Profiles: one name picks every size of a run (dataset, backbone, model, QP, training, sweeps).
+"""Configuration: profiles (one name picks every size of a run) and dotted overrides of them.
 
 Three profiles exist:
 
@@ -9,7 +9,10 @@ Three profiles exist:
   paper's numbers (reference_spec §4.2, `qpm/dinov2.yaml`), 5 seeds; meant for a GPU and the real data.
 
 Profiles are frozen dataclasses so that a misspelt field fails when the profile is built.
-Use :func:`get_profile` to fetch one by name; ``QPMLIB_PROFILE`` sets the default name.
+Use :func:`get_profile` to fetch one by name (``QPMLIB_PROFILE`` sets the default name) and
+:func:`apply_overrides` to change fields by dotted name. Whether every value is valid (a known backbone, solver,
+dataset ...) is checked by :func:`qpmlib.runs.checks.check_profile` before any run starts, since the valid
+values live in the modules that use them.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = [
     "DataConfig",
@@ -25,11 +29,14 @@ __all__ = [
     "QPConfig",
     "TrainConfig",
     "SweepConfig",
+    "BaselineConfig",
     "Profile",
     "PROFILES",
     "DEFAULT_PROFILE",
     "get_profile",
     "default_profile_name",
+    "SECTIONS",
+    "apply_overrides",
 ]
 
 
@@ -37,7 +44,7 @@ __all__ = [
 class DataConfig:
     """Which images feed the pipeline."""
 
-    dataset: str  # "synthbirds" | "cub" | "cars"
+    dataset: str  # "synthbirds" | "cub" | "cars" | "synthcars" (SynthBirds in Stanford Cars' layout)
     image_size: int  # px; images are resized anisotropically to image_size x image_size (reference_spec §4.4)
     normalisation: str = "reference"  # "reference" (dataset mean/std then per-image min-max, §4.4) | "imagenet"
     # SynthBirds generator sizes (ignored for real datasets)
@@ -78,7 +85,7 @@ class QPConfig:
     n_per_class: int = 5  # N^c_f
     r_mode: str = "dinoqpm"  # "dinoqpm" (threshold on 2R, penalty on R, §1.6) | "qpm" (original QPM) | "none"
     solver: str = "auto"  # "auto" | "open" | "gurobi" | "exhaustive"
-    time_limit: float = 60.0  # seconds per solve
+    time_limit: float | None = 60.0  # seconds per solve (the open solver's search; Gurobi's TimeLimit); None: no limit
 
 
 @dataclass(frozen=True)
@@ -125,6 +132,21 @@ class SweepConfig:
 
 
 @dataclass(frozen=True)
+class BaselineConfig:
+    """Sizes of Table 1's other methods where the reference code sets them apart from DINO-QPM's."""
+
+    # True: the reference code's epochs and batch sizes, the linear probe 40 dense epochs (§6.1) and
+    # DINO-SLDD/QSENN 40 dense and 50 fine-tune epochs at batch 32/16 (§6.3); False: the profile's train.* sizes.
+    reference_sizes: bool = True
+    glm_n_lambdas: int = 100  # steps of the SLDD/QSENN lambda paths (glm-saga's k, §6.3)
+    # DINO-QSENN's iterations: "reference" (what the reference code runs: 4 x train.ft_epochs at train.ft_lr,
+    # §6.4, §9 item 5) | "qsenn" (the intended Q-SENN schedule: 4 x 10 epochs, lr x 0.9 per iteration)
+    qsenn_schedule: str = "reference"
+    # (N*_f, N^c_f) of DINO-QPM Compact (§8.3); None: scaled from qp.* (qpmlib.runs.methods.compact_sizes)
+    compact: tuple[int, int] | None = (40, 4)
+
+
+@dataclass(frozen=True)
 class Profile:
     """Everything that sizes a run of the book."""
 
@@ -136,6 +158,7 @@ class Profile:
     qp: QPConfig
     train: TrainConfig
     sweeps: SweepConfig = field(default_factory=SweepConfig)
+    baselines: BaselineConfig = field(default_factory=BaselineConfig)
     seeds: tuple[int, ...] = (0,)
     extra_datasets: tuple[str, ...] = ()  # datasets beyond `data.dataset` (paper: Stanford Cars)
 
@@ -164,6 +187,7 @@ SMOKE = Profile(
         sparsity=((6, 2), (8, 2)),
         backbones=("tiny_vit_test",),
     ),
+    baselines=BaselineConfig(reference_sizes=False, glm_n_lambdas=25, compact=None),
     seeds=(0,),
 )
 
@@ -186,6 +210,7 @@ DEMO = Profile(
         sparsity=((15, 3), (20, 5), (30, 5)),
         backbones=("dinov2_vits14", "dinov2_vits14_reg"),
     ),
+    baselines=BaselineConfig(reference_sizes=False, glm_n_lambdas=25, compact=None),
     seeds=(0, 1, 2),
 )
 
@@ -225,3 +250,47 @@ def get_profile(name: str | Profile | None = None) -> Profile:
         raise ValueError(
             f"unknown profile {name!r}; valid profiles: {', '.join(PROFILES)}"
         ) from None
+
+
+#: Sections of a profile that :func:`apply_overrides` can change.
+SECTIONS = ("data", "backbone", "model", "qp", "train", "baselines")
+
+
+def apply_overrides(profile: str | Profile, overrides: dict[str, Any] | None = None) -> Profile:
+    """Apply flat dotted overrides such as ``{"train.ft_l1_fm": 0.0, "qp.n_selected": 40}`` to a profile.
+
+    Numbers are converted to the type of the field they replace (so ``5`` and ``5.0`` give the same run).
+
+    Args:
+        profile: a profile or its name.
+        overrides: ``"<section>.<field>" -> value`` with section in :data:`SECTIONS`.
+
+    Returns:
+        The new (frozen) profile; its name is unchanged, so results stay in the same store.
+
+    Raises:
+        ValueError: for an unknown section or field (the message lists the valid ones) or a value of the
+            wrong type.
+    """
+    prof = get_profile(profile)
+    for key, value in (overrides or {}).items():
+        section, _, name = key.partition(".")
+        if section not in SECTIONS or not name:
+            raise ValueError(f"override {key!r} must be '<section>.<field>' with section in {', '.join(SECTIONS)}")
+        part = getattr(prof, section)
+        fields = {f.name: f for f in dataclasses.fields(part)}
+        if name not in fields:
+            raise ValueError(f"unknown field {key!r}; valid fields of {section}: {', '.join(fields)}")
+        old = getattr(part, name)
+        if isinstance(old, bool) or isinstance(value, bool):
+            ok = isinstance(value, bool) and isinstance(old, bool)
+        elif isinstance(old, float) and isinstance(value, (int, float)):
+            value, ok = float(value), True
+        elif isinstance(old, (int, str, tuple)):
+            ok = isinstance(value, type(old))
+        else:
+            ok = True
+        if not ok:
+            raise ValueError(f"override {key!r} expects {type(old).__name__} like {old!r}, got {value!r}")
+        prof = dataclasses.replace(prof, **{section: dataclasses.replace(part, **{name: value})})
+    return prof

@@ -2,9 +2,9 @@
 
 Command line (what ``make book`` and ``make test`` call)::
 
-    python -m qpmlib.bookrunner run   --profile demo [--chapters 01_introduction ...] [--force]
-    python -m qpmlib.bookrunner build --profile demo
-    python -m qpmlib.bookrunner all   --profile demo          # run, then build
+    python -m qpmlib.book.runner run   --profile demo [--chapters 01_introduction ...] [--force]
+    python -m qpmlib.book.runner build --profile demo
+    python -m qpmlib.book.runner all   --profile demo          # run, then build
 
 Layout of one profile's build, ``book/_build/<profile>/``::
 
@@ -36,9 +36,11 @@ from pathlib import Path
 
 import yaml
 
+from qpmlib import backbones
+from qpmlib.config import PROFILES, get_profile
 from qpmlib.files import atomic_write, file_lock
 from qpmlib.paths import REPO_ROOT
-from qpmlib.profiles import PROFILES, get_profile
+from qpmlib.runs.provenance import device_label, git_commit, package_versions
 
 __all__ = [
     "Chapter",
@@ -354,55 +356,11 @@ def _execute(profile: str, selected: list[Chapter], parameters: dict, *, force: 
     return timings
 
 
-def _git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=REPO_ROOT, capture_output=True, text=True, check=True,
-        ).stdout.strip()
-        return out + ("+uncommitted changes" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (not a git checkout)"
-
-
-def _package_versions() -> dict[str, str]:
-    from importlib import metadata
-
-    versions = {}
-    for name in PACKAGES_IN_PROVENANCE:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
-
-
-def _device() -> str:
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            return f"cuda: {torch.cuda.get_device_name(0)}"
-    except ImportError:  # pragma: no cover - torch is a hard dependency
-        pass
-    return f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-
-
 def _backbone_status(profile_name: str) -> str:
-    """Whether the profile's backbone has pretrained weights here (asked of qpmlib.backbones when present)."""
+    """Whether the profile's backbone has pretrained weights here."""
     prof = get_profile(profile_name)
     try:
-        from qpmlib import backbones
-    except ImportError:
-        return "unknown"
-    probe = getattr(backbones, "pretrained_available", None)
-    if probe is None:
-        return "unknown"
-    try:
-        return "pretrained" if probe(prof.backbone.name, prof.backbone.weights) else "random weights (no pretrained weights available)"
+        return "pretrained" if backbones.pretrained_available(prof.backbone.name, prof.backbone.weights) else "random weights (no pretrained weights available)"
     except Exception as exc:  # the probe must never break the provenance page
         return f"unknown ({exc})"
 
@@ -421,10 +379,10 @@ def _record_run(profile: str, timings: dict[str, dict]) -> None:
             "backbone": prof.backbone.name,
             "backbone_weights": _backbone_status(profile),
             "seeds": list(prof.seeds),
-            "git_commit": _git_commit(),
-            "device": _device(),
+            "git_commit": git_commit(mark_changes=True) or "unknown (not a git checkout)",
+            "device": device_label(prof.train.device),
             "python": platform.python_version(),
-            "packages": _package_versions(),
+            "packages": package_versions(PACKAGES_IN_PROVENANCE),
             "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
     )
@@ -491,7 +449,7 @@ def stage_book(profile: str) -> Path:
     if missing:
         raise FileNotFoundError(
             f"chapters not executed yet for profile {profile!r}: {', '.join(missing)}; "
-            f"run: python -m qpmlib.bookrunner run --profile {profile}"
+            f"run: python -m qpmlib.book.runner run --profile {profile}"
         )
     record_path = build_dir(profile) / "run.json"
     record = json.loads(record_path.read_text())
@@ -568,7 +526,7 @@ def _plain_value(value) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; see the module docstring."""
-    parser = argparse.ArgumentParser(prog="python -m qpmlib.bookrunner", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m qpmlib.book.runner", description=__doc__.split("\n\n")[0])
     parser.add_argument("action", choices=("run", "build", "all"))
     parser.add_argument("--profile", default=None, help=f"one of: {', '.join(PROFILES)} (default: $QPMLIB_PROFILE or demo)")
     parser.add_argument("--chapters", nargs="*", default=None, help="run only these chapters (names from _toc.yml)")

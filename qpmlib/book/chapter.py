@@ -2,7 +2,7 @@
 
 A chapter's first code cell after ``parameters`` is::
 
-    from qpmlib.chapter import start
+    from qpmlib.book.chapter import start
     prof = start(profile)
 
 which displays the provenance line (profile, dataset, backbone and whether its weights are pretrained, seeds,
@@ -12,12 +12,13 @@ pipeline working, not DINOv2's quality.
 
 from __future__ import annotations
 
-import os
-import subprocess
 from dataclasses import dataclass
 
-from qpmlib.paths import REPO_ROOT
-from qpmlib.profiles import Profile, get_profile
+import numpy as np
+
+from qpmlib.backbones import pretrained_available
+from qpmlib.config import Profile, get_profile
+from qpmlib.runs.provenance import device_label, git_commit
 
 __all__ = ["Provenance", "provenance", "provenance_line", "banner_markdown", "start", "plain_value", "glue"]
 
@@ -35,29 +36,6 @@ class Provenance:
     commit: str
 
 
-def _commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def _device(prof: Profile) -> str:
-    import torch
-
-    if prof.train.device == "cpu" or not torch.cuda.is_available():
-        return f"CPU ({os.cpu_count()} cores)"
-    return f"GPU ({torch.cuda.get_device_name(0)})"
-
-
-def _pretrained(prof: Profile) -> bool:
-    from qpmlib import backbones
-
-    return backbones.pretrained_available(prof.backbone.name, prof.backbone.weights)
-
-
 def provenance(profile: str | Profile) -> Provenance:
     """Collect the provenance of a chapter run on ``profile``."""
     prof = get_profile(profile)
@@ -66,10 +44,10 @@ def provenance(profile: str | Profile) -> Provenance:
         profile=prof.name,
         dataset=datasets,
         backbone=prof.backbone.name,
-        pretrained=_pretrained(prof),
+        pretrained=pretrained_available(prof.backbone.name, prof.backbone.weights),
         seeds=prof.seeds,
-        device=_device(prof),
-        commit=_commit(),
+        device=device_label(prof.train.device),
+        commit=git_commit() or "unknown",
     )
 
 
@@ -126,8 +104,6 @@ def start(profile: str | Profile) -> Profile:
 
 def plain_value(value):
     """A value MyST-NB's ``{glue:text}`` can format: numpy scalars become Python ``int``/``float``/``bool``."""
-    import numpy as np
-
     if isinstance(value, np.generic):
         return value.item()
     return value

@@ -1,6 +1,6 @@
-"""DINO-SLDD and DINO-QSENN baselines and the CLS linear probe: feature selection, sparse heads, settings.
+"""DINO-SLDD and DINO-QSENN: feature selection, sparse heads and their settings (reference_spec §6.3-6.4).
 
-Pure functions on feature matrices (reference_spec §6); the training pipeline calls them:
+Pure functions on feature matrices; :mod:`qpmlib.runs.baselines` calls them on a trained dense model:
 
 * :func:`sldd_select` / :func:`sldd_selection_order`: SLDD's feature selection (§6.3), a group-sparse
   elastic-net path on which at most one new feature enters per step and the sweep restarts from the top
@@ -8,8 +8,8 @@ Pure functions on feature matrices (reference_spec §6); the training pipeline c
 * :func:`sldd_weights`: SLDD's sparse head (§6.3): an elastic-net path on the selected features, the densest
   entry with at most ``n_per_class / 0.5`` non-zeros per class on average, trimmed to ``N_c * n_per_class``.
 * :func:`qsenn_weights`: one Q-SENN iteration's head (§6.4 steps 2-5): ternary weights and the bias rule.
-* :func:`linear_probe_config`, :func:`sldd_config`, :func:`qsenn_config`, :func:`qsenn_schedule`: the
-  settings of the three baselines as dotted-key overrides of a :class:`~qpmlib.profiles.Profile`.
+* :class:`SLDDSettings`, :class:`QSENNSettings` (:data:`SLDD`, :data:`QSENN`): the methods' constants;
+  :func:`qsenn_schedule`: epochs and learning rate of each Q-SENN iteration.
 
 Features are standardised here with their own mean and population standard deviation over all rows
 (§1.1: mu and sigma over all training images; sigma clamped at 1e-6 as in §2.5). Standardising already
@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .glm import FeatureMetadata, GLMPath, GLMProblem, elastic_net_path, lambda_max, solve_elastic_net
-from .profiles import Profile, get_profile
+from qpmlib.glm import FeatureMetadata, GLMPath, GLMProblem, elastic_net_path, lambda_max, solve_elastic_net
+from qpmlib.model import STD_FLOOR
 
 __all__ = [
     "standardise",
@@ -43,13 +43,9 @@ __all__ = [
     "QSENNSettings",
     "SLDD",
     "QSENN",
+    "QSENN_SCHEDULES",
     "qsenn_schedule",
-    "linear_probe_config",
-    "sldd_config",
-    "qsenn_config",
 ]
-
-STD_FLOOR = 1e-6  # sigma clamp of the sparse layer (reference_spec §2.5)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -65,7 +61,7 @@ class SLDDSettings:
     l1_fm: float = 0.0  # no L1 losses (§3.4)
     l1_fv: float = 0.0
     head_dropout: float = 0.1  # dropout before the sparse layer; mu/sigma trainable, W and b frozen (§2.5)
-    dense_epochs: int = 40  # paper-profile sizes (§6.3); smaller profiles keep their own epochs
+    dense_epochs: int = 40  # reference sizes (§6.3), used when profile.baselines.reference_sizes
     dense_batch_size: int = 32
     ft_epochs: int = 50
     ft_batch_size: int = 16
@@ -78,7 +74,7 @@ class SLDDSettings:
     # features of the full training split) | "split" (standardised features of the 90 % split it is fitted on).
     # The weight paths always start from their own split, as the reference (its fit_glm passes metadata=None).
     lambda_max_source: str = "metadata"
-    n_lambdas: int = 100  # path length (glm-saga k)
+    n_lambdas: int = 100  # path length (glm-saga k); runs take it from profile.baselines.glm_n_lambdas
     lambda_min_ratio: float = 1e-3  # glm-saga epsilon
     max_epochs: int = 2000  # iterations per lambda
     tol: float = 1e-4
@@ -102,7 +98,8 @@ class QSENNSettings(SLDDSettings):
 
 SLDD = SLDDSettings()
 QSENN = QSENNSettings()
-_SCHEDULES = ("reference", "qsenn")
+#: Valid Q-SENN schedules (:func:`qsenn_schedule`).
+QSENN_SCHEDULES = ("reference", "qsenn")
 
 
 def qsenn_schedule(
@@ -126,102 +123,13 @@ def qsenn_schedule(
     Raises:
         ValueError: for an unknown variant (lists the valid ones) or n_iterations < 1.
     """
-    if variant not in _SCHEDULES:
-        raise ValueError(f"unknown QSENN schedule {variant!r}; valid: {', '.join(_SCHEDULES)}")
+    if variant not in QSENN_SCHEDULES:
+        raise ValueError(f"unknown QSENN schedule {variant!r}; valid: {', '.join(QSENN_SCHEDULES)}")
     if n_iterations < 1:
         raise ValueError(f"n_iterations must be >= 1, got {n_iterations}")
     if variant == "reference":
         return [(ft_epochs, ft_lr)] * n_iterations
     return [(qsenn_epochs, ft_lr * lr_decay**n) for n in range(n_iterations)]
-
-
-def linear_probe_config(profile: str | Profile | None = None) -> dict:
-    """Overrides that turn a profile into the CLS linear probe (reference_spec §6.1, `qpm/dinov2_no_mlp.yaml`).
-
-    No MLP (features are the raw LayerNormed CLS token; the pipeline sets N_f to the backbone width), dropout
-    0.2 then Linear with bias, AdamW-schedule-free lr 1e-3 / wd 7e-4, batch 32, every auxiliary loss 0, and
-    no QP / fine-tune stage (``train.ft_epochs = 0``; results are those of the dense stage). The paper profile
-    trains 40 epochs; smaller profiles keep their dense epochs.
-
-    Args:
-        profile: profile name or object (default: the default profile).
-
-    Returns:
-        Dict of dotted keys (``"model.n_layers"``, ``"train.dense_fdl"``, ...) to values.
-    """
-    profile = get_profile(profile)
-    return {
-        "model.n_layers": 0,
-        "model.pooling": "cls",
-        "model.dropout": 0.2,
-        "train.dense_epochs": 40 if profile.name == "paper" else profile.train.dense_epochs,
-        "train.dense_batch_size": 32,
-        "train.dense_lr": 1e-3,
-        "train.dense_weight_decay": 7e-4,
-        "train.dense_fdl": 0.0,
-        "train.ft_epochs": 0,
-    }
-
-
-def sldd_config(profile: str | Profile | None = None, settings: SLDDSettings = SLDD) -> dict:
-    """Overrides for the DINO-SLDD run (reference_spec §6.3, §10 row 14).
-
-    Dense stage as DINO-QPM's but with FDL 0.196; fine-tune with FDL 0.196, no L1 losses, head dropout 0.1
-    and trainable mu/sigma (``head.*`` keys, for the pipeline's sparse layer). The paper profile uses the
-    reference epochs (40 dense, 50 fine-tune) and batch sizes; smaller profiles keep their epochs.
-
-    Args:
-        profile: profile name or object.
-        settings: the SLDD constants.
-
-    Returns:
-        Dict of dotted keys to values.
-    """
-    profile = get_profile(profile)
-    paper = profile.name == "paper"
-    return {
-        "model.pooling": "avg_pooling",
-        "train.dense_fdl": settings.fdl,
-        "train.ft_fdl": settings.fdl,
-        "train.ft_l1_fm": settings.l1_fm,
-        "train.ft_l1_fv": settings.l1_fv,
-        "train.dense_epochs": settings.dense_epochs if paper else profile.train.dense_epochs,
-        "train.dense_batch_size": settings.dense_batch_size if paper else profile.train.dense_batch_size,
-        "train.ft_epochs": settings.ft_epochs if paper else profile.train.ft_epochs,
-        "train.ft_batch_size": settings.ft_batch_size if paper else profile.train.ft_batch_size,
-        "train.ft_lr": settings.ft_lr,
-        "train.ft_weight_decay": settings.ft_weight_decay,
-        "head.dropout": settings.head_dropout,
-        "head.train_normalisation": True,
-        "head.bias": True,
-    }
-
-
-def qsenn_config(
-    profile: str | Profile | None = None, settings: QSENNSettings = QSENN, *, schedule: str | None = None
-) -> dict:
-    """Overrides for the DINO-QSENN run (reference_spec §6.4): :func:`sldd_config` plus the iteration schedule.
-
-    Args:
-        profile: profile name or object.
-        settings: the QSENN constants.
-        schedule: ``"reference"`` (default, 4 x ft_epochs at a constant lr) or ``"qsenn"`` (4 x 10 epochs,
-            lr * 0.9**n); see :func:`qsenn_schedule`.
-
-    Returns:
-        Dict of dotted keys to values; ``"qsenn.schedule"`` holds the list of ``(epochs, lr)`` pairs.
-
-    Raises:
-        ValueError: for an unknown schedule.
-    """
-    config = sldd_config(profile, settings)
-    variant = settings.schedule if schedule is None else schedule
-    config["qsenn.n_iterations"] = settings.n_iterations
-    config["qsenn.schedule"] = qsenn_schedule(
-        config["train.ft_epochs"], config["train.ft_lr"], n_iterations=settings.n_iterations,
-        variant=variant, qsenn_epochs=settings.qsenn_epochs, lr_decay=settings.qsenn_lr_decay,
-    )
-    return config
 
 
 # --------------------------------------------------------------------------------------------------

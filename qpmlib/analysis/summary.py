@@ -1,4 +1,4 @@
-"""Tables for the chapters: seed statistics, "mean ± std" strings and ours-beside-the-paper joins.
+"""Summaries over seeds and the comparison with the paper: one ``summarise``, one ``beside_paper``.
 
 Standard deviation: the paper reports "the mean and standard deviation across 5 random seeds" (Sec. 9)
 without saying which estimator. The authors' aggregation script (``aggregate_results_new.py``) uses the
@@ -6,21 +6,34 @@ population standard deviation (``ddof=0``), so that is the default here; pass ``
 standard deviation. With a single run there is no spread to report: the std is NaN and the formatted string
 has no "±" part.
 
-Public names: ``mean_std``, ``format_mean_std``, ``summarise_runs``, ``beside_paper``,
-``reproduction_verdict``, ``styled``.
+Public names: ``mean_std``, ``format_mean_std``, ``summarise`` (mean ± std over seeds of any long table),
+``wide_table``, ``beside_paper`` (one table of the paper), ``gather_beside_paper`` (all of them, with reasons),
+``beside_value``, ``reproduction_verdict``, ``styled``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
 
 from qpmlib.paper import METHODS, METRICS, TABLES, method_display, metric_display, paper_values
 
+__all__ = ["MISSING", "METRIC_REASONS", "mean_std", "format_mean_std", "summarise", "wide_table", "paper_table",
+           "method_gap", "paper_dataset_map", "beside_paper", "gather_beside_paper", "table_rows", "beside_value",
+           "reproduction_verdict", "styled"]
+
 MISSING = "n/a"  # what a table shows instead of "nan"
+
+#: Why a reproduced metric may differ from the paper even on the paper profile (reference_spec §4.6, §5, §10).
+METRIC_REASONS: dict[str, str] = {
+    "plausibility": "test split and min-shifted CAM, as the reference code (§10 rows 9-10)",
+    "sid_at_5": "test split, classes with ≥ 5 weights only, as the reference code (§10 row 11)",
+    "seconds_per_epoch": "hardware-dependent: the paper timed an RTX 3090 on cached embeddings (§4.6); seeds "
+                         "trained together (on a GPU) report their shared epoch time divided by the seed count",
+}
 
 
 def mean_std(values: Iterable[float], *, ddof: int = 0) -> tuple[float, float]:
@@ -80,25 +93,27 @@ def format_mean_std(mean: float | None, std: float | None = None, *, digits: int
     return text
 
 
-def summarise_runs(records: pd.DataFrame, *, ddof: int = 0) -> pd.DataFrame:
-    """Mean and std over seeds for every method and metric.
+def summarise(records: pd.DataFrame, *, ddof: int = 0) -> pd.DataFrame:
+    """Mean and std over seeds of a long table: one row per group of every column except ``seed`` and ``value``.
+
+    Works for the Table records of :mod:`qpmlib.analysis.tables` (method, dataset, [row,] metric) and the sweep
+    tables of :mod:`qpmlib.analysis.sweeps` (swept columns, stage, metric) alike.
 
     Args:
-        records: long table with columns method, seed, metric, value, and optionally more key columns
-            (dataset, row, profile, ...) that are kept as grouping keys.
-        ddof: passed to ``mean_std``.
+        records: long table with columns ``seed`` and ``value`` (NaN marks a run without the metric) and any
+            key columns.
+        ddof: passed to :func:`mean_std` (0: population std, the authors' aggregation).
 
     Returns:
-        One row per group (all columns except seed and value) with columns <keys>, mean, std and n (the
-        number of finite values), in the order the groups first appear.
+        One row per group with the key columns, ``mean``, ``std`` (NaN for a single seed) and ``n`` (the number
+        of finite values), in the order the groups first appear.
 
     Raises:
-        ValueError: a required column is missing.
+        ValueError: when ``seed`` or ``value`` is missing.
     """
-    required = {"method", "seed", "metric", "value"}
-    missing = required - set(records.columns)
+    missing = {"seed", "value"} - set(records.columns)
     if missing:
-        raise ValueError(f"records needs columns {sorted(required)}; missing {sorted(missing)}")
+        raise ValueError(f"records need columns seed and value (a long table); missing {sorted(missing)}")
     keys = [c for c in records.columns if c not in ("seed", "value")]
     rows = []
     for group, frame in records.groupby(keys, sort=False, dropna=False):
@@ -106,6 +121,67 @@ def summarise_runs(records: pd.DataFrame, *, ddof: int = 0) -> pd.DataFrame:
         values = np.asarray(frame["value"], dtype=float)
         rows.append({**dict(zip(keys, group)), "mean": mean, "std": std, "n": int(np.isfinite(values).sum())})
     return pd.DataFrame.from_records(rows, columns=[*keys, "mean", "std", "n"])
+
+
+def wide_table(summary: pd.DataFrame, metrics: Iterable[str], *, digits: int = 1) -> pd.DataFrame:
+    """A summary as one row per method and one column per (metric, dataset) of "mean ± std" text.
+
+    Args:
+        summary: output of :func:`summarise` with columns method, dataset, metric, mean, std.
+        metrics: metric keys to show, in order of appearance in ``summary``.
+        digits: decimals; percent metrics are shown × 100.
+
+    Returns:
+        DataFrame indexed by the methods' display names with columns "<Metric> / <dataset>".
+    """
+    view = summary[summary["metric"].isin(list(metrics))].copy()
+    view["text"] = [format_mean_std(m, s, digits=digits, percent=METRICS[x].unit == "%")
+                    for m, s, x in zip(view["mean"], view["std"], view["metric"])]
+    view["column"] = view["metric"].map(metric_display) + " / " + view["dataset"]
+    return view.pivot_table(index="method", columns="column", values="text", aggfunc="first",
+                            sort=False).rename(index=method_display)
+
+
+def paper_table(table: str) -> pd.DataFrame:
+    """The paper's own numbers of one table as it prints them: one row per row label, one column per metric
+    (and dataset, where the table has several), display names.
+
+    Raises:
+        ValueError: for an unknown table (the message lists the valid ones).
+    """
+    values = paper_values(table)
+    column = values["metric"].map(metric_display)
+    if values["dataset"].nunique() > 1:
+        column = column + " / " + values["dataset"]
+    return values.assign(metric=column).pivot_table(index="row", columns="metric", values="value",
+                                                    sort=False).rename(index=method_display)
+
+
+def method_gap(summary: pd.DataFrame, method: str, baseline: str, metric: str = "accuracy") -> pd.Series:
+    """One method's mean minus another's, per dataset, in percentage points (e.g. DINO-QPM minus Dense F_froz).
+
+    Args:
+        summary: :func:`summarise` of Table 1 records (columns method, dataset, metric, mean).
+        method: the method whose gain is measured.
+        baseline: the method it is compared with.
+        metric: a percent metric.
+
+    Returns:
+        Series indexed by the datasets where both methods have a row, in order of appearance.
+    """
+    means = summary[summary["metric"] == metric].set_index(["method", "dataset"])["mean"]
+    datasets = [d for d in dict.fromkeys(summary["dataset"])
+                if (method, d) in means.index and (baseline, d) in means.index]
+    return pd.Series({d: 100 * (means[(method, d)] - means[(baseline, d)]) for d in datasets}, dtype=float,
+                     name=f"{metric} gap")
+
+
+def paper_dataset_map(profile) -> dict[str, str] | None:
+    """The renaming that sets a profile's results beside the paper's: datasets the paper does not report
+    (SynthBirds) go beside its CUB column; None when every dataset is the paper's own."""
+    reported = set(paper_values()["dataset"]) - {"any"}  # CUB-200-2011 and Stanford Cars
+    mapping = {d: "cub" for d in (profile.data.dataset, *profile.extra_datasets) if d not in reported}
+    return mapping or None
 
 
 def _paper_text(value: float, std: float, unit: str) -> str:
@@ -165,7 +241,7 @@ def beside_paper(ours: pd.DataFrame, table: str, *, ours_in_percent: bool = Fals
     if duplicated.any():
         first = mine.loc[duplicated, keys].iloc[0].tolist()
         raise ValueError(f"ours has several rows for {first} (after dataset_map); summarise the seeds first "
-                         "(summarise_runs) or compare one dataset at a time")
+                         "(summarise) or compare one dataset at a time")
     paper = paper_values(table).rename(columns={"value": "paper_value", "std": "paper_std"})
 
     # Table 2 is not per dataset: expand its "any" rows onto every dataset we report.
@@ -207,6 +283,88 @@ def beside_paper(ours: pd.DataFrame, table: str, *, ours_in_percent: bool = Fals
     return pd.DataFrame.from_records(rows, columns=[
         "row", "method", "dataset", "metric", "ours", "paper", "difference", "note",
         "ours_mean", "ours_std", "paper_value", "paper_std"])
+
+
+def gather_beside_paper(
+    ours: Mapping[str, pd.DataFrame],
+    *,
+    dataset_map: Mapping[str, str] | None = None,
+    setting_reason: str = "",
+) -> pd.DataFrame:
+    """Every reproduced number beside the paper's, one table for all of the paper's Tables 1-4.
+
+    Args:
+        ours: table name ("table1" .. "table4") -> summarised results (columns method or row, dataset, metric,
+            mean, std; fractions for %-metrics, as :func:`summarise` gives them). Metrics that are not columns
+            of that table are ignored, so one summary can serve Tables 1 and 2.
+        dataset_map: passed to :func:`beside_paper` (e.g. {"synthbirds": "cub"}).
+        setting_reason: why every reproduced value may differ (e.g. "SynthBirds and random weights"), put first
+            in the ``reason`` of each compared cell.
+
+    Returns:
+        DataFrame with columns ``table``, ``row``, ``method``, ``dataset``, ``metric``, ``ours``, ``paper``,
+        ``difference`` (ours − paper in the paper's unit), ``reason`` and the numbers ``ours_mean``,
+        ``ours_std``, ``paper_value``, ``paper_std`` (what :func:`qpmlib.figures.plots.bar_beside_paper`
+        draws). Only cells that have our value or that we should have reproduced are kept (the paper's
+        reported-only ResNet50 rows are left out).
+
+    Raises:
+        ValueError: for an unknown table name (see :func:`beside_paper` for the rest).
+    """
+    parts = []
+    for table, frame in ours.items():
+        if table not in TABLES:
+            raise ValueError(f"unknown table {table!r}; valid names: {', '.join(TABLES)}")
+        frame = frame[frame["metric"].isin(set(paper_values(table)["metric"]))]  # only the table's own columns
+        beside = beside_paper(frame, table, dataset_map=dict(dataset_map or {}))
+        beside.insert(0, "table", table)
+        parts.append(beside)
+    columns = ["table", "row", "method", "dataset", "metric", "ours", "paper", "difference", "reason",
+               "ours_mean", "ours_std", "paper_value", "paper_std"]
+    if not parts:
+        return pd.DataFrame(columns=columns)
+    df = pd.concat(parts, ignore_index=True)
+    df = df[df["ours_mean"].notna() | ~df["note"].str.contains("reported only", regex=False)].copy()
+
+    def reason(rec) -> str:
+        notes = []
+        if not math.isnan(rec["ours_mean"]) and not math.isnan(rec["paper_value"]):
+            notes += [setting_reason] if setting_reason else []
+            notes += [METRIC_REASONS[rec["metric"]]] if rec["metric"] in METRIC_REASONS else []
+        notes += [rec["note"]] if rec["note"] else []
+        return "; ".join(notes)
+
+    df["reason"] = [reason(r) for r in df.to_dict("records")]
+    return df[columns].reset_index(drop=True)
+
+
+def table_rows(beside: pd.DataFrame, table: str) -> pd.DataFrame:
+    """The rows of one of the paper's tables in a :func:`gather_beside_paper` table, for the datasets we ran."""
+    part = beside[beside["table"] == table]
+    return part[part["dataset"].isin(part.loc[part["ours_mean"].notna(), "dataset"])]
+
+
+def beside_value(beside: pd.DataFrame, row: str, metric: str, dataset: str | None = None,
+                 *, column: str = "ours_mean", table: str | None = None) -> float:
+    """One number of a :func:`beside_paper` (or :func:`gather_beside_paper`) table.
+
+    Args:
+        beside: the table.
+        row: row key (method, Table 3 row or backbone).
+        metric: metric key.
+        dataset: dataset after ``dataset_map`` (None: any).
+        column: "ours_mean", "paper_value", "difference", ...
+        table: the paper's table (for a :func:`gather_beside_paper` table; None: any).
+
+    Returns:
+        The value; NaN when the table has no such cell (e.g. a Table 3 row this profile cannot run).
+    """
+    hit = beside[(beside["row"] == row) & (beside["metric"] == metric)]
+    if dataset is not None:
+        hit = hit[hit["dataset"] == dataset]
+    if table is not None:
+        hit = hit[hit["table"] == table]
+    return float(hit[column].iloc[0]) if len(hit) else math.nan
 
 
 def reproduction_verdict(difference: float, tolerance: float, *, unit: str = "points",

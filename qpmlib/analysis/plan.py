@@ -1,0 +1,51 @@
+"""The runs the book needs, in one list: what an executor can compute before the chapters only load.
+
+    requests = book_requests("demo")      # Tables 1-4, every ablation figure, the solver check
+    compute(requests, "demo")             # here, one request after another
+
+Each table and figure says which runs it needs in one place (:func:`qpmlib.analysis.tables.table1_requests`,
+:func:`~qpmlib.analysis.tables.table3_requests`, :func:`~qpmlib.analysis.tables.table4_requests`,
+:func:`qpmlib.analysis.sweeps.sweep_requests` of :data:`~qpmlib.analysis.sweeps.FIGURE_GRIDS`), and the functions
+that build the tables run exactly those requests; this module only collects them. The results store is
+content-addressed, so runs computed elsewhere (another process, a cluster) and copied in are found by the
+chapters as if computed here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from tqdm import tqdm
+
+from qpmlib.analysis.sweeps import FIGURE_GRIDS, sweep_requests
+from qpmlib.analysis.tables import OPEN_SOLVER_CHECK, table1_requests, table3_requests, table4_requests
+from qpmlib.config import Profile, get_profile
+from qpmlib.runs.methods import RunRequest
+
+__all__ = ["book_requests", "compute"]
+
+
+def book_requests(profile: str | Profile, seeds: Sequence[int] | None = None) -> list[RunRequest]:
+    """Every run the chapters of the book load, without repeats, in the order the chapters need them.
+
+    Args:
+        profile: profile name or object.
+        seeds: the seeds of the tables (None: the profile's); the sweeps use ``profile.sweeps.seeds``.
+
+    Returns:
+        The requests: Tables 1-2, 3 and 4, the grids of Figs. 7-13 and the open-solver check of the QP.
+    """
+    prof = get_profile(profile)
+    first = (prof.seeds if seeds is None else seeds)[0]
+    requests = [r for _, r in table1_requests(prof, seeds)] + [r for _, r in table3_requests(prof, seeds)]
+    requests += [r for _, r in table4_requests(prof, seeds)]
+    requests += [r for grid in FIGURE_GRIDS.values() for _, r in sweep_requests(prof, grid)]
+    requests.append(RunRequest.of("dino_qpm", [first], OPEN_SOLVER_CHECK))
+    return list(dict.fromkeys(requests))
+
+
+def compute(requests: Sequence[RunRequest], profile: str | Profile, *, verbose: bool = True) -> None:
+    """Compute (or find stored) every request here, one after another."""
+    prof = get_profile(profile)
+    for request in tqdm(requests, desc="runs", disable=not verbose):
+        request.run(prof, verbose=False)

@@ -1,0 +1,139 @@
+"""The reproducibility report: what differs from the paper and why, and where the compute time went.
+
+* :func:`discrepancy_table`: :data:`qpmlib.paper.DISCREPANCIES` (reference_spec §10, with the variant the book
+  uses and the option that switches it) as a table;
+* :func:`profile_differences`: what a profile changes with respect to the paper's setting;
+* :func:`compute_time`: the chapters' run times and the stored training stages' times;
+* :func:`setting_reason` and :func:`reproduction_counts`: why and how far a run can be compared with the paper.
+
+Every number beside the paper's comes from :func:`qpmlib.analysis.summary.gather_beside_paper`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from qpmlib import paths
+from qpmlib.config import get_profile
+from qpmlib.paper import DISCREPANCIES, METRICS, claim
+
+__all__ = ["discrepancy_table", "profile_differences", "compute_time", "setting_reason",
+           "reproduction_counts"]
+
+def discrepancy_table() -> pd.DataFrame:
+    """reference_spec §10 as a table, with the variant this book uses and the option that switches it.
+
+    Returns:
+        DataFrame with columns ``row``, ``topic``, ``paper``, ``code``, ``book`` and ``option``.
+    """
+    return pd.DataFrame(DISCREPANCIES, columns=["row", "topic", "paper", "code", "book", "option"])
+
+
+def profile_differences(profile: Any, *, pretrained: bool | None = None) -> pd.DataFrame:
+    """What the given profile changes with respect to the paper's setting (paper Sec. 9, reference_spec §4.2).
+
+    Args:
+        profile: a :class:`qpmlib.config.Profile` or its name.
+        pretrained: whether the backbone weights were pretrained here (None: not known).
+
+    Returns:
+        DataFrame with columns ``item``, ``paper`` and ``this run``, and a boolean ``differs``.
+
+    Raises:
+        ValueError: for an unknown profile name.
+    """
+    prof, ref = get_profile(profile), get_profile("paper")
+    datasets = lambda p: "+".join((p.data.dataset, *p.extra_datasets))  # noqa: E731
+    weights = "unknown" if pretrained is None else ("pretrained" if pretrained else "fixed random")
+    rows = [
+        ("dataset", datasets(ref), datasets(prof)),
+        ("backbone", ref.backbone.name, prof.backbone.name),
+        ("backbone weights", "pretrained", weights),
+        ("image size [px]", ref.data.image_size, prof.data.image_size),
+        ("MLP layers", ref.model.n_layers, prof.model.n_layers),
+        ("hidden width", ref.model.hidden_size, prof.model.hidden_size),
+        ("N_f", ref.model.n_features, prof.model.n_features),
+        ("N*_f", ref.qp.n_selected, prof.qp.n_selected),
+        ("N^c_f", ref.qp.n_per_class, prof.qp.n_per_class),
+        ("dense / fine-tune epochs", f"{ref.train.dense_epochs} / {ref.train.ft_epochs}",
+         f"{prof.train.dense_epochs} / {prof.train.ft_epochs}"),
+        ("seeds", len(ref.seeds), len(prof.seeds)),
+    ]
+    df = pd.DataFrame(rows, columns=["item", "paper", "this run"]).astype({"paper": str, "this run": str})
+    df["differs"] = df["paper"] != df["this run"]
+    return df
+
+
+def compute_time(profile: str, build_root: str | Path, *, results_root: str | Path | None = None) -> pd.DataFrame:
+    """Where the compute time of a book run went: chapter run times and the stored training stages.
+
+    Reads ``<build_root>/run.json`` (written by :mod:`qpmlib.book.runner`; chapters reused from an
+    earlier run are marked) and the ``total_seconds`` of every ``provenance.json`` in the profile's results
+    store (one per dense, QP and fine-tune stage ever computed, whichever chapter asked for it).
+
+    Args:
+        profile: profile name.
+        build_root: folder holding ``run.json`` (:func:`qpmlib.book.runner.build_dir` of the profile).
+        results_root: the results store root (default :func:`qpmlib.paths.results_dir` of the profile).
+
+    Returns:
+        DataFrame with columns ``source`` ("chapter" or "stored stage"), ``name`` (chapter name, or the stage
+        kind), ``count`` (results summed) and ``seconds``; empty when nothing has run yet.
+    """
+    results_root = Path(results_root) if results_root is not None else paths.results_dir(profile)
+    rows = []
+    run_file = Path(build_root) / "run.json"
+    if run_file.is_file():
+        for name, t in json.loads(run_file.read_text()).get("chapters", {}).items():
+            label = name + (" (reused)" if t.get("reused") else "")
+            rows.append({"source": "chapter", "name": label, "count": 1, "seconds": float(t["seconds"])})
+    stages: dict[str, list[float]] = {}
+    for prov in sorted(results_root.glob("*/*/provenance.json")):
+        if prov.parent.name.startswith("."):
+            continue
+        seconds = json.loads(prov.read_text()).get("total_seconds")
+        if isinstance(seconds, (int, float)):
+            stages.setdefault(prov.parent.parent.name, []).append(float(seconds))
+    rows += [{"source": "stored stage", "name": kind, "count": len(v), "seconds": sum(v)}
+             for kind, v in sorted(stages.items())]
+    return pd.DataFrame(rows, columns=["source", "name", "count", "seconds"])
+
+
+def setting_reason(profile: Any, *, pretrained: bool, n_seeds: int) -> str:
+    """Why every reproduced number of a run may differ from the paper's, in a few words ("" on the paper's setting).
+
+    Args:
+        profile: the run's profile.
+        pretrained: whether the backbone weights were pretrained.
+        n_seeds: seeds behind each mean (the paper: the ``sec9`` claim's number).
+    """
+    prof = get_profile(profile)
+    paper_seeds = claim("sec9").value
+    return ", ".join(
+        ([f"SynthBirds ({prof.name} profile) for CUB"] if prof.data.dataset == "synthbirds" else [])
+        + (["random backbone weights"] if not pretrained else [])
+        + ([f"{n_seeds} seed(s), not {paper_seeds:g}"] if n_seeds != paper_seeds else [])
+    )
+
+
+def reproduction_counts(beside: pd.DataFrame) -> dict[str, Any]:
+    """How much of the paper a :func:`qpmlib.analysis.summary.gather_beside_paper` table reproduces.
+
+    Returns:
+        ``n_compared`` (cells with both values), ``n_missing`` (paper cells not run here), ``n_unreported``
+        (our cells the paper has no value for) and ``mean_abs_diff`` (mean |ours − paper| over the compared
+        percentages, in points; NaN when there is none).
+    """
+    compared = beside[beside["ours_mean"].notna() & beside["paper_value"].notna()]
+    percent = compared[[METRICS[m].unit == "%" for m in compared["metric"]]]
+    return {
+        "n_compared": len(compared),
+        "n_missing": int(beside["ours_mean"].isna().sum()),
+        "n_unreported": int(beside["paper_value"].isna().sum()),
+        "mean_abs_diff": float(percent["difference"].abs().mean()) if len(percent) else math.nan,
+    }

@@ -1,0 +1,166 @@
+"""Views the chapters display: interactive widgets and the multi-part displays of the interpretability chapters.
+
+Everything here displays or builds widgets; the numbers come from :mod:`qpmlib.analysis` and the figures from
+:mod:`qpmlib.figures`.
+
+* :func:`figure_widget`: a control (slider, drop-down) above a picture that is redrawn when it changes, as PNG
+  so that the executed notebook keeps the picture without a live kernel.
+* :func:`pair_view`, :func:`show_pair`, :func:`pair_widget`: one class pair of a trained run (Figs. 5, 14-17).
+* :func:`show_failure_category`, :func:`failure_widget`: the failure rows of one category (Figs. 18-23).
+* :func:`beside_paper_view`, :func:`beside_bars_widget`: the reproducibility report's numbers beside the paper's.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import ipywidgets as widgets
+import pandas as pd
+from IPython.display import Markdown, display
+from matplotlib.figure import Figure
+
+from qpmlib.analysis.failures import FAILURE_CATEGORIES, FAILURE_TITLES, FailureData
+from qpmlib.analysis.inspection import RunInspection
+from qpmlib.analysis.pairs import (
+    class_pair_table,
+    distinct_on_differing_parts,
+    distinguishing_attributes,
+    example_index,
+    top_activating_patches,
+)
+from qpmlib.figures.explanations import class_pair_figure, top_patches_figure
+from qpmlib.figures.failures import failure_figure
+from qpmlib.analysis.summary import table_rows
+from qpmlib.figures.plots import bar_beside_paper, figure_png
+from qpmlib.paper import method_display, metric_display
+
+__all__ = ["figure_widget", "pair_view", "show_pair", "pair_widget", "show_failure_category", "failure_widget",
+           "beside_paper_view", "beside_bars_widget"]
+
+
+def figure_widget(control: widgets.ValueWidget, draw: Callable[[Any], Figure | None]) -> widgets.VBox:
+    """``control`` above the PNG of ``draw(control.value)``, redrawn whenever the control changes.
+
+    Args:
+        control: any ipywidgets control with a ``value``.
+        draw: value -> figure (None draws nothing).
+
+    Returns:
+        A VBox of the control and the picture.
+    """
+    def png(value) -> bytes:
+        fig = draw(value)
+        return b"" if fig is None else figure_png(fig)
+
+    picture = widgets.Image(value=png(control.value), format="png")
+    control.observe(lambda change: setattr(picture, "value", png(change["new"])), names="value")
+    return widgets.VBox([control, picture])
+
+
+# ------------------------------------------------------------------------------------------------- class pairs
+def pair_view(ins: RunInspection, pair: tuple[int, int]) -> tuple[Figure, pd.DataFrame]:
+    """The two local explanations of a class pair (one test image per class) and the table of its features."""
+    c1, c2 = pair
+    preds, images, maps = ins.predictions, ins.images["test"], ins.maps("test")
+    i1, i2 = (example_index(preds.label, preds.pred, c) for c in pair)
+    fig = class_pair_figure(images[i1], maps[i1], images[i2], maps[i2], ins.assignment, None, c1, c2,
+                            class_names=ins.names)
+    return fig, class_pair_table(ins.assignment, None, c1, c2, parts=ins.parts, class_names=ins.names)
+
+
+def show_pair(ins: RunInspection, pair: tuple[int, int], *, n_patches: int = 5) -> pd.DataFrame:
+    """Display everything about a class pair: explanations, features, differing attributes, prototype patches.
+
+    Args:
+        ins: the run.
+        pair: two class labels.
+        n_patches: most activating training patches shown per feature.
+
+    Returns:
+        The pair's feature table (:func:`qpmlib.analysis.pairs.class_pair_table`).
+    """
+    fig, table = pair_view(ins, pair)
+    display(fig)
+    display(table)
+    if ins.has_parts:
+        differing = distinguishing_attributes(ins.attributes, *pair)
+        display(differing)
+        share = distinct_on_differing_parts(table, differing)
+        display(Markdown(f"Features used by only one of the two classes that sit on a part where the classes "
+                         f"differ: **{share:.0%}**." if not math.isnan(share) else
+                         "The two classes use the same features."))
+    for f, role in zip(table.feature, table.role):
+        top = top_activating_patches(ins.maps("train"), f, n_patches)
+        where = f", {ins.parts.loc[f, 'part']}" if ins.parts is not None else ""
+        display(top_patches_figure(ins.images["train"], top, ins.grid, ncols=n_patches,
+                                   title=f"feature {f} ({role}{where})"))
+    return table
+
+
+def pair_widget(ins: RunInspection, pairs: Sequence[tuple[int, int]]) -> widgets.VBox:
+    """A drop-down of class pairs above the pair's figure and feature table (redrawn on change)."""
+    def render(pair) -> tuple[bytes, str]:
+        fig, table = pair_view(ins, pair)
+        return figure_png(fig), table.to_html(index=False, float_format="{:.2f}".format)
+
+    choice = widgets.Dropdown(options=[(f"{ins.names[a]} / {ins.names[b]}", (a, b)) for a, b in pairs],
+                              value=pairs[0], description="pair")
+    png, html = render(choice.value)
+    picture, table = widgets.Image(value=png, format="png"), widgets.HTML(value=html)
+
+    def update(change) -> None:
+        picture.value, table.value = render(change["new"])
+
+    choice.observe(update, names="value")
+    return widgets.VBox([choice, picture, table])
+
+
+# -------------------------------------------------------------------------------------------- failure analysis
+def _category_figure(data: FailureData, picks: pd.DataFrame, category: str) -> Figure | None:
+    examples = data.examples(picks, category)
+    return failure_figure(examples, title=FAILURE_TITLES[category]) if examples else None
+
+
+def show_failure_category(data: FailureData, picks: pd.DataFrame, category: str) -> Figure | None:
+    """Display the failure rows of one category (or say that it is empty); returns the figure."""
+    fig = _category_figure(data, picks, category)
+    if fig is None:
+        display(Markdown(f"*No test image is in the category “{FAILURE_TITLES[category]}” for this run.*"))
+    else:
+        display(fig)
+    return fig
+
+
+def failure_widget(data: FailureData, picks: pd.DataFrame) -> widgets.VBox:
+    """A drop-down of the failure categories above that category's rows."""
+    control = widgets.Dropdown(options=[(FAILURE_TITLES[c], c) for c in FAILURE_CATEGORIES],
+                               value=FAILURE_CATEGORIES[0], description="category")
+    return figure_widget(control, lambda category: _category_figure(data, picks, category))
+
+
+# ----------------------------------------------------------------------------------------- reproducibility report
+def beside_paper_view(frame: pd.DataFrame):
+    """A :func:`qpmlib.analysis.summary.gather_beside_paper` table for reading: display names, signed differences.
+
+    Returns:
+        pandas Styler with columns table, row, dataset, metric, ours, paper, difference and reason.
+    """
+    view = frame.assign(row=[method_display(r) for r in frame.row], metric=[metric_display(m) for m in frame.metric])
+    return (view[["table", "row", "dataset", "metric", "ours", "paper", "difference", "reason"]].style
+            .format({"difference": lambda v: "n/a" if v != v else f"{v:+.1f}"}).hide(axis="index"))
+
+
+def beside_bars_widget(beside: pd.DataFrame, tables: Sequence[str]) -> widgets.VBox:
+    """A drop-down of the paper's tables above the bars of ours beside the paper's for that table.
+
+    Args:
+        beside: :func:`qpmlib.analysis.summary.gather_beside_paper` table.
+        tables: table names to offer, the first shown.
+    """
+    def draw(table: str) -> Figure | None:
+        rows = table_rows(beside, table)
+        return bar_beside_paper(rows) if rows["ours_mean"].notna().any() else None
+
+    return figure_widget(widgets.Dropdown(options=list(tables), value=tables[0], description="table"), draw)

@@ -1,0 +1,14 @@
+"""Runs: computing (or loading) the stored results of every method, and evaluating trained models.
+
+Modules, bottom-up:
+
+* :mod:`~qpmlib.runs.provenance`: git commit, device and versions, one helper each.
+* :mod:`~qpmlib.runs.checks`: ``check_profile``, every profile field checked before any work.
+* :mod:`~qpmlib.runs.run`: ``Run``, the one run type of every method (stored stages, metrics, model).
+* :mod:`~qpmlib.runs.evaluate`: the metrics every stage stores; "model on test image i".
+* :mod:`~qpmlib.runs.dino_qpm`: the dense, QP and fine-tune stages (``run_dino_qpm``, ``run_seeds``).
+* :mod:`~qpmlib.runs.baselines`: the DINO-SLDD and DINO-QSENN stages.
+* :mod:`~qpmlib.runs.methods`: the methods of Table 1 as a registry (``METHODS``, ``run_methods``, ``run_method``).
+
+Results live in the content-addressed store of :mod:`qpmlib.results`.
+"""

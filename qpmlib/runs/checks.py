@@ -1,0 +1,120 @@
+"""``check_profile``: every field of a profile checked before any work starts.
+
+The valid values of a field live in the module that uses it (backbones in :data:`qpmlib.backbones.BACKBONES`,
+datasets in :data:`qpmlib.data.DATASETS`, solvers in :data:`qpmlib.qp.SOLVERS` ...), so the check sits here, above
+all of them, and every run entry point (:mod:`qpmlib.runs.dino_qpm`, :mod:`qpmlib.runs.methods`) calls it first:
+a misspelt solver fails in a second, not after the dense stage has trained.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from qpmlib.backbones import BACKBONES
+from qpmlib.config import Profile
+from qpmlib.data import DATASETS
+from qpmlib.data.images import NORMALISATIONS
+from qpmlib.model import POOLINGS
+from qpmlib import qp
+from qpmlib.sparse import QSENN_SCHEDULES
+from qpmlib.train import stage_config
+
+__all__ = ["R_MODES", "WEIGHTS", "check_profile"]
+
+#: Valid ``qp.r_mode`` values: the R threshold of DINO-QPM, of the original QPM, or no R penalty (§1.6).
+R_MODES = (*qp.R_MODES, "none")
+#: Valid ``backbone.weights`` keywords (any other value must be a checkpoint file).
+WEIGHTS = ("auto", "pretrained", "random")
+
+
+def _choice(key: str, value, valid) -> None:
+    if value not in valid:
+        raise ValueError(f"{key} must be one of {', '.join(map(str, valid))}, got {value!r}")
+
+
+def _positive_int(key: str, value, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{key} must be an integer >= {minimum}, got {value!r}")
+
+
+def _check_data(prof: Profile) -> None:
+    d = prof.data
+    _choice("data.dataset", d.dataset, DATASETS)
+    for extra in prof.extra_datasets:
+        _choice("extra_datasets", extra, DATASETS)
+    _choice("data.normalisation", d.normalisation, NORMALISATIONS)
+    _positive_int("data.image_size", d.image_size)
+    if DATASETS[d.dataset].generated:
+        for name in ("n_classes", "n_train", "n_test"):
+            _positive_int(f"data.{name}", getattr(d, name))
+
+
+def _check_backbone(prof: Profile) -> None:
+    b = prof.backbone
+    for key, name in (("backbone.name", b.name), *(("sweeps.backbones", n) for n in prof.sweeps.backbones)):
+        _choice(key, name, BACKBONES)
+    if str(b.weights) not in WEIGHTS and not Path(b.weights).expanduser().is_file():
+        raise ValueError(f"backbone.weights must be one of {', '.join(WEIGHTS)} or an existing checkpoint file, "
+                         f"got {b.weights!r}")
+    _positive_int("backbone.batch_size", b.batch_size)
+    patch = BACKBONES[b.name].patch_size
+    if prof.data.image_size < patch:
+        raise ValueError(f"data.image_size={prof.data.image_size} is smaller than the patch size {patch} of "
+                         f"backbone {b.name!r}")
+
+
+def _check_model_and_qp(prof: Profile, n_classes: int | None) -> None:
+    m, q = prof.model, prof.qp
+    if m.n_layers < 0 or m.hidden_size < 1 or m.n_features < 1:
+        raise ValueError(f"model.n_layers must be >= 0 and model.hidden_size, model.n_features >= 1; got "
+                         f"{m.n_layers}, {m.hidden_size}, {m.n_features}")
+    _choice("model.pooling", m.pooling, POOLINGS)
+    if not 0 <= m.dropout < 1:
+        raise ValueError(f"model.dropout must be in [0, 1), got {m.dropout}")
+    _choice("qp.r_mode", q.r_mode, R_MODES)
+    _choice("qp.solver", q.solver, qp.SOLVERS)
+    if q.time_limit is not None and not (isinstance(q.time_limit, (int, float)) and q.time_limit > 0):
+        raise ValueError(f"qp.time_limit must be a positive number of seconds or None (no limit), got "
+                         f"{q.time_limit!r}")
+    if not 1 <= q.n_per_class <= q.n_selected:
+        raise ValueError(f"qp.n_per_class must be in [1, qp.n_selected={q.n_selected}], got {q.n_per_class}")
+    if m.n_layers > 0 and q.n_selected > m.n_features:
+        raise ValueError(f"qp.n_selected={q.n_selected} exceeds model.n_features={m.n_features}")
+    n_sets = math.comb(q.n_selected, q.n_per_class)
+    if n_classes is not None and m.n_layers > 0 and n_sets < n_classes:
+        raise ValueError(f"qp.n_selected={q.n_selected} with qp.n_per_class={q.n_per_class} allows only "
+                         f"{n_sets} distinct class feature sets for {n_classes} classes")
+
+
+def _check_baselines_and_seeds(prof: Profile) -> None:
+    b = prof.baselines
+    _positive_int("baselines.glm_n_lambdas", b.glm_n_lambdas, 2)
+    _choice("baselines.qsenn_schedule", b.qsenn_schedule, QSENN_SCHEDULES)
+    if b.compact is not None:
+        if len(b.compact) != 2 or not 1 <= b.compact[1] <= b.compact[0]:
+            raise ValueError(f"baselines.compact must be None or (N*_f, N^c_f) with 1 <= N^c_f <= N*_f, "
+                             f"got {b.compact!r}")
+    for key, seeds in (("seeds", prof.seeds), ("sweeps.seeds", prof.sweeps.seeds)):
+        if len(set(seeds)) != len(seeds) or not all(isinstance(s, int) for s in seeds):
+            raise ValueError(f"{key} must hold distinct integers, got {seeds!r}")
+    if not prof.seeds:
+        raise ValueError("seeds must not be empty")
+
+
+def check_profile(profile: Profile, n_classes: int | None = None) -> None:
+    """Check every field of a profile (after overrides) before any training starts.
+
+    Args:
+        profile: the profile.
+        n_classes: when known, also check that the QP can give every class a distinct feature set.
+
+    Raises:
+        ValueError: naming the first field that is out of range and what would be valid (the valid names of
+            datasets, backbones, poolings, solvers, R modes, devices, precisions ...).
+    """
+    _check_data(profile)
+    _check_backbone(profile)
+    _check_model_and_qp(profile, n_classes)
+    stage_config(profile.train, "dense")  # every train.* field (qpmlib.train.check_train_config)
+    _check_baselines_and_seeds(profile)
