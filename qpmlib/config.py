@@ -86,6 +86,9 @@ class QPConfig:
     r_mode: str = "dinoqpm"  # "dinoqpm" (threshold on 2R, penalty on R, §1.6) | "qpm" (original QPM) | "none"
     solver: str = "auto"  # "auto" | "open" | "gurobi" | "exhaustive"
     time_limit: float | None = 60.0  # seconds per solve (the open solver's search; Gurobi's TimeLimit); None: no limit
+    # Gurobi's other settings (qpmlib.qp.GUROBI_SETTINGS): "reference" (MIPGap 5e-3, the reference's DINO configs)
+    # | "exact" (MIPGap 1e-6, certified optimum); time_limit above replaces their TimeLimit
+    gurobi: str = "reference"
 
 
 @dataclass(frozen=True)

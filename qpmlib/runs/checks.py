@@ -74,6 +74,7 @@ def _check_model_and_qp(prof: Profile, n_classes: int | None) -> None:
         raise ValueError(f"model.dropout must be in [0, 1), got {m.dropout}")
     _choice("qp.r_mode", q.r_mode, R_MODES)
     _choice("qp.solver", q.solver, qp.SOLVERS)
+    _choice("qp.gurobi", q.gurobi, qp.GUROBI_SETTINGS)
     if q.time_limit is not None and not (isinstance(q.time_limit, (int, float)) and q.time_limit > 0):
         raise ValueError(f"qp.time_limit must be a positive number of seconds or None (no limit), got "
                          f"{q.time_limit!r}")

@@ -321,14 +321,14 @@ class _Context:
         A, R = qp.qpm_matrices(stored["features"].numpy(), stored["labels"].numpy())
         threshold = None if q.r_mode == "none" else qp.r_threshold(R, q.n_selected, mode=q.r_mode)
         sol = qp.solve_qpm(A, R, q.n_selected, q.n_per_class, r_threshold=threshold, solver=q.solver,
-                           time_limit=q.time_limit, seed=seed, verbose=self.verbose)
+                           time_limit=q.time_limit, seed=seed, verbose=self.verbose, gurobi=q.gurobi)
         metrics = {"objective": sol.objective, "bound": sol.bound, "gap": sol.gap, "solver": sol.solver,
                    "solve_seconds": sol.runtime, "r_threshold": sol.r_threshold,
                    "n_penalised": None if threshold is None else threshold.n_penalised}
         return ResultData(
             metrics=metrics,
             provenance=provenance(seed=seed, device=device_label("cpu"), pretrained=self.pretrained,
-                                  total_seconds=time.perf_counter() - t0),
+                                  total_seconds=time.perf_counter() - t0, solver_settings=sol.solver_settings),
             tensors={SELECTION_FILE: {"selected": sol.selected, "assignment": sol.assignment.astype(np.uint8),
                                       "A": A.astype(np.float32), "R": R.astype(np.float32)}},
         )
