@@ -293,6 +293,12 @@ DISCREPANCIES: tuple[tuple[int, str, str, str, str, str], ...] = (
      "qpmlib.sparse.SLDDSettings / QSENNSettings; baselines.qsenn_schedule"),
     (15, "pos-embed interpolation", "–", "antialias False, offset 0.1", "reference code",
      "qpmlib.backbones.build_backbone(pos_embed_interpolation='reference' | 'hub')"),
+    (16, "SLDD selection λ_max", "–", "λ_max of the selection path from glm-saga's metadata of the raw features "
+     "(whole training split); the path runs on the standardised 90 % split", "reference code",
+     "qpmlib.sparse.SLDDSettings.lambda_max_source = 'metadata' | 'split'"),
+    (17, "Gurobi stopping rule", "–", "MIPGap 5e-3, TimeLimit 10,800 s per optimize() call",
+     "reference code (MIPGap 5e-3, TimeLimit 10,800 s for the whole solve)",
+     "qp.gurobi = 'reference' | 'exact' (qpmlib.qp.solve_qpm(gurobi=...))"),
 )
 
 _COLUMNS = ["table", "row", "method", "dataset", "metric", "value", "std", "unit", "note"]

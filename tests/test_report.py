@@ -9,7 +9,7 @@ from qpmlib.analysis import report
 
 def test_discrepancy_table_covers_section_10():
     table = report.discrepancy_table()
-    assert table["row"].tolist() == list(range(1, 16))
+    assert table["row"].tolist() == list(range(1, 18))
     assert {"topic", "paper", "code", "book", "option"} <= set(table.columns)
 
 
