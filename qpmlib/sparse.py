@@ -205,7 +205,7 @@ def sldd_selection_order(
     seed: int = 0,
     settings: SLDDSettings = SLDD,
     device: str | torch.device | None = None,
-    dtype: torch.dtype = torch.float64,
+    dtype: torch.dtype | None = None,
     verbose: bool = False,
 ) -> np.ndarray:
     """The first ``n_select`` features to enter SLDD's selection path, in entry order (reference_spec §6.3).
@@ -232,7 +232,8 @@ def sldd_selection_order(
         seed: seed of the 90/10 split.
         settings: path constants (alpha, lam_fac, n_lambdas, ratio, max_epochs, tol, val_frac).
         device: torch device of the solver.
-        dtype: torch dtype of the solver.
+        dtype: torch dtype of the solver (None: float64 on the CPU, float32 on CUDA; see
+            :func:`qpmlib.glm.glm_device`).
         verbose: progress bar over entries.
 
     Returns:
@@ -294,7 +295,7 @@ def sldd_select(
     seed: int = 0,
     settings: SLDDSettings = SLDD,
     device: str | torch.device | None = None,
-    dtype: torch.dtype = torch.float64,
+    dtype: torch.dtype | None = None,
     verbose: bool = False,
 ) -> np.ndarray:
     """SLDD's selected features as sorted indices (reference_spec §6.3); see :func:`sldd_selection_order`.
@@ -306,7 +307,8 @@ def sldd_select(
         seed: seed of the 90/10 split.
         settings: path constants.
         device: torch device of the solver.
-        dtype: torch dtype of the solver.
+        dtype: torch dtype of the solver (None: float64 on the CPU, float32 on CUDA; see
+            :func:`qpmlib.glm.glm_device`).
         verbose: progress bar.
 
     Returns:
@@ -328,7 +330,7 @@ def sldd_select(
 
 def _weight_path(
     X_sel: np.ndarray, y: np.ndarray, *, seed: int, settings: SLDDSettings, do_zero: bool,
-    device: str | torch.device | None, dtype: torch.dtype, verbose: bool,
+    device: str | torch.device | None, dtype: torch.dtype | None, verbose: bool,
 ) -> GLMPath:
     """glm path (alpha 0.99) on the standardised selected features, fitted on the seeded 90 % split."""
     X_sel, y = _check_xy(X_sel, y)
@@ -386,7 +388,7 @@ def sldd_weights(
     seed: int = 0,
     settings: SLDDSettings = SLDD,
     device: str | torch.device | None = None,
-    dtype: torch.dtype = torch.float64,
+    dtype: torch.dtype | None = None,
     verbose: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """SLDD's sparse head on the selected features (reference_spec §6.3).
@@ -402,7 +404,8 @@ def sldd_weights(
         seed: seed of the 90/10 split.
         settings: path constants.
         device: torch device of the solver.
-        dtype: torch dtype of the solver.
+        dtype: torch dtype of the solver (None: float64 on the CPU, float32 on CUDA; see
+            :func:`qpmlib.glm.glm_device`).
         verbose: progress bar.
 
     Returns:
@@ -479,7 +482,7 @@ def qsenn_weights(
     seed: int = 0,
     settings: QSENNSettings = QSENN,
     device: str | torch.device | None = None,
-    dtype: torch.dtype = torch.float64,
+    dtype: torch.dtype | None = None,
     verbose: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One Q-SENN iteration's head (reference_spec §6.4 steps 2-5).
@@ -494,7 +497,8 @@ def qsenn_weights(
         seed: seed of the 90/10 split.
         settings: path constants.
         device: torch device of the solver.
-        dtype: torch dtype of the solver.
+        dtype: torch dtype of the solver (None: float64 on the CPU, float32 on CUDA; see
+            :func:`qpmlib.glm.glm_device`).
         verbose: progress bar.
 
     Returns:
