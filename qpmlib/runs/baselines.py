@@ -258,9 +258,10 @@ def run_sparse_head(method: str, prof: Profile, seed: int, dense: Result, *, com
         kind = SELECTION_KIND if found[SELECTION_KIND] is None else method
         raise FileNotFoundError(f"no stored {kind} result for profile {prof.name!r}, seed {seed}; compute it with "
                                 f"qpmlib.runs.methods.run_method({method!r}, ...)")
+    # get_or_run: two processes that miss the same stage compute it once (the second waits, then loads it)
     if found[SELECTION_KIND] is None:
-        found[SELECTION_KIND] = selection_store.put(common, select())
+        found[SELECTION_KIND] = selection_store.get_or_run(common, select)
     if found[method] is None:
-        found[method] = store.put(config, fit(found[SELECTION_KIND], store.work_dir(config)))
+        found[method] = store.get_or_run(config, lambda: fit(found[SELECTION_KIND], store.work_dir(config)))
     return found
 
