@@ -162,6 +162,17 @@ def test_parse_squeue_reads_plain_and_array_jobs():
     assert ex.parse_squeue(out) == {"12": "RUNNING", "13_0": "PENDING", "13_1": "COMPLETED"}
 
 
+def test_a_task_is_done_once_its_entry_exists_and_its_job_no_longer_runs(tmp_path):
+    task, suspect = probe_task(tmp_path, 0), set()
+    assert ex._verdict(task, "PENDING", suspect) == "queued" and ex._verdict(task, "RUNNING", suspect) == "running"
+    assert ex._verdict(task, "", suspect) == "running"  # gone without the entry: ended only on the next look
+    assert ex._verdict(task, "", suspect) == "ended"
+    _entry(task).mkdir(parents=True)  # published; the job may still be removing its scratch folder
+    assert ex._verdict(task, "RUNNING", suspect) == ex._verdict(task, "COMPLETING", suspect) == "running"
+    assert ex._verdict(task, "", suspect) == "done"
+    assert ex._verdict(task, "PENDING", suspect) == "done"  # requeued after publishing: it will find the entry
+
+
 # ---------------------------------------------------------------------------------------------- real Slurm
 def _stderr(folder, job_id):
     return JobPaths(Path(folder) / "%j", job_id=job_id, task_id=0).stderr.read_text()

@@ -555,11 +555,14 @@ class _SlurmQueue:
 def _verdict(task: Task, state: str, suspect: set[str]) -> str:
     """``"done"``, ``"queued"``, ``"running"`` or ``"ended"`` (without the entry) for a task and its job's state.
 
-    A job that has left the queue without the entry is ``"ended"`` only on the second look in a row (``suspect``
-    remembers the first): a shared file system may show a finished entry a little late.
+    A running job whose entry exists is still ``"running"``: it publishes the entry first, then removes its scratch
+    folder and writes its last log lines, and the task is done when the job has ended (a queued one, requeued after
+    it published, is not waited for: it will find the entry and stop). A job that has left the queue without the
+    entry is ``"ended"`` only on the second look in a row (``suspect`` remembers the first): a shared file system
+    may show a finished entry a little late.
     """
     if task.key.exists():
-        return "done"
+        return "running" if state in _RUNNING else "done"
     if state in _QUEUED or state in _RUNNING:
         suspect.discard(task.name)
         return "queued" if state in _QUEUED else "running"
