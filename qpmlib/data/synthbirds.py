@@ -51,6 +51,8 @@ __all__ = [
     "COMPLETE_MARKER",
     "generate",
     "generator_args",
+    "attribute_combinations",
+    "class_combinations",
     "is_complete",
     "part_names",
     "class_attributes",
@@ -126,14 +128,76 @@ class _Class:
 
 
 def generator_args(
-    *, n_classes: int, n_train: int, n_test: int, image_size: int, seed: int, shortcut: bool = False
+    *, n_classes: int, n_train: int, n_test: int, image_size: int, seed: int, shortcut: bool = False,
+    exclude=(),
 ) -> dict:
-    """The arguments that determine a SynthBirds folder, plus :data:`GENERATOR_VERSION` (stored in ``.complete``)."""
-    return {
+    """The arguments that determine a SynthBirds folder, plus :data:`GENERATOR_VERSION` (stored in ``.complete``).
+
+    ``exclude`` (attribute combinations no class may have, see :func:`generate`) enters as the SHA-256 of its sorted
+    combinations, and only when it is not empty, so folders generated without it keep their arguments.
+    """
+    args = {
         "generator": "synthbirds", "version": GENERATOR_VERSION, "n_classes": int(n_classes),
         "n_train": int(n_train), "n_test": int(n_test), "image_size": int(image_size), "seed": int(seed),
         "shortcut": bool(shortcut),
     }
+    combos = _combination_set(exclude)
+    if combos:
+        text = "\n".join(",".join(c) for c in sorted(combos))
+        args["exclude"] = f"{len(combos)}:sha256-{hashlib.sha256(text.encode()).hexdigest()}"
+    return args
+
+
+def _combination_set(exclude) -> frozenset[tuple[str, ...]]:
+    """Attribute combinations (dicts or tuples in :data:`ATTRIBUTES` order) as a set of checked tuples."""
+    names = list(ATTRIBUTES)
+    out = set()
+    for combo in exclude:
+        t = tuple(combo[n] for n in names) if isinstance(combo, dict) else tuple(combo)
+        if len(t) != len(names) or any(v not in ATTRIBUTES[n] for n, v in zip(names, t)):
+            raise ValueError(
+                f"{combo!r} is not an attribute combination; expected one value of each of {', '.join(names)} "
+                f"(valid values: {ATTRIBUTES})"
+            )
+        out.add(t)
+    return frozenset(out)
+
+
+def class_combinations(n_classes: int, seed: int, exclude=()) -> list[tuple[str, ...]]:
+    """The attribute combinations of the classes that :func:`generate` draws for these arguments, in label order.
+
+    No image is drawn: this is how a pretraining corpus learns which classes a profile's dataset will have.
+
+    Args:
+        n_classes: number of classes, as for :func:`generate`.
+        seed: generator seed, as for :func:`generate`.
+        exclude: attribute combinations that no class may have, as for :func:`generate`.
+
+    Returns:
+        One tuple per class, values in :data:`ATTRIBUTES` order.
+    """
+    excluded = _combination_set(exclude)
+    _check_room(n_classes, excluded)
+    return [tuple(c.attrs.values()) for c in _make_classes(n_classes, seed, excluded)]
+
+
+def _check_room(n_classes: int, excluded: frozenset) -> None:
+    left = math.prod(len(v) for v in ATTRIBUTES.values()) - len(excluded)
+    if n_classes > left:
+        raise ValueError(f"only {left} attribute combinations remain after excluding {len(excluded)}; "
+                         f"n_classes={n_classes} is too many")
+
+
+def attribute_combinations(root: str | Path) -> list[tuple[str, ...]]:
+    """Each class's attribute values of a SynthBirds folder, as tuples in :data:`ATTRIBUTES` order (label order).
+
+    Pass them as ``exclude`` to :func:`generate` to make a folder that shares no class with ``root``.
+
+    Raises:
+        FileNotFoundError: ``root`` is not a SynthBirds folder (see :func:`class_attributes`).
+    """
+    table = class_attributes(root).sort_values("label")
+    return [tuple(row) for row in table[list(ATTRIBUTES)].itertuples(index=False)]
 
 
 def is_complete(root: str | Path, args: dict | None = None) -> bool:
@@ -149,12 +213,15 @@ def is_complete(root: str | Path, args: dict | None = None) -> bool:
         return False
 
 
-def _make_classes(n_classes: int, seed: int) -> list[_Class]:
-    """Pick distinct attribute combinations; every second class copies an earlier one and changes one attribute."""
+def _make_classes(n_classes: int, seed: int, exclude: frozenset[tuple[str, ...]] = frozenset()) -> list[_Class]:
+    """Pick distinct attribute combinations; every second class copies an earlier one and changes one attribute.
+
+    Combinations in ``exclude`` are never picked; without exclusions the classes depend only on ``seed``.
+    """
     rng = np.random.default_rng((seed, 0xC1A55))
     names = list(ATTRIBUTES)
     chosen: list[tuple[str, ...]] = []
-    seen: set[tuple[str, ...]] = set()
+    seen: set[tuple[str, ...]] = set(exclude)
     while len(chosen) < n_classes:
         if len(chosen) % 2 == 1:
             combo = list(chosen[int(rng.integers(len(chosen)))])
@@ -363,6 +430,7 @@ def generate(
     image_size: int,
     seed: int,
     shortcut: bool = False,
+    exclude=(),
     verbose: bool = True,
 ) -> Path:
     """Write a SynthBirds folder in CUB-200-2011 format (see the module docstring for the layout).
@@ -380,6 +448,8 @@ def generate(
         seed: generator seed; the same arguments give byte-identical files.
         shortcut: if True, the background hue is tied to the class in the training split only (test images
             get random hues), the "shortcut" variant for failure analysis.
+        exclude: attribute combinations (dicts, or tuples in :data:`ATTRIBUTES` order, e.g. from
+            :func:`attribute_combinations`) that no class may have: a folder disjoint from another one's classes.
         verbose: show a tqdm progress bar.
 
     Returns:
@@ -395,9 +465,11 @@ def generate(
         raise ValueError(f"n_train and n_test must be >= 1, got {n_train} and {n_test}")
     if image_size < 32:
         raise ValueError(f"image_size must be >= 32 pixels, got {image_size}")
+    excluded = _combination_set(exclude)
+    _check_room(n_classes, excluded)
     root = Path(root)
     args = generator_args(n_classes=n_classes, n_train=n_train, n_test=n_test, image_size=image_size,
-                          seed=seed, shortcut=shortcut)
+                          seed=seed, shortcut=shortcut, exclude=excluded)
     if root.exists():
         if is_complete(root, args):
             return root
@@ -410,7 +482,7 @@ def generate(
     tmp = root.parent / f".{root.name}.partial-{os.getpid()}"
     tmp.mkdir()
     try:
-        _write_folder(tmp, args, verbose=verbose)
+        _write_folder(tmp, args, excluded, verbose=verbose)
         (tmp / COMPLETE_MARKER).write_text(json.dumps(args, sort_keys=True))
         os.replace(tmp, root)
     finally:
@@ -419,8 +491,8 @@ def generate(
     return root
 
 
-def _write_folder(out: Path, args: dict, *, verbose: bool) -> None:
-    classes = _make_classes(args["n_classes"], args["seed"])
+def _write_folder(out: Path, args: dict, exclude: frozenset[tuple[str, ...]], *, verbose: bool) -> None:
+    classes = _make_classes(args["n_classes"], args["seed"], exclude)
     size, seed = args["image_size"], args["seed"]
     per_class = args["n_train"] + args["n_test"]
     images, labels, split, locs = [], [], [], []

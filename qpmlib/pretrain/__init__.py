@@ -1,0 +1,18 @@
+"""The stand-in backbone: a miniature DINOv2 that this project pretrains itself on SynthBirds images.
+
+DINOv2 weights and CUB cannot be had offline, so the ``demo`` profile uses a small ViT of the DINOv2 family
+(patch 14, CLS token, 0 or 4 registers, LayerScale, final norm; timm's ``VisionTransformer``) that this package
+pretrains, DINOv2's way, on a SynthBirds corpus that shares no class and no image with the profiles' datasets.
+
+Modules, in the order the pretraining uses them:
+
+* :mod:`~qpmlib.pretrain.corpus`: the unlabelled corpus and the held-out probe set (disjoint SynthBirds folders)
+  and the multi-crop views a training step reads.
+* :mod:`~qpmlib.pretrain.ssl`: DINO and iBOT heads and losses (centring, sharpening), KoLeo, block masks, EMA.
+* :mod:`~qpmlib.pretrain.trainer`: the training loop with resumable checkpoints, the export to a safetensors file
+  and its provenance card.
+* :mod:`~qpmlib.pretrain.probe`: what the book shows about the result: k-NN and linear probes, the first three
+  principal components of the patch tokens as RGB, token norms (register artefacts).
+
+``data_scripts/pretrain_backbone.py`` (``make weights``) runs it; :mod:`qpmlib.backbones` loads the committed files.
+"""
