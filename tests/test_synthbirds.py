@@ -166,3 +166,21 @@ def test_sample_grid_titles_every_class(root):
     assert len(titles) == ARGS["n_classes"]
     fig2 = sb.sample_grid(root, per_class=2, max_classes=2)
     assert len([ax for ax in fig2.axes if ax.images]) == 4
+
+
+def test_exclude_avoids_given_classes_and_leaves_other_folders_unchanged(root, tmp_path):
+    assert "exclude" not in sb.generator_args(**ARGS)  # folders made without exclusions keep their arguments
+    classes = sb.attribute_combinations(root)
+    assert classes == sb.class_combinations(ARGS["n_classes"], ARGS["seed"])
+    other = sb.generate(tmp_path / "disjoint", **ARGS, exclude=classes[:2], verbose=False)
+    assert not set(sb.attribute_combinations(other)) & set(classes[:2])
+    marker = json.loads((other / sb.COMPLETE_MARKER).read_text())
+    assert marker["exclude"].startswith("2:sha256-")
+    assert sb.class_combinations(ARGS["n_classes"], ARGS["seed"], exclude=[dict(zip(sb.ATTRIBUTES, c))
+                                                                           for c in classes[:2]]) == \
+        sb.attribute_combinations(other)  # dicts and tuples name the same combinations
+    with pytest.raises(ValueError, match="not an attribute combination"):
+        sb.class_combinations(3, 0, exclude=[("purple",) * len(sb.ATTRIBUTES)])
+    every = list(itertools.product(*sb.ATTRIBUTES.values()))
+    with pytest.raises(ValueError, match="remain after excluding"):
+        sb.class_combinations(3, 0, exclude=every[2:])

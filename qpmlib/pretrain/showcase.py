@@ -18,6 +18,8 @@ from qpmlib.pretrain import probe
 __all__ = [
     "profile_standins",
     "card_table",
+    "CALIBRATION_FILE",
+    "calibration_table",
     "loss_curves_figure",
     "probe_table",
     "pca_figure",
@@ -65,6 +67,27 @@ def card_table(names: list[str]) -> pd.DataFrame:
             "held-out k-NN": held.get("knn"), "objective": card["objective"], "sha256": card["sha256"][:12],
         })
     return pd.DataFrame(rows).set_index("backbone")
+
+
+#: The calibration runs that chose the committed recipe (held-out probe of each candidate).
+CALIBRATION_FILE = backbones.WEIGHTS_DIR / "calibration.json"
+
+
+def calibration_table(path=None) -> pd.DataFrame:
+    """The calibration runs of :data:`CALIBRATION_FILE`: objective, steps, crops, learning rate and held-out probe.
+
+    Returns:
+        DataFrame indexed by run, with the linear-probe and k-NN accuracy at 224 px (fractions) and a note.
+    """
+    import json
+    from pathlib import Path
+
+    doc = json.loads(Path(path or CALIBRATION_FILE).read_text())
+    rows = [{"run": r["run"], "backbone": r["variant"], "objective": r["objective"], "steps": r["steps"],
+             "crops per image": r["crops"], "lr": r["lr"], "LayerScale init": r["layerscale_init"],
+             "held-out probe": r["probe_224"]["linear_probe"], "held-out k-NN": r["probe_224"]["knn"],
+             "note": r["note"]} for r in doc["runs"]]
+    return pd.DataFrame(rows).set_index("run")
 
 
 _CURVES = {  # panel title -> history key

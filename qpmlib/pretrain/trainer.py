@@ -31,7 +31,6 @@ from its last checkpoint and ends bit-identical to an uninterrupted run.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import math
 import os
@@ -160,8 +159,7 @@ COMMITTED: dict = dict(
     aux_parts=1.0,
 )
 #: What ``make weights`` trains for each stand-in.
-VARIANT_CONFIGS: dict[str, dict] = {name: COMMITTED for name in ("standin_t14", "standin_t14_reg", "standin_s14",
-                                                                 "standin_s14_reg")}
+VARIANT_CONFIGS: dict[str, dict] = {name: COMMITTED for name in backbones.standin_names()}
 
 
 def config_for(variant: str, **changes) -> PretrainConfig:
