@@ -18,11 +18,12 @@ MATHJAX_PKG      := mathjax@3.2.2
 HTMLMANAGER_PKG  := @jupyter-widgets/html-manager@1.0.15
 REQUIREJS_PKG    := requirejs@2.3.7
 
-.PHONY: book test env vendor data run html clean help
+.PHONY: book test env vendor data run html clean help weights
 
 help:
 	@echo "make book [PROFILE=demo|smoke|paper]   run every chapter and build the HTML book"
 	@echo "make test                              unit tests + chapters under nbval (smoke) + book check"
+	@echo "make weights [VARIANTS=standin_s14_reg] pretrain the stand-in backbones again (hours on a CPU; resumable)"
 	@echo "make clean                             remove built books (keeps data, caches and results)"
 
 env: $(STAMP)
@@ -62,6 +63,12 @@ test: env vendor
 	$(MAKE) --no-print-directory book PROFILE=smoke
 	QPMLIB_PROFILE=smoke QPMLIB_BOOK_PROFILE=smoke QPMLIB_REQUIRE_BOOK=1 \
 		$(PY) -m pytest tests chapters --nbval-lax -p no:cacheprovider
+
+# The stand-in backbones are committed under weights/ with their provenance cards; this rebuilds them (all, or
+# VARIANTS="standin_s14_reg standin_t14_reg"). Interrupted runs resume from their checkpoints.
+VARIANTS ?=
+weights: env
+	$(PY) data_scripts/pretrain_backbone.py $(if $(strip $(VARIANTS)),--variant $(VARIANTS),--all)
 
 clean:
 	rm -rf book/_build

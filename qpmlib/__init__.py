@@ -9,10 +9,12 @@ The house reads top-down; a module imports only from its own layer or the layers
    :mod:`qpmlib.backbones`, :mod:`qpmlib.embeddings`.
 3. core: :mod:`qpmlib.model`, :mod:`qpmlib.losses`, :mod:`qpmlib.qp`, :mod:`qpmlib.train`, :mod:`qpmlib.glm`,
    :mod:`qpmlib.sparse` (SLDD / Q-SENN), :mod:`qpmlib.metrics`, :mod:`qpmlib.heads` (prototype and cluster heads:
-   ProtoS-ViT, ProtoFM, KLC; named features).
+   ProtoS-ViT, ProtoFM, KLC; named features), :mod:`qpmlib.pretrain` (the stand-in backbones' pretraining:
+   corpus, DINO / iBOT losses, trainer, probes).
 4. runs: :mod:`qpmlib.results` (the store) and :mod:`qpmlib.runs` (checks, the run type, the stages, the
    methods of Table 1, evaluation, provenance; the local / Slurm executor and the archive export and import).
-5. analysis: :mod:`qpmlib.analysis` (summaries, claims, Tables 1-4, sweeps, pairs, failures, the report).
+5. analysis: :mod:`qpmlib.analysis` (summaries, claims, Tables 1-4, sweeps, pairs, failures, the report, the
+   stand-in backbone's tables).
 6. figures: :mod:`qpmlib.figures` (every figure builder).
 7. book: :mod:`qpmlib.book` (chapter start and glue, views, the papermill runner).
 
@@ -24,7 +26,7 @@ __version__ = "0.1.0"
 
 #: The names the chapters use, by module.
 CHAPTER_API: dict[str, tuple[str, ...]] = {
-    "qpmlib.book.chapter": ("start", "glue", "provenance"),
+    "qpmlib.book.chapter": ("start", "glue", "provenance", "standin_summary"),
     "qpmlib.book.views": ("figure_widget", "show_pair", "pair_widget", "show_failure_category", "failure_widget",
                           "beside_paper_view", "beside_bars_widget"),
     "qpmlib.book.runner": ("build_dir",),
@@ -51,10 +53,13 @@ CHAPTER_API: dict[str, tuple[str, ...]] = {
     "qpmlib.analysis.pairs": ("class_pair_features", "confused_pairs_table", "default_pairs", "pair_part_scores"),
     "qpmlib.analysis.failures": ("FAILURE_CATEGORIES", "category_counts", "confusing_features_table",
                                  "failure_data", "failure_examples"),
+    "qpmlib.analysis.standin": ("artefact_table", "artefacts_appear", "calibration_table", "card_table",
+                                "probe_headlines", "probe_table", "register_twins", "shown_standins", "token_norms_of"),
     "qpmlib.analysis.report": ("compute_time", "discrepancy_table", "profile_differences", "reproduction_counts",
                                "setting_reason"),
     "qpmlib.figures.plots": ("bar_beside_paper", "cosine_histogram", "depth_plot", "lambda_sweep_plot",
                              "radar_plot", "sweep_heatmap"),
     "qpmlib.figures.explanations": ("explanation_figure", "sweep_maps_figure"),
     "qpmlib.figures.walkthrough": ("image_walkthrough",),
+    "qpmlib.figures.standin": ("loss_curves_figure", "norm_histogram_figure", "pca_figure"),
 }

@@ -1,4 +1,4 @@
-"""Frozen ViT backbones: DINOv2 (with and without registers), DINO v1 and a tiny test ViT (reference_spec §4.4).
+"""Frozen ViT backbones: DINOv2 (with and without registers), DINO v1, the project's own stand-in, a tiny test ViT.
 
 :data:`BACKBONES` maps a name to a :class:`BackboneSpec`; :func:`build_backbone` turns a name into a
 :class:`FrozenBackbone`, an ``nn.Module`` in eval mode without gradients whose ``forward`` returns the CLS token and
@@ -11,6 +11,11 @@ Weights come from, in this order (``weights="auto"``):
 2. timm's Hugging Face repository (``timm/vit_small_patch14_reg4_dinov2.lvd142m`` ...) in the local HF cache;
 3. a download of (2), unless ``HF_HUB_OFFLINE`` is set;
 4. otherwise fixed random weights drawn from ``seed`` (timm's initialisation), with a logged warning.
+
+The **stand-in** backbones (``standin_*``, :func:`standin_names`) are miniature DINOv2s that this project pretrains
+itself on SynthBirds (:mod:`qpmlib.pretrain`, ``make weights``). Their weights are committed under
+:data:`WEIGHTS_DIR` as ``<name>.safetensors`` beside a provenance card ``<name>.json``; ``weights="auto"`` loads that
+file after checking its SHA-256 against the card, and never falls back to random weights.
 
 Official checkpoints are converted to timm's parameter names. Their position embeddings cover a 37 x 37 grid
 (518 px); they are interpolated to the target grid the way the reference code does it (bicubic, no antialias,
@@ -32,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import paths
+from .files import IntegrityError, file_sha256, read_json_object
 
 __all__ = [
     "BackboneSpec",
@@ -39,6 +45,10 @@ __all__ = [
     "POS_EMBED_INTERPOLATIONS",
     "FrozenBackbone",
     "build_backbone",
+    "build_vit",
+    "standin_names",
+    "WEIGHTS_DIR",
+    "read_card",
     "pretrained_available",
     "convert_official_state_dict",
     "resample_pos_embed",
@@ -48,6 +58,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 POS_EMBED_INTERPOLATIONS = ("reference", "hub")
+#: Where the stand-in backbones' weights and provenance cards are committed.
+WEIGHTS_DIR = paths.REPO_ROOT / "weights"
+REBUILD_COMMAND = "make weights"
 
 
 @dataclass(frozen=True)
@@ -63,6 +76,9 @@ class BackboneSpec:
         patch_size: patch side in pixels.
         n_registers: register tokens (dropped from the output).
         timm_kwargs: extra keyword arguments for the timm constructor.
+        bundled: the weights are the project's own, committed as ``WEIGHTS_DIR/<name>.safetensors`` with a card.
+        pos_embed_interpolation: how position embeddings are resized to another grid by default (the stand-ins
+            use ``"hub"``, the antialiased resize they were trained with at every crop size).
     """
 
     name: str
@@ -73,6 +89,13 @@ class BackboneSpec:
     patch_size: int
     n_registers: int
     timm_kwargs: dict = field(default_factory=dict)
+    bundled: bool = False
+    pos_embed_interpolation: str = "reference"
+
+    @property
+    def weights_file(self) -> Path | None:
+        """The committed weights of a stand-in (``None`` for other backbones)."""
+        return WEIGHTS_DIR / f"{self.name}.safetensors" if self.bundled else None
 
     @property
     def hf_repo(self) -> str | None:
@@ -100,9 +123,33 @@ def _dinov2_specs() -> dict[str, BackboneSpec]:
     return specs
 
 
+def _standin_specs() -> dict[str, BackboneSpec]:
+    """Miniature DINOv2s (patch 14, LayerScale, final norm; 4 registers or none) of two widths, same depth."""
+    sizes = {"t": (96, 3), "s": (192, 3)}  # width, heads; depth 6 for both
+    specs = {}
+    for letter, (dim, heads) in sizes.items():
+        for reg in (False, True):
+            name = f"standin_{letter}14" + ("_reg" if reg else "")
+            specs[name] = BackboneSpec(
+                name=name,
+                timm_name=None,
+                pretrained_tag=None,
+                official_file=None,
+                embed_dim=dim,
+                patch_size=14,
+                n_registers=4 if reg else 0,
+                timm_kwargs=dict(depth=6, num_heads=heads, mlp_ratio=4.0, init_values=1e-5,
+                                 reg_tokens=4 if reg else 0, no_embed_class=True),
+                bundled=True,
+                pos_embed_interpolation="hub",
+            )
+    return specs
+
+
 #: Registry of backbones by name (reference_spec §4.4; Table 4 compares several of them).
 BACKBONES: dict[str, BackboneSpec] = {
     **_dinov2_specs(),
+    **_standin_specs(),
     "dino_vitb16": BackboneSpec(
         name="dino_vitb16",
         timm_name="vit_base_patch16_224",
@@ -281,14 +328,80 @@ def state_dict_sha256(state_dict: dict[str, torch.Tensor]) -> str:
     return "sha256-" + h.hexdigest()
 
 
-def _make_model(spec: BackboneSpec, image_size: int) -> nn.Module:
+def _make_model(spec: BackboneSpec, image_size: int, **extra) -> nn.Module:
     import timm
     from timm.models.vision_transformer import VisionTransformer
 
-    common = dict(img_size=image_size, num_classes=0)
+    common = dict(img_size=image_size, num_classes=0, **extra)
     if spec.timm_name is None:
         return VisionTransformer(patch_size=spec.patch_size, embed_dim=spec.embed_dim, **common, **spec.timm_kwargs)
     return timm.create_model(spec.timm_name, pretrained=False, **common, **spec.timm_kwargs)
+
+
+def standin_names() -> list[str]:
+    """Names of the project's own pretrained stand-in backbones."""
+    return [name for name, spec in BACKBONES.items() if spec.bundled]
+
+
+def build_vit(name: str, *, image_size: int = 224, dynamic_img_size: bool = False, seed: int = 0) -> nn.Module:
+    """The bare, trainable timm ViT of a registry entry with random weights drawn from ``seed``.
+
+    This is what :mod:`qpmlib.pretrain` trains (with ``dynamic_img_size=True``, so that one model takes crops of
+    every size; its position embeddings cover ``image_size``) and what :func:`build_backbone` wraps.
+
+    Raises:
+        ValueError: for an unknown backbone name (lists the valid ones).
+    """
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; valid backbones: {', '.join(BACKBONES)}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _make_model(BACKBONES[name], image_size, dynamic_img_size=dynamic_img_size)
+
+
+def read_card(name: str) -> dict:
+    """The provenance card of a stand-in backbone (``WEIGHTS_DIR/<name>.json``).
+
+    Raises:
+        ValueError: ``name`` is not a stand-in (lists the valid ones).
+        FileNotFoundError: the card is missing (says how to rebuild it).
+        IntegrityError: the card is not a JSON object.
+    """
+    if name not in BACKBONES or not BACKBONES[name].bundled:
+        raise ValueError(f"{name!r} is not a stand-in backbone; valid stand-ins: {', '.join(standin_names())}")
+    path = WEIGHTS_DIR / f"{name}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"the provenance card {path} is missing; rebuild the stand-in with "
+                                f"`{REBUILD_COMMAND} VARIANTS={name}`")
+    return read_json_object(path)
+
+
+def _bundled_weights(spec: BackboneSpec) -> tuple[Path, str]:
+    """The committed weights of a stand-in, after checking their SHA-256 against the provenance card."""
+    path = spec.weights_file
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"the weights of the stand-in backbone {spec.name} are missing: expected {path}. Rebuild them with "
+            f"`{REBUILD_COMMAND} VARIANTS={spec.name}` (or `python data_scripts/pretrain_backbone.py --variant "
+            f"{spec.name}`), or restore the committed file with `git checkout -- {_shown(path)}`"
+        )
+    expected = read_card(spec.name).get("sha256")
+    actual = file_sha256(path)
+    if actual != expected:
+        raise IntegrityError(path, (
+            f"does not match its provenance card: its SHA-256 is {actual}, the card "
+            f"{path.with_suffix('.json').name} records {expected}. Restore both files from git, or rebuild them "
+            f"with `{REBUILD_COMMAND} VARIANTS={spec.name}`"
+        ))
+    return path, _shown(path)
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository when it lies inside it (as cards and messages show it), else absolute."""
+    try:
+        return str(path.relative_to(paths.REPO_ROOT))
+    except ValueError:
+        return str(path)
 
 
 def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
@@ -387,7 +500,10 @@ def pretrained_available(name: str, weights: str | Path = "auto") -> bool:
         return False
     if str(weights) not in ("auto", "pretrained"):
         return Path(weights).is_file()
-    return _local_weights(BACKBONES[name]) is not None
+    spec = BACKBONES[name]
+    if spec.bundled:
+        return spec.weights_file.is_file()
+    return _local_weights(spec) is not None
 
 
 def build_backbone(
@@ -396,42 +512,49 @@ def build_backbone(
     weights: str | Path = "auto",
     image_size: int = 224,
     seed: int = 0,
-    pos_embed_interpolation: str = "reference",
+    pos_embed_interpolation: str | None = None,
 ) -> FrozenBackbone:
     """Build a frozen backbone by registry name (reference_spec §4.4).
 
     Args:
         name: key of :data:`BACKBONES`.
-        weights: ``"auto"`` (pretrained if found locally or downloadable, else random with a warning),
-            ``"pretrained"`` (like auto, but an error when none are found), ``"random"`` (fixed random weights
-            from ``seed``), or the path of a checkpoint (official DINOv2/DINO layout or timm names;
-            ``.pth``/``.pt``/``.safetensors``).
+        weights: ``"auto"`` (pretrained if found locally or downloadable, else random with a warning; for a
+            stand-in, its committed file), ``"pretrained"`` (like auto, but an error when none are found),
+            ``"random"`` (fixed random weights from ``seed``), or the path of a checkpoint (official DINOv2/DINO
+            layout or timm names; ``.pth``/``.pt``/``.safetensors``).
         image_size: input side S in pixels; the grid is ``S // patch_size`` (224 px, patch 14 -> 16 x 16).
         seed: seed of the random weights.
-        pos_embed_interpolation: ``"reference"`` or ``"hub"``, see :func:`resample_pos_embed`.
+        pos_embed_interpolation: ``"reference"`` or ``"hub"``, see :func:`resample_pos_embed`; None: the
+            registry entry's default (``"reference"`` for DINOv2 and DINO, ``"hub"`` for the stand-ins).
 
     Returns:
         A :class:`FrozenBackbone` on the CPU, in eval mode, without gradients.
 
     Raises:
         ValueError: unknown name (lists the valid ones), bad ``image_size``, a checkpoint that does not fit
-            (names the missing/unexpected keys), or ``weights="pretrained"`` when none are available.
-        FileNotFoundError: ``weights`` looks like a path that does not exist.
+            (names the missing/unexpected keys), ``weights="pretrained"`` when none are available, or a stand-in
+            whose weights file does not match the SHA-256 of its card (names both).
+        FileNotFoundError: ``weights`` looks like a path that does not exist, or a stand-in's committed weights
+            are missing (says how to rebuild them).
     """
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; valid backbones: {', '.join(BACKBONES)}")
+    spec = BACKBONES[name]
+    if pos_embed_interpolation is None:
+        pos_embed_interpolation = spec.pos_embed_interpolation
     if pos_embed_interpolation not in POS_EMBED_INTERPOLATIONS:
         raise ValueError(
             f"unknown pos_embed_interpolation {pos_embed_interpolation!r}; valid: {', '.join(POS_EMBED_INTERPOLATIONS)}"
         )
-    spec = BACKBONES[name]
     if image_size < spec.patch_size:
         raise ValueError(f"image_size must be at least the patch size {spec.patch_size}; got {image_size}")
     grid = image_size // spec.patch_size
 
     found: tuple[Path, str] | None = None
     weights = str(weights)
-    if weights in ("auto", "pretrained"):
+    if weights in ("auto", "pretrained") and spec.bundled:
+        found = _bundled_weights(spec)
+    elif weights in ("auto", "pretrained"):
         found = _find_pretrained(spec)
         if found is None and weights == "pretrained":
             raise ValueError(

@@ -16,6 +16,7 @@ from qpmlib.backbones import (
     convert_official_state_dict,
     resample_pos_embed,
 )
+from qpmlib.files import IntegrityError, file_sha256
 
 torch.set_num_threads(1)
 TINY = BACKBONES["tiny_vit_test"]
@@ -259,3 +260,76 @@ def test_pretrained_available_reflects_local_files(tmp_path, monkeypatch):
     assert not pretrained_available("dinov2_vits14_reg", tmp_path / "missing.pth")
     with pytest.raises(ValueError, match="valid backbones"):
         pretrained_available("vit_huge")
+
+
+# --- the project's own stand-in backbones --------------------------------------------------------------------------
+
+
+def test_standin_registry_has_both_axes():
+    names = backbones.standin_names()
+    assert set(names) == {"standin_t14", "standin_t14_reg", "standin_s14", "standin_s14_reg"}
+    for name in names:
+        spec = BACKBONES[name]
+        assert spec.bundled and spec.patch_size == 14 and spec.timm_kwargs["no_embed_class"]
+        assert spec.n_registers == (4 if name.endswith("_reg") else 0) == spec.timm_kwargs["reg_tokens"]
+        assert spec.weights_file == backbones.WEIGHTS_DIR / f"{name}.safetensors"
+    assert BACKBONES["standin_s14_reg"].embed_dim == 2 * BACKBONES["standin_t14_reg"].embed_dim
+    bb = build_backbone("standin_s14_reg", weights="random", image_size=224)
+    assert (bb.n_patches, bb.n_registers, bb.pretrained) == (256, 4, False)
+
+
+def _fake_standin(folder, name="standin_t14_reg", seed=0):
+    """Write random weights of a stand-in and a card with their SHA-256 into ``folder``."""
+    from safetensors.torch import save_file
+
+    vit = backbones.build_vit(name, image_size=224, seed=seed)
+    path = folder / f"{name}.safetensors"
+    save_file({k: v.half().contiguous() for k, v in vit.state_dict().items()}, path)
+    (folder / f"{name}.json").write_text(f'{{"sha256": "{file_sha256(path)}"}}')
+    return vit, path
+
+
+def test_standin_weights_load_after_the_hash_check(tmp_path, monkeypatch):
+    monkeypatch.setattr(backbones, "WEIGHTS_DIR", tmp_path)
+    vit, path = _fake_standin(tmp_path)
+    assert backbones.pretrained_available("standin_t14_reg")
+    bb = build_backbone("standin_t14_reg", image_size=224)
+    assert bb.pretrained and bb.source.endswith("standin_t14_reg.safetensors")
+    torch.testing.assert_close(bb.model.pos_embed, vit.pos_embed.half().float())
+    small = build_backbone("standin_t14_reg", image_size=112)  # the trained resize: antialiased ("hub")
+    expected = resample_pos_embed(vit.pos_embed.half().float(), 8, mode="hub")
+    torch.testing.assert_close(small.model.pos_embed, expected)
+
+
+def test_standin_weights_that_do_not_match_the_card_name_both_hashes(tmp_path, monkeypatch):
+    monkeypatch.setattr(backbones, "WEIGHTS_DIR", tmp_path)
+    _, path = _fake_standin(tmp_path)
+    recorded = backbones.read_card("standin_t14_reg")["sha256"]
+    path.write_bytes(path.read_bytes()[:-2] + b"\x00\x01")
+    actual = file_sha256(path)
+    with pytest.raises(IntegrityError, match=f"SHA-256 is {actual}.*records {recorded}"):
+        build_backbone("standin_t14_reg", image_size=56)
+
+
+def test_missing_standin_weights_say_how_to_rebuild(tmp_path, monkeypatch):
+    monkeypatch.setattr(backbones, "WEIGHTS_DIR", tmp_path)
+    assert not backbones.pretrained_available("standin_s14_reg")
+    with pytest.raises(FileNotFoundError, match="make weights VARIANTS=standin_s14_reg"):
+        build_backbone("standin_s14_reg", image_size=56)
+    with pytest.raises(ValueError, match="valid stand-ins: standin_t14"):
+        backbones.read_card("dinov2_vits14")
+    assert not build_backbone("standin_s14_reg", weights="random", image_size=56).pretrained
+
+
+@pytest.mark.parametrize("name", ["standin_t14", "standin_t14_reg", "standin_s14", "standin_s14_reg"])
+def test_committed_standin_matches_its_card(name):
+    card = backbones.read_card(name)
+    assert file_sha256(BACKBONES[name].weights_file) == card["sha256"]
+    assert card["architecture"]["embed_dim"] == BACKBONES[name].embed_dim
+    bb = build_backbone(name, image_size=224)
+    assert bb.pretrained and bb.n_registers == BACKBONES[name].n_registers
+
+
+def test_committed_weights_fit_the_size_budget():
+    total = sum(BACKBONES[n].weights_file.stat().st_size for n in backbones.standin_names())
+    assert total <= 32 * 2**20

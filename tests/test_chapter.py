@@ -1,8 +1,9 @@
-"""Chapter helpers: provenance line, random-weights banner, values for glue."""
+"""Chapter helpers: provenance line, stand-in and random-weights banners, values for glue."""
 
 import numpy as np
 
-from qpmlib.book.chapter import Provenance, banner_markdown, plain_value, provenance, provenance_line
+from qpmlib.backbones import read_card
+from qpmlib.book.chapter import Provenance, banner_markdown, plain_value, provenance, provenance_line, standin_summary
 
 
 def _prov(pretrained):
@@ -16,14 +17,28 @@ def test_provenance_line_names_everything():
     assert "pretrained weights" in provenance_line(_prov(True))
 
 
-def test_banner_only_for_random_weights():
-    assert banner_markdown(_prov(True)) is None
+def test_banner_warns_for_random_weights_and_describes_the_stand_in():
     assert "fixed random weights" in banner_markdown(_prov(False))
+    dinov2 = Provenance("paper", "cub", "dinov2_vitb14_reg", True, (0,), "GPU", "abc1234")
+    assert banner_markdown(dinov2) is None
+    standin = Provenance("demo", "synthbirds", "standin_s14_reg", True, (0,), "CPU (2 cores)", "abc1234")
+    note = banner_markdown(standin)
+    assert note.startswith(":::{note}") and "miniature DINOv2" in note and "pretrained itself" in note
+    assert "what it cannot show" in note or "nothing here can show" in note
+    assert "stand-in pretrained by this project" in provenance_line(standin)
 
 
-def test_smoke_profile_has_no_pretrained_backbone():
+def test_standin_summary_reads_the_card():
+    card = read_card("standin_s14_reg")
+    text = standin_summary("standin_s14_reg")
+    assert f"width {card['architecture']['embed_dim']}" in text and "4 register tokens" in text
+    assert f"{card['steps']:,} steps" in text and card["objective"] in text
+    assert "no register tokens" in standin_summary("standin_s14")
+
+
+def test_smoke_profile_reads_the_small_stand_in():
     p = provenance("smoke")
-    assert p.backbone == "tiny_vit_test" and p.pretrained is False and p.seeds == (0,)
+    assert p.backbone == "standin_t14_reg" and p.pretrained is True and p.seeds == (0,)
 
 
 def test_plain_value_turns_numpy_scalars_into_python_numbers():

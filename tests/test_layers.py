@@ -12,7 +12,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("config", ("qpmlib", "qpmlib.config", "qpmlib.paths", "qpmlib.paper", "qpmlib.files")),
     ("data and features", ("qpmlib.data", "qpmlib.backbones", "qpmlib.embeddings")),
     ("core", ("qpmlib.model", "qpmlib.losses", "qpmlib.qp", "qpmlib.train", "qpmlib.glm", "qpmlib.sparse",
-              "qpmlib.metrics", "qpmlib.heads")),
+              "qpmlib.metrics", "qpmlib.heads", "qpmlib.pretrain")),
     ("runs", ("qpmlib.results", "qpmlib.runs")),
     ("analysis", ("qpmlib.analysis",)),
     ("figures", ("qpmlib.figures",)),

@@ -2,9 +2,9 @@
 
 import colorsys
 import hashlib
-import shutil
 import itertools
 import json
+import shutil
 from pathlib import Path
 
 import matplotlib
@@ -208,3 +208,21 @@ def test_paper_shapes_read_by_the_real_readers(tmp_path, monkeypatch):
         df = data.read_index(folder, dataset)
         assert len(df) == 2 * n_classes and sorted(df.label.unique()) == list(range(n_classes))
         assert (df.groupby("label").is_train.sum() == 1).all()
+
+
+def test_exclude_avoids_given_classes_and_leaves_other_folders_unchanged(root, tmp_path):
+    assert "exclude" not in sb.generator_args(**ARGS)  # folders made without exclusions keep their arguments
+    classes = sb.attribute_combinations(root)
+    assert classes == sb.class_combinations(ARGS["n_classes"], ARGS["seed"])
+    other = sb.generate(tmp_path / "disjoint", **ARGS, exclude=classes[:2], verbose=False)
+    assert not set(sb.attribute_combinations(other)) & set(classes[:2])
+    marker = json.loads((other / sb.COMPLETE_MARKER).read_text())
+    assert marker["exclude"].startswith("2:sha256-")
+    assert sb.class_combinations(ARGS["n_classes"], ARGS["seed"], exclude=[dict(zip(sb.ATTRIBUTES, c))
+                                                                           for c in classes[:2]]) == \
+        sb.attribute_combinations(other)  # dicts and tuples name the same combinations
+    with pytest.raises(ValueError, match="not an attribute combination"):
+        sb.class_combinations(3, 0, exclude=[("purple",) * len(sb.ATTRIBUTES)])
+    every = list(itertools.product(*sb.ATTRIBUTES.values()))
+    with pytest.raises(ValueError, match="remain after excluding"):
+        sb.class_combinations(3, 0, exclude=every[2:])

@@ -1,5 +1,6 @@
 """Tests for qpmlib.analysis.tables: long-format records of Tables 1, 3 and 4 (with fake runners), the radar."""
 
+import dataclasses
 import math
 from types import SimpleNamespace
 
@@ -75,10 +76,10 @@ def test_table1_records_rejects_unknown_method_and_empty_seeds():
 def test_table3_backbones_per_profile():
     assert ex.table3_backbones("paper") == {k: v["backbone"] for k, v in TABLE3_SETTINGS.items()}
     demo = ex.table3_backbones("demo")
-    assert demo["cls_noreg"] == demo["patch_noreg"] == "dinov2_vits14"
-    assert demo["cls_reg"] == demo["patch_reg"] == "dinov2_vits14_reg"
+    assert demo["cls_noreg"] == demo["patch_noreg"] == "standin_s14"
+    assert demo["cls_reg"] == demo["patch_reg"] == "standin_s14_reg"
     smoke = ex.table3_backbones("smoke")
-    assert smoke["patch_reg"] == "tiny_vit_test" and smoke["patch_noreg"] is None
+    assert smoke["patch_reg"] == "standin_t14_reg" and smoke["patch_noreg"] == "standin_t14"
 
 
 def test_table3_records_only_available_rows():
@@ -89,9 +90,15 @@ def test_table3_records_only_available_rows():
         calls.append(overrides)
         return _runs(seeds, lambda seed: {"accuracy": 0.7, "plausibility": 0.4, "sid_at_5": 1.0})
 
-    df = ex.table3_records("smoke", runner=runner)
-    assert set(df["row"]) == {"cls_reg", "patch_reg"}
+    df = ex.table3_records("paper", runner=runner)
+    assert set(df["row"]) == set(TABLE3_SETTINGS)
     assert set(df["metric"]) == {"accuracy", "plausibility"}
+    assert {"model.pooling": "cls", "backbone.name": "dinov2_vitb14_reg"} in calls
+    calls.clear()
+    smoke = get_profile("smoke")
+    no_twin = smoke.replace(backbone=dataclasses.replace(smoke.backbone, name="tiny_vit_test"))
+    df = ex.table3_records(no_twin, runner=runner)  # tiny_vit_test has registers and no twin without
+    assert set(df["row"]) == {"cls_reg", "patch_reg"}
     assert {"model.pooling": "cls", "backbone.name": "tiny_vit_test"} in calls
 
 

@@ -9,5 +9,6 @@
 * :mod:`~qpmlib.analysis.inspection`: one trained run with its data and feature maps.
 * :mod:`~qpmlib.analysis.failures`: where DINO-QPM and the dense model disagree.
 * :mod:`~qpmlib.analysis.report`: the reproducibility report (paper-vs-code differences, compute time).
+* :mod:`~qpmlib.analysis.standin`: the stand-in backbone's cards, calibration, probes and token norms.
 * :mod:`~qpmlib.analysis.plan`: every run the book needs, as one list of requests (for computing them ahead).
 """

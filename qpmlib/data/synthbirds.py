@@ -65,6 +65,8 @@ __all__ = [
     "COMPLETE_MARKER",
     "generate",
     "generator_args",
+    "attribute_combinations",
+    "class_combinations",
     "is_complete",
     "part_names",
     "class_attributes",
@@ -143,18 +145,78 @@ class _Class:
 
 def generator_args(
     *, n_classes: int, n_train: int, n_test: int, image_size: int, seed: int, shortcut: bool = False,
-    layout: str = "cub",
+    layout: str = "cub", exclude=(),
 ) -> dict:
     """The arguments that determine a SynthBirds folder, plus :data:`GENERATOR_VERSION` (stored in ``.complete``).
 
     ``layout`` is recorded only when it is not "cub", so CUB-layout folders keep the fingerprint they had.
+    ``exclude`` (attribute combinations no class may have, see :func:`generate`) enters as the SHA-256 of its sorted
+    combinations, and only when it is not empty, so folders generated without it keep their arguments.
     """
     args = {
         "generator": "synthbirds", "version": GENERATOR_VERSION, "n_classes": int(n_classes),
         "n_train": int(n_train), "n_test": int(n_test), "image_size": int(image_size), "seed": int(seed),
         "shortcut": bool(shortcut),
     }
-    return args if layout == "cub" else {**args, "layout": layout}
+    if layout != "cub":
+        args["layout"] = layout
+    combos = _combination_set(exclude)
+    if combos:
+        text = "\n".join(",".join(c) for c in sorted(combos))
+        args["exclude"] = f"{len(combos)}:sha256-{hashlib.sha256(text.encode()).hexdigest()}"
+    return args
+
+
+def _combination_set(exclude) -> frozenset[tuple[str, ...]]:
+    """Attribute combinations (dicts or tuples in :data:`ATTRIBUTES` order) as a set of checked tuples."""
+    names = list(ATTRIBUTES)
+    out = set()
+    for combo in exclude:
+        t = tuple(combo[n] for n in names) if isinstance(combo, dict) else tuple(combo)
+        if len(t) != len(names) or any(v not in ATTRIBUTES[n] for n, v in zip(names, t)):
+            raise ValueError(
+                f"{combo!r} is not an attribute combination; expected one value of each of {', '.join(names)} "
+                f"(valid values: {ATTRIBUTES})"
+            )
+        out.add(t)
+    return frozenset(out)
+
+
+def class_combinations(n_classes: int, seed: int, exclude=()) -> list[tuple[str, ...]]:
+    """The attribute combinations of the classes that :func:`generate` draws for these arguments, in label order.
+
+    No image is drawn: this is how a pretraining corpus learns which classes a profile's dataset will have.
+
+    Args:
+        n_classes: number of classes, as for :func:`generate`.
+        seed: generator seed, as for :func:`generate`.
+        exclude: attribute combinations that no class may have, as for :func:`generate`.
+
+    Returns:
+        One tuple per class, values in :data:`ATTRIBUTES` order.
+    """
+    excluded = _combination_set(exclude)
+    _check_room(n_classes, excluded)
+    return [tuple(c.attrs.values()) for c in _make_classes(n_classes, seed, excluded)]
+
+
+def _check_room(n_classes: int, excluded: frozenset) -> None:
+    left = math.prod(len(v) for v in ATTRIBUTES.values()) - len(excluded)
+    if n_classes > left:
+        raise ValueError(f"only {left} attribute combinations remain after excluding {len(excluded)}; "
+                         f"n_classes={n_classes} is too many")
+
+
+def attribute_combinations(root: str | Path) -> list[tuple[str, ...]]:
+    """Each class's attribute values of a SynthBirds folder, as tuples in :data:`ATTRIBUTES` order (label order).
+
+    Pass them as ``exclude`` to :func:`generate` to make a folder that shares no class with ``root``.
+
+    Raises:
+        FileNotFoundError: ``root`` is not a SynthBirds folder (see :func:`class_attributes`).
+    """
+    table = class_attributes(root).sort_values("label")
+    return [tuple(row) for row in table[list(ATTRIBUTES)].itertuples(index=False)]
 
 
 def is_complete(root: str | Path, args: dict | None = None) -> bool:
@@ -170,12 +232,15 @@ def is_complete(root: str | Path, args: dict | None = None) -> bool:
         return False
 
 
-def _make_classes(n_classes: int, seed: int) -> list[_Class]:
-    """Pick distinct attribute combinations; every second class copies an earlier one and changes one attribute."""
+def _make_classes(n_classes: int, seed: int, exclude: frozenset[tuple[str, ...]] = frozenset()) -> list[_Class]:
+    """Pick distinct attribute combinations; every second class copies an earlier one and changes one attribute.
+
+    Combinations in ``exclude`` are never picked; without exclusions the classes depend only on ``seed``.
+    """
     rng = np.random.default_rng((seed, 0xC1A55))
     names = list(ATTRIBUTES)
     chosen: list[tuple[str, ...]] = []
-    seen: set[tuple[str, ...]] = set()
+    seen: set[tuple[str, ...]] = set(exclude)
     while len(chosen) < n_classes:
         if len(chosen) % 2 == 1:
             combo = list(chosen[int(rng.integers(len(chosen)))])
@@ -385,6 +450,7 @@ def generate(
     seed: int,
     shortcut: bool = False,
     layout: str = "cub",
+    exclude=(),
     verbose: bool = True,
 ) -> Path:
     """Write a SynthBirds folder in CUB-200-2011 or Stanford Cars format (see the module docstring for the layouts).
@@ -403,6 +469,8 @@ def generate(
         shortcut: if True, the background hue is tied to the class in the training split only (test images
             get random hues), the "shortcut" variant for failure analysis.
         layout: "cub" (``root`` plays ``CUB_200_2011/``) or "cars" (``root`` plays ``StanfordCars/``).
+        exclude: attribute combinations (dicts, or tuples in :data:`ATTRIBUTES` order, e.g. from
+            :func:`attribute_combinations`) that no class may have: a folder disjoint from another one's classes.
         verbose: show a tqdm progress bar.
 
     Returns:
@@ -420,9 +488,11 @@ def generate(
         raise ValueError(f"n_train and n_test must be >= 1, got {n_train} and {n_test}")
     if image_size < 32:
         raise ValueError(f"image_size must be >= 32 pixels, got {image_size}")
+    excluded = _combination_set(exclude)
+    _check_room(n_classes, excluded)
     root = Path(root)
     args = generator_args(n_classes=n_classes, n_train=n_train, n_test=n_test, image_size=image_size,
-                          seed=seed, shortcut=shortcut, layout=layout)
+                          seed=seed, shortcut=shortcut, layout=layout, exclude=excluded)
     if root.exists():
         if is_complete(root, args):
             return root
@@ -435,7 +505,7 @@ def generate(
     tmp = root.parent / f".{root.name}.partial-{os.getpid()}"
     tmp.mkdir()
     try:
-        (_write_cars_folder if layout == "cars" else _write_folder)(tmp, args, verbose=verbose)
+        (_write_cars_folder if layout == "cars" else _write_folder)(tmp, args, excluded, verbose=verbose)
         (tmp / COMPLETE_MARKER).write_text(json.dumps(args, sort_keys=True))
         os.replace(tmp, root)
     finally:
@@ -454,8 +524,8 @@ def _render_sample(args: dict, classes: list[_Class], cls: _Class, k: int) -> tu
     return _render(args["image_size"], cls.attrs, hue, rng)
 
 
-def _write_folder(out: Path, args: dict, *, verbose: bool) -> None:
-    classes = _make_classes(args["n_classes"], args["seed"])
+def _write_folder(out: Path, args: dict, exclude: frozenset[tuple[str, ...]], *, verbose: bool) -> None:
+    classes = _make_classes(args["n_classes"], args["seed"], exclude)
     per_class = args["n_train"] + args["n_test"]
     images, labels, split, locs = [], [], [], []
     image_id = 0
@@ -509,11 +579,11 @@ def _cars_annotations(rows: list[tuple[tuple[int, int, int, int], int, str]]) ->
     return ann
 
 
-def _write_cars_folder(out: Path, args: dict, *, verbose: bool) -> None:
+def _write_cars_folder(out: Path, args: dict, exclude: frozenset[tuple[str, ...]], *, verbose: bool) -> None:
     """The images of :func:`_write_folder`, in Stanford Cars' layout (see the module docstring)."""
     import scipy.io
 
-    classes = _make_classes(args["n_classes"], args["seed"])
+    classes = _make_classes(args["n_classes"], args["seed"], exclude)
     samples = [(cls, k) for cls in classes for k in range(args["n_train"] + args["n_test"])]
     order = np.random.default_rng((args["seed"], 0xCA125)).permutation(len(samples))  # classes interleaved
     rows: dict[str, list] = {"cars_train": [], "cars_test": []}
