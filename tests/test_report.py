@@ -18,6 +18,17 @@ def test_profile_differences():
     assert not same["differs"].any()
     smoke = report.profile_differences("smoke", pretrained=False).set_index("item")
     assert smoke.loc["backbone weights", "this run"] == "fixed random" and smoke.loc["dataset", "differs"]
+    demo = report.profile_differences("demo", pretrained=True).set_index("item")
+    assert demo.loc["backbone weights", "this run"] == "stand-in pretrained here on SynthBirds"
+    assert demo.loc["backbone weights", "differs"]
+
+
+def test_setting_reason_names_the_stand_in():
+    assert report.setting_reason("paper", pretrained=True, n_seeds=5) == ""
+    demo = report.setting_reason("demo", pretrained=True, n_seeds=3)
+    assert demo.startswith("SynthBirds (demo profile) for CUB") and "stand-in for DINOv2" in demo
+    assert "3 seed(s), not 5" in demo
+    assert "random backbone weights" in report.setting_reason("demo", pretrained=False, n_seeds=3)
     with pytest.raises(ValueError, match="valid profiles"):
         report.profile_differences("nope")
 

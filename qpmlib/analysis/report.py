@@ -19,6 +19,7 @@ from typing import Any
 import pandas as pd
 
 from qpmlib import paths
+from qpmlib.backbones import standin_names
 from qpmlib.config import get_profile
 from qpmlib.paper import DISCREPANCIES, METRICS, claim
 
@@ -39,7 +40,8 @@ def profile_differences(profile: Any, *, pretrained: bool | None = None) -> pd.D
 
     Args:
         profile: a :class:`qpmlib.config.Profile` or its name.
-        pretrained: whether the backbone weights were pretrained here (None: not known).
+        pretrained: whether the backbone weights were pretrained here (None: not known); the project's own
+            stand-in (:func:`qpmlib.backbones.standin_names`) is named as such.
 
     Returns:
         DataFrame with columns ``item``, ``paper`` and ``this run``, and a boolean ``differs``.
@@ -50,6 +52,8 @@ def profile_differences(profile: Any, *, pretrained: bool | None = None) -> pd.D
     prof, ref = get_profile(profile), get_profile("paper")
     datasets = lambda p: "+".join((p.data.dataset, *p.extra_datasets))  # noqa: E731
     weights = "unknown" if pretrained is None else ("pretrained" if pretrained else "fixed random")
+    if pretrained and prof.backbone.name in standin_names():
+        weights = "stand-in pretrained here on SynthBirds"
     rows = [
         ("dataset", datasets(ref), datasets(prof)),
         ("backbone", ref.backbone.name, prof.backbone.name),
@@ -117,6 +121,8 @@ def setting_reason(profile: Any, *, pretrained: bool, n_seeds: int) -> str:
     return ", ".join(
         ([f"SynthBirds ({prof.name} profile) for CUB"] if prof.data.dataset == "synthbirds" else [])
         + (["random backbone weights"] if not pretrained else [])
+        + (["the project's SynthBirds-pretrained stand-in for DINOv2"]
+           if pretrained and prof.backbone.name in standin_names() else [])
         + ([f"{n_seeds} seed(s), not {paper_seeds:g}"] if n_seeds != paper_seeds else [])
     )
 

@@ -149,8 +149,9 @@ def table3_backbones(profile: str | Profile) -> dict[str, str | None]:
 
     The paper's rows use DINOv2 ViT-B/14 with and without registers. Here the profile's backbone gives the
     size: its register variant for the "reg" rows and its no-register variant for the "noreg" rows, when
-    :data:`qpmlib.backbones.BACKBONES` has it (demo: ``dinov2_vits14_reg`` / ``dinov2_vits14``; smoke's
-    ``tiny_vit_test`` has registers and no twin without, so the "noreg" rows are None).
+    :data:`qpmlib.backbones.BACKBONES` has it (demo: ``standin_s14_reg`` / ``standin_s14``; smoke:
+    ``standin_t14_reg`` / ``standin_t14``; ``tiny_vit_test`` has registers and no twin without, so its "noreg" rows
+    are None).
 
     Returns:
         ``{row key of TABLE3_SETTINGS: backbone name or None}``.

@@ -360,7 +360,11 @@ def _backbone_status(profile_name: str) -> str:
     """Whether the profile's backbone has pretrained weights here."""
     prof = get_profile(profile_name)
     try:
-        return "pretrained" if backbones.pretrained_available(prof.backbone.name, prof.backbone.weights) else "random weights (no pretrained weights available)"
+        if not backbones.pretrained_available(prof.backbone.name, prof.backbone.weights):
+            return "random weights (no pretrained weights available)"
+        if prof.backbone.name in backbones.standin_names():
+            return "the project's stand-in, pretrained here on SynthBirds (weights/)"
+        return "pretrained"
     except Exception as exc:  # the probe must never break the provenance page
         return f"unknown ({exc})"
 
