@@ -62,8 +62,8 @@ def test_the_records_run_exactly_their_tables_requests():
     assert calls == [(r.method, s, dict(r.overrides)) for _, r in requests for s in r.seeds]
     assert [d for d, _ in requests] == ["cub", "cub", "cars", "cars"]
     rows = dict(ex.table3_requests("demo"))
-    assert set(rows) == set(TABLE3_SETTINGS) and dict(rows["cls_noreg"].overrides)["backbone.name"] == "dinov2_vits14"
-    assert [b for b, _ in ex.table4_requests("smoke")] == ["tiny_vit_test"]
+    assert set(rows) == set(TABLE3_SETTINGS) and dict(rows["cls_noreg"].overrides)["backbone.name"] == "standin_s14"
+    assert [b for b, _ in ex.table4_requests("smoke")] == ["standin_t14_reg"]
 
 
 def test_table1_records_rejects_unknown_method_and_empty_seeds():
@@ -138,7 +138,7 @@ def test_smoke_qp_overview_solver_comparison_and_backbone_cosines(tmp_path, monk
     assert solver["gap"] is None or solver["gap"] >= 0
     table = ex.solver_comparison("smoke", {"default": {}, "open": {"qp.solver": "open", "qp.time_limit": 0.5}})
     assert list(table["setting"]) == ["default", "open"] and table["shared_features"].iloc[0] == prof.qp.n_selected
-    cosines = ex.backbone_cosines("smoke", "tiny_vit_test")
+    cosines = ex.backbone_cosines("smoke", prof.backbone.name)
     store = get_store("smoke", "test", verbose=False)
     assert cosines.shape == (len(store.labels),)
     assert cosines.mean() == pytest.approx(patch_contextualisation(store.patch_tokens, store.cls), abs=1e-12)
