@@ -49,7 +49,7 @@ from torch import nn
 from tqdm import tqdm
 
 from qpmlib import backbones, paths
-from qpmlib.files import file_sha256
+from qpmlib.files import atomic_write, file_sha256
 from qpmlib.data import synthbirds
 from qpmlib.pretrain import ssl
 from qpmlib.pretrain.corpus import CORPUS, PATCH_LABELS, MultiCrop, SynthSet, prepare_set
@@ -381,9 +381,7 @@ def _step(cfg: PretrainConfig, student: _Student, teacher: nn.ModuleDict, opt: t
 
 
 def _save(path: Path, state: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda fh: torch.save(state, fh))
 
 
 def pretrain(
@@ -529,15 +527,13 @@ def export(result: PretrainResult, cfg: PretrainConfig, weights_dir: str | Path 
     Returns:
         The path of the weights file.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     folder = Path(weights_dir or backbones.WEIGHTS_DIR)
     folder.mkdir(parents=True, exist_ok=True)
     sd = {k: v.detach().to(torch.float16).contiguous() for k, v in result.teacher.state_dict().items()}
     path = folder / f"{cfg.variant}.safetensors"
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(sd, str(tmp), metadata={"variant": cfg.variant, "format": "timm VisionTransformer, teacher weights"})
-    os.replace(tmp, path)
+    atomic_write(path, save(sd, metadata={"variant": cfg.variant, "format": "timm VisionTransformer, teacher weights"}))
     spec = backbones.BACKBONES[cfg.variant]
     import timm
 
@@ -567,7 +563,7 @@ def export(result: PretrainResult, cfg: PretrainConfig, weights_dir: str | Path 
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **(extra or {}),
     }
-    (folder / f"{cfg.variant}.json").write_text(json.dumps(card, indent=1) + "\n")
+    atomic_write(folder / f"{cfg.variant}.json", json.dumps(card, indent=1) + "\n")
     return path
 
 
