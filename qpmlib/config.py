@@ -238,8 +238,8 @@ DEMO = Profile(
     ),
     baselines=BaselineConfig(reference_sizes=False, glm_n_lambdas=25, compact=None),
     seeds=(0, 1, 2),
-    # qpmlib.heads' DEMO sizes: 25 classes, 600 training images on a 2-core CPU
-    heads=HeadsConfig(n_prototypes=100, prototype_dim=64, hidden_dim=64, epochs=30, batch_size=64, warmup_epochs=5,
+    # the peer heads within minutes on a 2-core CPU (benchmarks/bench_heads.py)
+    heads=HeadsConfig(n_prototypes=50, prototype_dim=64, hidden_dim=64, epochs=12, batch_size=64, warmup_epochs=3,
                       cosine_epochs=None),
 )
 

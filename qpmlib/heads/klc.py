@@ -53,7 +53,6 @@ from qpmlib.heads.base import HeadEvaluation
 from qpmlib.train import TokenData
 
 __all__ = [
-    "DEMO",
     "KLCConfig",
     "KLCModel",
     "best_buddies",
@@ -82,10 +81,6 @@ class KLCConfig:
     min_part_area: float = 0.5
     semantic_filter: bool = False
     seed: int = 0
-
-
-#: Demo-profile settings (24 training images per class: 5 prototypes each, as the code).
-DEMO = KLCConfig()
 
 
 def check_klc_config(cfg: KLCConfig, labels: np.ndarray) -> None:
