@@ -3,7 +3,7 @@
     requests = peer_requests("demo")                    # what the chapter loads (qpmlib.analysis.plan collects it)
     records = peer_records("demo")                      # one row per method and seed, this run's numbers
     peer_table(records), quoted_values()                # ours (mean over seeds) / the publications' own numbers
-    shown = peer_explanations("demo", [0, 1, 2])        # the same test images under every head
+    shown = peer_explanations("demo", example_indices("demo", 3))   # the same test images under every head
     named = named_features("demo")                      # DINO-QPM's selected features in words (part truth)
 
 Every head is a method of :mod:`qpmlib.runs.methods` on the profile's cached tokens, so the numbers come from the
@@ -26,6 +26,7 @@ import pandas as pd
 from qpmlib.analysis.inspection import inspect_run
 from qpmlib.config import Profile, get_profile
 from qpmlib.data import DATASETS, class_names, prepare
+from qpmlib.embeddings import get_store
 from qpmlib.heads import PartTruth, attribute_agreement, class_explanations, name_features, part_truth
 from qpmlib.heads.base import count_parameters
 from qpmlib.heads.named_features import Agreement, FeatureNames
@@ -37,7 +38,7 @@ from qpmlib.runs.peer_heads import PEER_HEADS, head_test_image
 from qpmlib.runs.run import Run
 
 __all__ = ["PEER_METHODS", "COMPACTNESS_UNITS", "peer_methods", "peer_requests", "peer_records", "peer_table",
-           "quoted_values", "PeerExplanations", "peer_explanations", "NamedFeatures", "named_features"]
+           "quoted_values", "example_indices", "PeerExplanations", "peer_explanations", "NamedFeatures", "named_features"]
 
 #: The methods of the comparison, in the chapter's order.
 PEER_METHODS = ("dino_qpm", "protosvit", "protofm", "klc", "linear_probe")
@@ -147,6 +148,20 @@ def quoted_values(dataset: str = "cub") -> pd.DataFrame:
     frame = pd.concat([peers, ours[["method", "dataset", "metric", "value", "source"]]], ignore_index=True)
     frame["method"] = [PEER_DISPLAY.get(m, method_display(m)) for m in frame["method"]]
     return frame.dropna(subset=["value"]).reset_index(drop=True)
+
+
+def example_indices(profile: str | Profile, n: int) -> list[int]:
+    """Test rows of ``n`` different classes, spread evenly over the labels: the first test image of each.
+
+    Raises:
+        ValueError: for n < 1 or more images than classes.
+    """
+    labels = np.asarray(get_store(get_profile(profile), "test", verbose=False).labels)
+    classes = np.unique(labels)
+    if not 1 <= n <= len(classes):
+        raise ValueError(f"n must be in [1, {len(classes)}] (one test image per class), got {n}")
+    picked = classes[np.linspace(0, len(classes) - 1, n).round().astype(int)]
+    return [int(np.flatnonzero(labels == c)[0]) for c in picked]
 
 
 @dataclass
