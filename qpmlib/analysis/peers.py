@@ -119,9 +119,9 @@ def peer_table(records: pd.DataFrame) -> pd.DataFrame:
         One row per method (display names as the index, the records' method order), with ``of_probe``: the
         accuracy as a fraction of the CLS probe's (NaN without a probe row).
     """
-    numeric = records.drop(columns=["unit"]).groupby("method", sort=False).mean(numeric_only=True)
-    numeric = numeric.drop(columns=["seed"])
-    numeric[list(_PERCENT)] = numeric[list(_PERCENT)].astype(float) * 100
+    values = records.drop(columns=["method", "unit", "seed"]).astype(float)  # None (an undefined SID) -> NaN
+    numeric = values.groupby(records["method"], sort=False).mean()
+    numeric[list(_PERCENT)] *= 100
     probe = numeric["accuracy"].get("linear_probe", np.nan)
     numeric.insert(1, "of_probe", numeric["accuracy"] / probe)
     numeric.insert(numeric.columns.get_loc("in_all"), "unit", records.groupby("method", sort=False)["unit"].first())
