@@ -1,15 +1,18 @@
 """qpmlib.runs.peer_heads: ProtoS-ViT, ProtoFM and KLC as methods of the registry, stored once, checked first."""
 
+import dataclasses
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 
-from qpmlib.config import get_profile
+from qpmlib.config import SMOKE, get_profile
 from qpmlib.heads import evaluate_head
-from qpmlib.results import ResultStore
+from qpmlib.results import ResultStore, config_hash
 from qpmlib.runs import methods, peer_heads
 from qpmlib.runs.evaluate import split_tokens
-from qpmlib.runs.peer_heads import head_config, head_evaluation
+from qpmlib.runs.peer_heads import head_config, head_evaluation, peer_config
 
 
 def test_the_heads_are_methods_outside_table_1():
@@ -33,6 +36,28 @@ def test_head_config_takes_the_profiles_heads_section():
     assert (klc.prototypes_per_class, klc.top_k, klc.seed) == (3, 3, 3)
     with pytest.raises(ValueError, match="protosvit, protofm, klc"):
         head_config(smoke, "protopnet")
+
+
+def _key(prof, method, seed=0, k=2):
+    store = SimpleNamespace(manifest={"inputs": {"root": "/data", "weights_id": "w", "pretrained": False}})
+    return config_hash(peer_config(prof, method, seed, store, store, k=k))
+
+
+@pytest.mark.parametrize("field", [f.name for f in dataclasses.fields(SMOKE.heads)])
+def test_every_heads_field_keys_the_heads_that_use_it(field):
+    value = getattr(SMOKE.heads, field)
+    changed = SMOKE.replace(heads=dataclasses.replace(SMOKE.heads, **{field: 1 if value is None else value + 1}))
+    users = ("klc",) if field.startswith("klc_") else ("protosvit", "protofm")
+    for method in peer_heads.PEER_HEADS:
+        assert (_key(changed, method) != _key(SMOKE, method)) == (method in users), (field, method)
+
+
+def test_seed_sid_k_and_head_key_a_stage_but_the_device_does_not():
+    for method in peer_heads.PEER_HEADS:
+        assert len({_key(SMOKE, method), _key(SMOKE, method, seed=1), _key(SMOKE, method, k=5)}) == 3
+        on_gpu = SMOKE.replace(train=dataclasses.replace(SMOKE.train, device="cuda"))
+        assert _key(on_gpu, method) == _key(SMOKE, method)
+    assert len({_key(SMOKE, m) for m in peer_heads.PEER_HEADS}) == 3
 
 
 @pytest.mark.parametrize("overrides, match", [

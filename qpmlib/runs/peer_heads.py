@@ -70,7 +70,7 @@ from qpmlib.runs.provenance import device_label
 from qpmlib.runs.run import Run, load_peer_head
 from qpmlib.train import TokenData
 
-__all__ = ["PEER_HEADS", "head_config", "run_peer_head", "load_klc", "head_evaluation", "HeadImage",
+__all__ = ["PEER_HEADS", "head_config", "peer_config", "run_peer_head", "load_klc", "head_evaluation", "HeadImage",
            "head_test_image"]
 
 #: The peer heads, by method key (also the results-store kind of each one's stage).
@@ -102,6 +102,15 @@ def head_config(prof: Profile, method: str, seed: int = 0) -> ProtoSViTConfig | 
     if method == "protofm":
         return ProtoFMConfig(**common, **({} if h.prototype_dim is None else {"proj_dim": h.prototype_dim}))
     raise ValueError(f"unknown peer head {method!r}; valid: {', '.join(PEER_HEADS)}")
+
+
+def peer_config(prof: Profile, method: str, seed: int, train_store: Any, test_store: Any, *, k: int) -> dict[str, Any]:
+    """The hashed configuration of a peer head's stage: the tokens' key, the head's settings and the SID k.
+
+    ``device`` is left out, as in every stage of the book: CPU and GPU give the same run up to rounding.
+    """
+    settings = {k_: v for k_, v in dataclasses.asdict(head_config(prof, method, seed)).items() if k_ != "device"}
+    return base_config(prof, seed, train_store, test_store) | {"head": method, "settings": settings, "sid_k": k}
 
 
 def _model_spec(method: str, cfg: Any, in_dim: int, n_classes: int) -> dict[str, Any]:
@@ -174,7 +183,7 @@ def run_peer_head(method: str, prof: Profile, seed: int, *, k: int, compute: boo
         check_protosvit_config(cfg, n_patches=train.n_patches, n_train=len(train))
     else:
         check_protofm_config(cfg, n_patches=train.n_patches, n_train=len(train))
-    config = base_config(prof, seed, train_store, test_store) | {"head": method, "settings": cfg, "sid_k": k}
+    config = peer_config(prof, method, seed, train_store, test_store, k=k)
     store = ResultStore.for_profile(prof.name, method)
     found = store.get(config)
     if found is None and not compute:
