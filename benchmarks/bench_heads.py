@@ -99,9 +99,10 @@ def main() -> None:
     print(f"{'head':<11} {'s/epoch':>8} {'params':>10}  notes")
     for name, secs, params, note in rows:
         print(f"{name:<11} {secs:8.2f} {params:10,d}  {note}")
+    paper = get_profile("paper")
     for n_classes in (args.classes, 200):
         sizes = ", ".join(
-            f"{name} {count_parameters(model.from_config(head_config(get_profile('paper'), key), args.dim, n_classes)):,d}"
+            f"{name} {count_parameters(model.from_config(head_config(paper, key), args.dim, n_classes)):,d}"
             for name, key, model in (("ProtoS-ViT", "protosvit", protosvit.ProtoSViT),
                                      ("ProtoFM", "protofm", protofm.ProtoFM)))
         print(f"papers' sizes (K = 300) at D = {args.dim}, {n_classes} classes: {sizes} parameters")

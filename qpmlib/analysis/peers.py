@@ -38,7 +38,8 @@ from qpmlib.runs.peer_heads import PEER_HEADS, head_test_image
 from qpmlib.runs.run import Run
 
 __all__ = ["PEER_METHODS", "COMPACTNESS_UNITS", "peer_methods", "peer_requests", "peer_records", "peer_table",
-           "quoted_values", "example_indices", "PeerExplanations", "peer_explanations", "NamedFeatures", "named_features"]
+           "quoted_values", "example_indices", "PeerExplanations", "peer_explanations", "NamedFeatures",
+           "named_features"]
 
 #: The methods of the comparison, in the chapter's order.
 PEER_METHODS = ("dino_qpm", "protosvit", "protofm", "klc", "linear_probe")

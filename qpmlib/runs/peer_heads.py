@@ -5,15 +5,17 @@
 
 Each head is one stage of the results store (its kind is the method key), keyed by what keys DINO-QPM's stages
 (:func:`qpmlib.runs.dino_qpm.base_config`: profile, seed, data, backbone, the embedding stores' fingerprints),
-the head's full configuration (:func:`head_config`: the profile's ``heads`` section and ``train.device`` put into
-:class:`~qpmlib.heads.ProtoSViTConfig`, :class:`~qpmlib.heads.ProtoFMConfig` or :class:`~qpmlib.heads.KLCConfig`)
-and the k of SID@k. :meth:`qpmlib.results.ResultStore.get_or_run` computes it once, also across processes.
+the head's full configuration (:func:`head_config`: the profile's ``heads`` section put into
+:class:`~qpmlib.heads.ProtoSViTConfig`, :class:`~qpmlib.heads.ProtoFMConfig` or :class:`~qpmlib.heads.KLCConfig`;
+the device left out) and the k of SID@k (:func:`peer_config`). :meth:`qpmlib.results.ResultStore.get_or_run`
+computes it once, also across processes.
 
 Each stage stores the metrics of :func:`qpmlib.heads.head_metrics` (accuracy, plausibility, ``sid_at_5``: SID@k
 with the stored ``sid_k``, class-independence and contrastiveness on the training split's scores), the head's
 own compactness (``n_prototypes``, ``n_per_class``, ``n_per_image``: ProtoS-ViT's global and local sizes on the
 true class's pruned importance; for KLC the prototype images, :func:`qpmlib.heads.klc_compactness`),
-``seconds_per_epoch`` (KLC trains nothing: its one fit) and ``n_parameters``; its test predictions; the trained
+``seconds_per_epoch`` (KLC trains nothing: its one fit) and ``n_parameters``. KLC's training-split scores include
+its own prototype images, which match themselves. Each stage also stores its test predictions and the trained
 head (ProtoS-ViT, ProtoFM: ``model.safetensors`` and the constructor arguments in ``model_spec.json``) or KLC's
 prototype bank (``selection.safetensors``: the prototype rows and their segment descriptors).
 
@@ -65,7 +67,7 @@ from qpmlib.results import (
     provenance,
 )
 from qpmlib.runs.dino_qpm import base_config
-from qpmlib.runs.evaluate import test_masks_and_parts
+from qpmlib.runs.evaluate import prediction_tensors, test_masks_and_parts
 from qpmlib.runs.provenance import device_label
 from qpmlib.runs.run import Run, load_peer_head
 from qpmlib.train import TokenData
@@ -131,12 +133,6 @@ def _parts(prof: Profile, data: TokenData) -> tuple[np.ndarray, list[str]]:
     return truth.maps, truth.names
 
 
-def _predictions(data: TokenData, ev: HeadEvaluation) -> dict[str, np.ndarray]:
-    ids = data.image_ids if data.image_ids is not None else np.arange(len(data))
-    return {"image_ids": np.asarray(ids, dtype=np.int64), "labels": ev.labels,
-            "pred": ev.predictions.astype(np.int64), "logits": ev.logits}
-
-
 def _klc_tensors(model: KLCModel) -> dict[str, np.ndarray]:
     return {"rows": model.rows.astype(np.int64), "labels": model.labels.astype(np.int64), "cls": model.cls,
             "segments": np.concatenate(model.segments).astype(np.float32),
@@ -188,7 +184,8 @@ def run_peer_head(method: str, prof: Profile, seed: int, *, k: int, compute: boo
     found = store.get(config)
     if found is None and not compute:
         raise FileNotFoundError(f"no stored {method} result for profile {prof.name!r}, seed {seed} (looked in "
-                                f"{store.path(config)}); compute it with qpmlib.runs.methods.run_method({method!r}, ...)")
+                                f"{store.path(config)}); compute it with "
+                                f"qpmlib.runs.methods.run_method({method!r}, ...)")
     if found is None:
         found = store.get_or_run(config, lambda: _fit(method, prof, cfg, seed, k, train, test, verbose,
                                                       bool(train_store.pretrained)))
@@ -198,7 +195,6 @@ def run_peer_head(method: str, prof: Profile, seed: int, *, k: int, compute: boo
 def _fit(method: str, prof: Profile, cfg: Any, seed: int, k: int, train: TokenData, test: TokenData,
          verbose: bool, pretrained: bool) -> ResultData:
     t0 = time.perf_counter()
-    n_classes = max(train.n_classes, test.n_classes)
     masks, _ = test_masks_and_parts(prof, test)
     if method == "klc":
         train_parts, names = _parts(prof, train)
@@ -211,7 +207,7 @@ def _fit(method: str, prof: Profile, cfg: Any, seed: int, k: int, train: TokenDa
             metrics=metrics,
             provenance=provenance(seed=seed, device=device_label("cpu"), pretrained=pretrained,
                                   total_seconds=time.perf_counter() - t0),
-            tensors={SELECTION_FILE: _klc_tensors(model), PREDICTIONS_FILE: _predictions(test, ev_test)},
+            tensors={SELECTION_FILE: _klc_tensors(model), PREDICTIONS_FILE: prediction_tensors(test, ev_test)},
             json_files={MODEL_SPEC_FILE: {"head": "klc", "config": dataclasses.asdict(cfg), "part_names": names,
                                           "n_classes": model.n_classes}},
         )
@@ -226,10 +222,10 @@ def _fit(method: str, prof: Profile, cfg: Any, seed: int, k: int, train: TokenDa
         metrics=metrics,
         provenance=provenance(seed=seed, device=device_label(cfg.device), pretrained=pretrained,
                               total_seconds=time.perf_counter() - t0),
-        tensors={MODEL_FILE: {k: v.detach().cpu() for k, v in trained.model.state_dict().items()},
-                 PREDICTIONS_FILE: _predictions(test, ev_test)},
+        tensors={MODEL_FILE: {name: value.detach().cpu() for name, value in trained.model.state_dict().items()},
+                 PREDICTIONS_FILE: prediction_tensors(test, ev_test)},
         json_files={HISTORY_FILE: trained.history.to_dict(),
-                    MODEL_SPEC_FILE: _model_spec(method, cfg, train.dim, n_classes)},
+                    MODEL_SPEC_FILE: _model_spec(method, cfg, train.dim, train.n_classes)},
     )
 
 
