@@ -50,6 +50,8 @@ CHAPTER_API: dict[str, tuple[str, ...]] = {
                                "min_trend", "shown_value", "spread", "stage_gap", "stage_means", "sweep_values",
                                "trend", "value_at"),
     "qpmlib.analysis.inspection": ("inspect_run",),
+    "qpmlib.analysis.peers": ("example_indices", "named_features", "peer_explanations", "peer_records", "peer_table",
+                              "quoted_values"),
     "qpmlib.analysis.pairs": ("class_pair_features", "confused_pairs_table", "default_pairs", "pair_part_scores"),
     "qpmlib.analysis.failures": ("FAILURE_CATEGORIES", "category_counts", "confusing_features_table",
                                  "failure_data", "failure_examples"),
@@ -59,7 +61,7 @@ CHAPTER_API: dict[str, tuple[str, ...]] = {
                                "setting_reason"),
     "qpmlib.figures.plots": ("bar_beside_paper", "cosine_histogram", "depth_plot", "lambda_sweep_plot",
                              "radar_plot", "sweep_heatmap"),
-    "qpmlib.figures.explanations": ("explanation_figure", "sweep_maps_figure"),
+    "qpmlib.figures.explanations": ("explanation_figure", "peer_explanations_figure", "sweep_maps_figure"),
     "qpmlib.figures.walkthrough": ("image_walkthrough",),
     "qpmlib.figures.standin": ("loss_curves_figure", "norm_histogram_figure", "pca_figure"),
 }

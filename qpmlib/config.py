@@ -32,6 +32,7 @@ __all__ = [
     "TrainConfig",
     "SweepConfig",
     "BaselineConfig",
+    "HeadsConfig",
     "Profile",
     "PROFILES",
     "DEFAULT_PROFILE",
@@ -152,6 +153,25 @@ class BaselineConfig:
 
 
 @dataclass(frozen=True)
+class HeadsConfig:
+    """Sizes of the peer interpretable heads (:mod:`qpmlib.heads`: ProtoS-ViT, ProtoFM, KLC) on the cached tokens.
+
+    The defaults are the papers' CUB settings (ProtoS-ViT's ``classification_prototype.yaml``, KLC's code);
+    every other hyperparameter is the head's configuration default (:class:`qpmlib.heads.ProtoSViTConfig` ...).
+    """
+
+    n_prototypes: int = 300  # K of ProtoS-ViT and ProtoFM
+    prototype_dim: int | None = None  # E; None: each head's reference width (ProtoS-ViT 512, ProtoFM 256)
+    hidden_dim: int | None = None  # hidden width of the projections; None: the token width D (the reference)
+    epochs: int = 80
+    batch_size: int = 256
+    warmup_epochs: int = 15  # linear warm-up, also the ramp of the sparsity loss
+    cosine_epochs: int | None = 300  # horizon of the half cosine (the reference's 300); None: epochs
+    klc_prototypes_per_class: int = 5  # KLC's prototype images per class (5 in its code)
+    klc_top_k: int = 5  # prototypes KLC consults per query (5 in its code, 3 in its report)
+
+
+@dataclass(frozen=True)
 class Profile:
     """Everything that sizes a run of the book."""
 
@@ -166,6 +186,7 @@ class Profile:
     baselines: BaselineConfig = field(default_factory=BaselineConfig)
     seeds: tuple[int, ...] = (0,)
     extra_datasets: tuple[str, ...] = ()  # datasets beyond `data.dataset` (paper: Stanford Cars)
+    heads: HeadsConfig = field(default_factory=HeadsConfig)  # the peer heads of qpmlib.heads
 
     def replace(self, **changes) -> "Profile":
         """Return a copy with top-level fields replaced (use ``dataclasses.replace`` on parts)."""
@@ -194,6 +215,8 @@ SMOKE = Profile(
     ),
     baselines=BaselineConfig(reference_sizes=False, glm_n_lambdas=25, compact=None),
     seeds=(0,),
+    heads=HeadsConfig(n_prototypes=16, prototype_dim=16, hidden_dim=16, epochs=4, batch_size=16, warmup_epochs=1,
+                      cosine_epochs=None, klc_prototypes_per_class=3, klc_top_k=3),
 )
 
 DEMO = Profile(
@@ -217,6 +240,9 @@ DEMO = Profile(
     ),
     baselines=BaselineConfig(reference_sizes=False, glm_n_lambdas=25, compact=None),
     seeds=(0, 1, 2),
+    # the peer heads within minutes on a 2-core CPU (benchmarks/bench_heads.py)
+    heads=HeadsConfig(n_prototypes=50, prototype_dim=64, hidden_dim=64, epochs=12, batch_size=64, warmup_epochs=3,
+                      cosine_epochs=None),
 )
 
 PAPER = Profile(
@@ -258,7 +284,7 @@ def get_profile(name: str | Profile | None = None) -> Profile:
 
 
 #: Sections of a profile that :func:`apply_overrides` can change.
-SECTIONS = ("data", "backbone", "model", "qp", "train", "baselines")
+SECTIONS = ("data", "backbone", "model", "qp", "train", "baselines", "heads")
 
 
 def apply_overrides(profile: str | Profile, overrides: dict[str, Any] | None = None) -> Profile:

@@ -23,7 +23,8 @@ Sources and caveats:
 
 Public names: ``METHODS``, ``METRICS``, ``DATASETS``, ``TABLES``, ``TABLE3_SETTINGS``, ``TABLE4_BACKBONES``,
 ``FIG2_AXES``, ``FIG2_METHODS``, ``CLAIMS`` (:func:`claim`), ``DISCREPANCIES``, ``paper_values``,
-``paper_value``, ``method_display``, ``metric_display``.
+``paper_value``, ``method_display``, ``metric_display``; the peer heads' published numbers: ``PEER_DISPLAY``,
+``PEER_VALUES`` (:func:`peer_values`).
 """
 
 from __future__ import annotations
@@ -399,9 +400,12 @@ def paper_value(table: str, row: str, metric: str, dataset: str) -> float:
 
 
 def method_display(key: str) -> str:
-    """Display name of a method key, of a Table 3 row or of a Table 4 backbone; unknown keys pass through."""
+    """Display name of a method key (also a peer head's), of a Table 3 row or of a Table 4 backbone; unknown keys
+    pass through."""
     if key in METHODS:
         return METHODS[key].display
+    if key in PEER_DISPLAY:
+        return PEER_DISPLAY[key]
     if key in TABLE3_SETTINGS:
         return str(TABLE3_SETTINGS[key]["display"])
     return TABLE4_BACKBONES.get(key, key)
@@ -411,3 +415,49 @@ def metric_display(key: str) -> str:
     """Display name of a metric key; unknown keys pass through unchanged."""
     return METRICS[key].display if key in METRICS else key
 
+
+
+# ---------------------------------------------------------------------------------------------------
+# The peer heads' own publications (issue 17): quoted next to the book's runs of the same heads, never as ours.
+#: Display names of the peer heads (:data:`qpmlib.runs.methods.PEER_KEYS`).
+PEER_DISPLAY: dict[str, str] = {"protosvit": "ProtoS-ViT", "protofm": "ProtoFM", "klc": "KLC"}
+
+
+@dataclass(frozen=True)
+class PeerValue:
+    """One number a peer head's publication reports.
+
+    Attributes:
+        method: a key of :data:`PEER_DISPLAY`.
+        dataset: a key of :data:`DATASETS` ("any": the source names no dataset).
+        metric: ``accuracy`` (%), ``n_prototypes`` (prototypes in all, the "global size"), ``n_per_image``
+            (prototypes per explanation, the "local size"), ``bank_size`` (prototypes before pruning) or
+            ``n_parameters``.
+        value: the number as published ("about" values as printed).
+        source: where it is printed.
+    """
+
+    method: str
+    dataset: str
+    metric: str
+    value: float
+    source: str
+
+
+PEER_VALUES: tuple[PeerValue, ...] = (
+    PeerValue("protosvit", "cub", "accuracy", 85.2, "KLC report, Table 1 (quoting ProtoS-ViT)"),
+    PeerValue("protosvit", "cub", "n_per_image", 6, "KLC report, Table 1, 'Prototypes Count'"),
+    PeerValue("protosvit", "any", "n_prototypes", 39, "ProtoS-ViT (arXiv 2406.10025): global size about 39"),
+    PeerValue("protosvit", "any", "n_per_image", 6.5, "ProtoS-ViT (arXiv 2406.10025): local size 6-7 per image"),
+    PeerValue("protosvit", "any", "bank_size", 300, "ProtoS-ViT (arXiv 2406.10025): 300 prototypes"),
+    PeerValue("protofm", "any", "bank_size", 300, "ProtoFM (arXiv 2502.19577): a bank of 300 prototypes"),
+    PeerValue("protofm", "any", "n_parameters", 1e6, "ProtoFM (arXiv 2502.19577): a head of about 1M parameters"),
+    PeerValue("klc", "cub", "accuracy", 82.7, "KLC report, Table 1"),
+    PeerValue("klc", "cub", "n_per_image", 3, "KLC report, Table 1, 'Prototypes Count' (3 prototypes per query)"),
+)
+
+
+def peer_values() -> pd.DataFrame:
+    """:data:`PEER_VALUES` as a frame (method, dataset, metric, value, source), all marked ``quoted``."""
+    frame = pd.DataFrame([vars(v) for v in PEER_VALUES])
+    return frame.assign(quoted=True)

@@ -1,21 +1,23 @@
 """qpmlib.analysis.plan: every run the book needs, listed once."""
 
-from qpmlib.analysis import plan, sweeps, tables
+from qpmlib.analysis import peers, plan, sweeps, tables
 from qpmlib.config import get_profile
-from qpmlib.runs.methods import METHOD_KEYS, RunRequest
+from qpmlib.runs.methods import METHOD_KEYS, PEER_KEYS, RunRequest
 
 
 def test_book_requests_cover_the_tables_and_figures_once():
     prof = get_profile("smoke")
     requests = plan.book_requests(prof)
     assert len(requests) == len(set(requests)) and all(isinstance(r, RunRequest) for r in requests)
-    assert {r.method for r in requests} == set(METHOD_KEYS)
+    assert {r.method for r in requests} == set(METHOD_KEYS) | set(PEER_KEYS)
     for _, request in tables.table1_requests(prof) + tables.table3_requests(prof) + tables.table4_requests(prof):
         assert request in requests
     for grid in sweeps.FIGURE_GRIDS.values():
         assert all(r in requests for _, r in sweeps.sweep_requests(prof, grid))
     assert RunRequest.of("dino_qpm", [0], tables.OPEN_SOLVER_CHECK) in requests
     assert RunRequest.of("dino_qpm", prof.seeds, {"backbone.name": prof.backbone.name}) in requests  # Table 4
+    assert all(r in requests for r in peers.peer_requests(prof))  # the peer heads' chapter
+    assert RunRequest.of("protosvit", [prof.seeds[0]]) in requests
 
 
 def test_requests_are_values():

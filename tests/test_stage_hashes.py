@@ -58,6 +58,8 @@ NO_EFFECT = {
     **{f"baselines.{f.name}": "the other methods' settings: they reach those runs through the fields they override "
        "(qpmlib.runs.methods) or the SLDD / Q-SENN store keys (qpmlib.runs.baselines), never the DINO-QPM stages"
        for f in dataclasses.fields(SMOKE.baselines)},
+    **{f"heads.{f.name}": "the peer heads' settings: they key the peer-head stages (qpmlib.runs.peer_heads, "
+       "tests/test_peer_heads.py), never the DINO-QPM stages" for f in dataclasses.fields(SMOKE.heads)},
 }
 
 #: Valid other values for fields whose type alone does not give one.
@@ -66,6 +68,7 @@ OTHER_VALUE = {
     "backbone.name": "dinov2_vits14", "backbone.weights": "auto", "model.pooling": "cls", "qp.r_mode": "qpm",
     "qp.solver": "open", "qp.gurobi": "exact", "train.fdl_scale": "map_mean", "train.precision": "bf16",
     "train.device": "cuda", "baselines.qsenn_schedule": "qsenn", "baselines.compact": (6, 1),
+    "heads.cosine_epochs": 10,
 }
 
 

@@ -1,6 +1,6 @@
 """The runs the book needs, in one list: what an executor can compute before the chapters only load.
 
-    requests = book_requests("demo")      # Tables 1-4, every ablation figure, the solver check
+    requests = book_requests("demo")      # Tables 1-4, every ablation figure, the solver check, the peer heads
     compute(requests, "demo")             # here, one request after another
 
 Each table and figure says which runs it needs in one place (:func:`qpmlib.analysis.tables.table1_requests`,
@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 from tqdm import tqdm
 
+from qpmlib.analysis.peers import peer_requests
 from qpmlib.analysis.sweeps import FIGURE_GRIDS, sweep_requests
 from qpmlib.analysis.tables import OPEN_SOLVER_CHECK, table1_requests, table3_requests, table4_requests
 from qpmlib.config import Profile, get_profile
@@ -33,7 +34,8 @@ def book_requests(profile: str | Profile, seeds: Sequence[int] | None = None) ->
         seeds: the seeds of the tables (None: the profile's); the sweeps use ``profile.sweeps.seeds``.
 
     Returns:
-        The requests: Tables 1-2, 3 and 4, the grids of Figs. 7-13 and the open-solver check of the QP.
+        The requests: Tables 1-2, 3 and 4, the grids of Figs. 7-13, the open-solver check of the QP and the
+        peer heads' comparison (first seed).
     """
     prof = get_profile(profile)
     first = (prof.seeds if seeds is None else seeds)[0]
@@ -41,6 +43,7 @@ def book_requests(profile: str | Profile, seeds: Sequence[int] | None = None) ->
     requests += [r for _, r in table4_requests(prof, seeds)]
     requests += [r for grid in FIGURE_GRIDS.values() for _, r in sweep_requests(prof, grid)]
     requests.append(RunRequest.of("dino_qpm", [first], OPEN_SOLVER_CHECK))
+    requests += peer_requests(prof, [first])  # the peer heads' chapter (qpmlib.analysis.peers)
     return list(dict.fromkeys(requests))
 
 

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 
 from qpmlib.analysis.pairs import class_pair_features
+from qpmlib.analysis.peers import PeerExplanations
 from qpmlib.analysis.sweeps import overrides_for
 from qpmlib.config import Profile
 from qpmlib.paper import method_display
@@ -45,6 +46,7 @@ __all__ = [
     "feature_maps_figure",
     "sweep_maps_figure",
     "explanation_figure",
+    "peer_explanations_figure",
 ]
 
 ArrayLike = Any  # numpy array or torch tensor
@@ -418,4 +420,32 @@ def explanation_figure(run: Run, index: int, *, max_features: int = 10) -> Figur
         return local_explanation(view.image, view.feature_maps, view.feature_ids.tolist(), title=title)
     fig = cam_figure(view.image, cam(view.feature_maps, view.weights))
     fig.axes[0].set_title(title + " (CAM)")
+    return fig
+
+
+def peer_explanations_figure(shown: PeerExplanations, *, alpha: float = 0.5) -> Figure:
+    """The same test images under every head: one row per image, one CAM overlay per method.
+
+    Args:
+        shown: :func:`qpmlib.analysis.peers.peer_explanations`.
+        alpha: opacity of the heat maps.
+
+    Returns:
+        Figure with one row per image and one column per method; each title names the method and whether its
+        prediction is right (the true class is in the first column's title).
+
+    Raises:
+        ValueError: when no image is given.
+    """
+    if not shown.indices:
+        raise ValueError("no test image to show; pass at least one index to peer_explanations")
+    n_rows, n_cols = len(shown.indices), len(shown.methods)
+    fig = Figure(figsize=(2.4 * n_cols, 2.6 * n_rows), layout="constrained")
+    axes = fig.subplots(n_rows, n_cols, squeeze=False)
+    for i, row in enumerate(axes):
+        for j, (ax, method) in enumerate(zip(row, shown.methods)):
+            cam_figure(shown.images[i], shown.cams[method][i], ax=ax, alpha=alpha)
+            verdict = "right" if shown.predictions[method][i] == shown.labels[i] else "wrong"
+            title = f"{method_display(method)}: {verdict}"
+            ax.set_title(f"test image {shown.indices[i]}\n{title}" if j == 0 else title, fontsize="small")
     return fig

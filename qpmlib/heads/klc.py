@@ -53,7 +53,6 @@ from qpmlib.heads.base import HeadEvaluation
 from qpmlib.train import TokenData
 
 __all__ = [
-    "DEMO",
     "KLCConfig",
     "KLCModel",
     "best_buddies",
@@ -82,10 +81,6 @@ class KLCConfig:
     min_part_area: float = 0.5
     semantic_filter: bool = False
     seed: int = 0
-
-
-#: Demo-profile settings (24 training images per class: 5 prototypes each, as the code).
-DEMO = KLCConfig()
 
 
 def check_klc_config(cfg: KLCConfig, labels: np.ndarray) -> None:
@@ -210,7 +205,7 @@ def fit_klc(train: TokenData, parts: np.ndarray, part_names: list[str], cfg: KLC
             or parts.shape[1] != len(part_names):
         raise ValueError(f"parts must be (N, n_parts, H, W) = ({len(train)}, {len(part_names)}, H, W) with "
                          f"H * W = {train.n_patches}, got {parts.shape}")
-    cls = F.normalize(torch.as_tensor(np.asarray(train.cls), dtype=torch.float32), dim=1).numpy()
+    cls = F.normalize(torch.as_tensor(np.array(train.cls, dtype=np.float32)), dim=1).numpy()
     rows = []
     for c in np.unique(train.labels):
         members = np.flatnonzero(train.labels == c)
@@ -248,7 +243,7 @@ def predict_klc(model: KLCModel, data: TokenData, parts: np.ndarray, *, verbose:
     logits = np.zeros((n, model.n_classes), np.float32)
     features = np.zeros((n, n_parts), np.float32)
     per_class = np.zeros((n, model.n_classes, n_parts), np.float32)  # matched segments per class and part
-    cls = F.normalize(torch.as_tensor(np.asarray(data.cls), dtype=torch.float32), dim=1).numpy()
+    cls = F.normalize(torch.as_tensor(np.array(data.cls, dtype=np.float32)), dim=1).numpy()
     for i in tqdm(range(n), desc="klc", disable=not verbose):
         top = np.argsort(-(model.cls @ cls[i]), kind="stable")[:cfg.top_k]
         q_desc, q_part = segment_descriptors(np.asarray(data.patches[i], np.float32), parts[i], cfg.min_part_area)

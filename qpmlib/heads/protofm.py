@@ -42,7 +42,8 @@ Deviations (beyond not having the authors' code):
   temperature and has no centring.
 * Projector width, prototype width, loss weights and temperatures are our choices; the optimiser, learning
   rate, schedule, epochs and batch size are ProtoS-ViT's (AdamW 0.01, 15 warm-up epochs, the 300-epoch cosine
-  horizon, 80 epochs, batch 256). :data:`DEMO` scales them to the demo profile.
+  horizon, 80 epochs, batch 256). The profile's ``heads`` section scales them
+  (:func:`qpmlib.runs.peer_heads.head_config`); the contrastive and alignment samples keep their defaults.
 """
 
 from __future__ import annotations
@@ -69,7 +70,6 @@ from qpmlib.heads.views import ViewConfig, ViewTokens, crop_and_resize, sample_v
 from qpmlib.train import TokenData, resolve_device
 
 __all__ = [
-    "DEMO",
     "ProtoFMConfig",
     "ProtoFM",
     "alignment_loss",
@@ -131,11 +131,6 @@ class ProtoFMConfig:
     importance_threshold: float = 0.1
     views: ViewConfig = field(default_factory=ViewConfig)
     device: str = "auto"
-
-
-#: Demo-profile sizes (25 classes, 600 training images of 256 tokens on a 2-core CPU).
-DEMO = ProtoFMConfig(n_prototypes=100, proj_dim=64, hidden_dim=64, epochs=30, batch_size=64, warmup_epochs=5,
-                     cosine_epochs=None, contrast_samples=256, align_tokens=32)
 
 
 def check_protofm_config(cfg: ProtoFMConfig, *, n_patches: int, n_train: int) -> None:
@@ -313,7 +308,7 @@ def train_protofm(
 
     Args:
         train: training tokens.
-        cfg: hyperparameters (:data:`DEMO` for the demo profile).
+        cfg: hyperparameters (a profile's: :func:`qpmlib.runs.peer_heads.head_config`).
         seed: initialisation, shuffling, view and dropout seed.
         views: cached backbone views of the training images (same row order as ``train``); None: token-grid
             views drawn with ``cfg.views`` (seeded by the image ids, or the row numbers when ids are missing).

@@ -34,11 +34,11 @@ Deviations from the paper and the code (each an option where it matters):
 * The classifier weights are clamped to [0, 5] after every optimiser step instead of in place at the start of
   every forward pass; the weights each forward pass uses are the same.
 * The paper text says "80 epochs with cosine decay"; the code's cosine horizon is 300 epochs
-  (``cosine_epochs=300``, the default). :data:`DEMO` shortens the schedule for a 2-core CPU and sets the
-  horizon to its own length.
-* Prototype bank size, projection widths (the hidden width is D in the code), epochs and batch size of
-  :data:`DEMO` are scaled to the demo profile (25 classes, 600 training images, a 2-core CPU);
-  :class:`ProtoSViTConfig`'s defaults are the reference's CUB values.
+  (``cosine_epochs=300``, the default). The demo and smoke profiles shorten the schedule for a 2-core CPU and
+  set the horizon to its own length.
+* Prototype bank size, projection widths (the hidden width is D in the code), epochs and batch size come from
+  the profile's ``heads`` section (:func:`qpmlib.runs.peer_heads.head_config`), scaled down on the demo and
+  smoke profiles; :class:`ProtoSViTConfig`'s defaults are the reference's CUB values.
 """
 
 from __future__ import annotations
@@ -62,7 +62,6 @@ from qpmlib.heads.base import (
 from qpmlib.train import TokenData, resolve_device
 
 __all__ = [
-    "DEMO",
     "ProtoSViTConfig",
     "ProtoSViT",
     "check_protosvit_config",
@@ -115,11 +114,6 @@ class ProtoSViTConfig:
     max_weight: float = 5.0
     importance_threshold: float = 0.1
     device: str = "auto"
-
-
-#: Demo-profile sizes (25 classes, 600 training images of 256 tokens on a 2-core CPU).
-DEMO = ProtoSViTConfig(n_prototypes=100, prototype_dim=64, hidden_dim=64, epochs=30, batch_size=64,
-                       warmup_epochs=5, cosine_epochs=None)
 
 
 def check_protosvit_config(cfg: ProtoSViTConfig, *, n_patches: int, n_train: int) -> None:
@@ -276,7 +270,7 @@ def train_protosvit(
 
     Args:
         train: training tokens (patch tokens (N, P, D), CLS, labels).
-        cfg: hyperparameters (:data:`DEMO` for the demo profile).
+        cfg: hyperparameters (a profile's: :func:`qpmlib.runs.peer_heads.head_config`).
         seed: initialisation, shuffling and dropout seed.
         eval_data: test tokens; the history then records ``test_accuracy`` every 5 epochs and at the end.
         verbose: progress bar.

@@ -103,6 +103,23 @@ def _check_baselines_and_seeds(prof: Profile) -> None:
         raise ValueError("seeds must not be empty")
 
 
+def _check_heads(prof: Profile) -> None:
+    h = prof.heads
+    for name in ("n_prototypes", "batch_size", "klc_prototypes_per_class", "klc_top_k"):
+        _positive_int(f"heads.{name}", getattr(h, name))
+    for name in ("epochs", "warmup_epochs"):
+        _positive_int(f"heads.{name}", getattr(h, name), 0)
+    for name in ("prototype_dim", "hidden_dim", "cosine_epochs"):
+        if getattr(h, name) is not None:
+            _positive_int(f"heads.{name}", getattr(h, name))
+    if h.cosine_epochs is not None and h.cosine_epochs <= h.warmup_epochs:
+        raise ValueError(f"heads.cosine_epochs={h.cosine_epochs} must exceed heads.warmup_epochs={h.warmup_epochs} "
+                         "(or be None: the cosine ends with the last epoch)")
+    if prof.data.n_classes and h.klc_top_k > h.klc_prototypes_per_class * prof.data.n_classes:
+        raise ValueError(f"heads.klc_top_k={h.klc_top_k} exceeds the {h.klc_prototypes_per_class} x "
+                         f"{prof.data.n_classes} prototype images KLC keeps")
+
+
 def check_profile(profile: Profile, n_classes: int | None = None) -> None:
     """Check every field of a profile (after overrides) before any training starts.
 
@@ -119,3 +136,4 @@ def check_profile(profile: Profile, n_classes: int | None = None) -> None:
     _check_model_and_qp(profile, n_classes)
     stage_config(profile.train, "dense")  # every train.* field (qpmlib.train.check_train_config)
     _check_baselines_and_seeds(profile)
+    _check_heads(profile)

@@ -56,7 +56,7 @@ from qpmlib.runs.provenance import device_label
 from qpmlib.runs.run import Run
 from qpmlib.train import TokenData, resolve_device, stage_config, train_dense, train_finetune
 
-__all__ = ["KINDS", "run_stages", "run_dino_qpm", "run_seeds", "load_run"]
+__all__ = ["KINDS", "base_config", "run_stages", "run_dino_qpm", "run_seeds", "load_run"]
 
 #: Result kinds (sub-folders of the profile's results store).
 KINDS = ("dense", "qp", "qpm")
@@ -70,15 +70,20 @@ def _embedding_id(store: Any) -> dict[str, Any]:
             "weights_id": inputs.get("weights_id"), "pretrained": inputs.get("pretrained")}
 
 
-def _configs(prof: Profile, seed: int, train_store: Any, test_store: Any) -> dict[str, dict[str, Any]]:
-    """The hashed configuration of each stage; each one contains the previous one."""
-    base = {
+def base_config(prof: Profile, seed: int, train_store: Any, test_store: Any) -> dict[str, Any]:
+    """What every stage trained on a profile's cached tokens is keyed by: profile, seed, data, backbone, tokens."""
+    return {
         "profile": prof.name,
         "seed": seed,
         "data": dataclasses.asdict(prof.data),
         "backbone": {k: v for k, v in dataclasses.asdict(prof.backbone).items() if k != "batch_size"},
         "embeddings": {"train": _embedding_id(train_store), "test": _embedding_id(test_store)},
     }
+
+
+def _configs(prof: Profile, seed: int, train_store: Any, test_store: Any) -> dict[str, dict[str, Any]]:
+    """The hashed configuration of each stage; each one contains the previous one."""
+    base = base_config(prof, seed, train_store, test_store)
     model = {k: v for k, v in dataclasses.asdict(prof.model).items() if k != "standardise"}  # QPM stage only
     model["last_layer_bn_relu"] = prof.model.last_layer_bn_relu
     dense = base | {

@@ -16,6 +16,9 @@ stage of :mod:`qpmlib.runs.dino_qpm` (its own dense stage where its fields diffe
 * ``dino_sldd``, ``dino_qsenn``: DINO-SLDD and DINO-QSENN (§6.3, §6.4; :func:`sldd_overrides`,
   :mod:`qpmlib.runs.baselines`).
 * ``dino_qpm``, ``dino_qpm_compact``: DINO-QPM and its compact variant (:func:`compact_sizes`).
+* ``protosvit``, ``protofm``, ``klc``: the peer interpretable heads on the same cached tokens, each one stage of
+  its own (:mod:`qpmlib.runs.peer_heads`, sized by the profile's ``heads`` section); not rows of the paper's
+  Table 1, so :data:`METHOD_KEYS` leaves them out (:data:`PEER_KEYS`).
 
 A method is one more entry here: its profile fields and its head (``"dense"``, ``"qpm"`` or a key of
 :data:`qpmlib.runs.baselines.SPARSE_HEADS`).
@@ -37,6 +40,7 @@ from qpmlib.config import Profile, apply_overrides, get_profile
 from qpmlib.runs.baselines import SPARSE_HEADS, run_sparse_head
 from qpmlib.runs.checks import check_profile
 from qpmlib.runs.dino_qpm import run_stages
+from qpmlib.runs.peer_heads import PEER_HEADS, run_peer_head
 from qpmlib.runs.run import Run
 from qpmlib.sparse import SLDD
 
@@ -44,6 +48,7 @@ __all__ = [
     "Method",
     "METHODS",
     "METHOD_KEYS",
+    "PEER_KEYS",
     "HEADS",
     "PROBE_REFERENCE_EPOCHS",
     "linear_probe_overrides",
@@ -60,7 +65,7 @@ __all__ = [
 #: Dense epochs of the linear probe in the reference code (`qpm/dinov2_no_mlp.yaml`, §6.1).
 PROBE_REFERENCE_EPOCHS = 40
 #: What can follow a method's dense stage: nothing, DINO-QPM's QP and fine-tune, or a sparse-head baseline.
-HEADS = ("dense", "qpm", *SPARSE_HEADS)
+HEADS = ("dense", "qpm", *SPARSE_HEADS, *PEER_HEADS)
 
 
 def linear_probe_overrides(prof: Profile) -> dict[str, Any]:
@@ -172,8 +177,12 @@ METHODS: dict[str, Method] = {m.key: m for m in (
     Method("dino_qsenn", "dino_qsenn", sldd_overrides),
     Method("dino_qpm", "qpm", lambda prof: {}),
     Method("dino_qpm_compact", "qpm", compact_overrides),
+    *(Method(head, head, lambda prof: {}) for head in PEER_HEADS),
 )}
-METHOD_KEYS: tuple[str, ...] = tuple(METHODS)
+#: The reproduced rows of the paper's Table 1.
+METHOD_KEYS: tuple[str, ...] = tuple(k for k, m in METHODS.items() if m.head not in PEER_HEADS)
+#: The peer heads (:mod:`qpmlib.runs.peer_heads`), registered as methods on the same tokens and store.
+PEER_KEYS: tuple[str, ...] = tuple(k for k, m in METHODS.items() if m.head in PEER_HEADS)
 
 
 def _method(method: str) -> Method:
@@ -226,6 +235,10 @@ def run_methods(
     """
     m = _method(method)
     prof = method_profile(method, profile, overrides)
+    if m.head in PEER_HEADS:
+        seeds = [int(s) for s in (prof.seeds if seeds is None else seeds)]
+        return [Run(method, prof, seed, run_peer_head(m.head, prof, seed, k=sid_k(prof), compute=compute,
+                                                      verbose=verbose)) for seed in seeds]
     found = run_stages(prof, seeds, compute=compute, dense_only=m.head != "qpm", stack=stack, verbose=verbose)
     runs = []
     for seed, stages in found.items():

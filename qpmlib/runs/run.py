@@ -10,6 +10,8 @@ method                      stages
 ``dino_qpm``, ``..compact``  ``dense``, ``qp``, ``qpm`` (``dense`` only when ``model.n_layers == 0``)
 ``dino_sldd``                ``dense``, ``sldd_selection``, ``dino_sldd``
 ``dino_qsenn``               ``dense``, ``sldd_selection``, ``dino_qsenn``
+``protosvit``, ``protofm``   their own stage (:mod:`qpmlib.runs.peer_heads`)
+``klc``                      its own stage (a prototype bank, no model)
 ==========================  ==============================================
 
 Every stage that trains stores its metrics in one layout (:func:`qpmlib.runs.evaluate.model_metrics`):
@@ -29,6 +31,8 @@ import pandas as pd
 from torch import nn
 
 from qpmlib.config import Profile
+from qpmlib.heads.protofm import ProtoFM
+from qpmlib.heads.protosvit import ProtoSViT
 from qpmlib.model import DinoQPM, SparseHeadModel
 from qpmlib.results import (
     FEATURES_FILE,
@@ -41,7 +45,7 @@ from qpmlib.results import (
     Result,
 )
 
-__all__ = ["Run", "MODEL_LOADERS", "load_dense", "load_qpm", "load_sparse_head"]
+__all__ = ["Run", "MODEL_LOADERS", "load_dense", "load_qpm", "load_sparse_head", "load_peer_head"]
 
 
 def load_dense(result: Result) -> DinoQPM:
@@ -74,12 +78,29 @@ def load_sparse_head(result: Result) -> SparseHeadModel:
     return model.eval()
 
 
+def load_peer_head(result: Result) -> nn.Module:
+    """The trained ProtoS-ViT or ProtoFM head of its stage (:mod:`qpmlib.runs.peer_heads`), on the CPU in eval mode.
+
+    Its ``class_weight`` is the (N_c, K) non-negative classifier; evaluate it with
+    :func:`qpmlib.heads.evaluate_head` (the spec's ``importance_threshold``).
+    """
+    spec = dict(result.json(MODEL_SPEC_FILE))
+    head = {"protosvit": ProtoSViT, "protofm": ProtoFM}[spec.pop("head")]
+    spec.pop("importance_threshold")
+    in_dim, n_classes = spec.pop("in_dim"), spec.pop("n_classes")
+    model = head(in_dim, n_classes, **spec)
+    model.load_state_dict(result.tensors(MODEL_FILE))
+    return model.eval()
+
+
 #: Stage (result kind) -> function that rebuilds its model from the stored result.
 MODEL_LOADERS: dict[str, Callable[[Result], nn.Module]] = {
     "dense": load_dense,
     "qpm": load_qpm,
     "dino_sldd": load_sparse_head,
     "dino_qsenn": load_sparse_head,
+    "protosvit": load_peer_head,
+    "protofm": load_peer_head,
 }
 
 
