@@ -37,6 +37,7 @@ from qpmlib.config import Profile, apply_overrides, get_profile
 from qpmlib.runs.baselines import SPARSE_HEADS, run_sparse_head
 from qpmlib.runs.checks import check_profile
 from qpmlib.runs.dino_qpm import run_stages
+from qpmlib.runs.executor import resolve_executor
 from qpmlib.runs.run import Run
 from qpmlib.sparse import SLDD
 
@@ -202,12 +203,15 @@ def run_methods(
     overrides: dict[str, Any] | None = None,
     compute: bool = True,
     stack: bool | None = None,
+    executor: str | None = None,
     verbose: bool = False,
 ) -> list[Run]:
     """Run (or load) one method of Table 1 for several seeds.
 
     The pipeline stages of all missing seeds are computed together (on a GPU they train as one stacked model,
     see :func:`qpmlib.runs.dino_qpm.run_stages`); SLDD's selection and the baselines' fine-tunes run per seed.
+    With the ``slurm`` executor the missing seeds are computed as Slurm jobs first (one per seed, see
+    :func:`qpmlib.runs.tasks.ensure_runs`), and this process only loads them.
 
     Args:
         method: a key of :data:`METHODS`.
@@ -216,6 +220,9 @@ def run_methods(
         overrides: dotted profile overrides applied after the method's (e.g. ``{"data.dataset": "cars"}``).
         compute: compute missing stages; False raises FileNotFoundError instead.
         stack: see :func:`qpmlib.runs.dino_qpm.run_stages`.
+        executor: where missing runs are computed, ``"local"`` (here) or ``"slurm"``; None:
+            :func:`qpmlib.runs.executor.resolve_executor` (``$QPMLIB_EXECUTOR``, else the profile's
+            ``cluster.executor``).
         verbose: progress bars.
 
     Returns:
@@ -223,9 +230,17 @@ def run_methods(
 
     Raises:
         ValueError: for an unknown method (lists the valid ones), invalid settings or seeds.
+        qpmlib.runs.executor.RunsNotFinished: with ``slurm``, when jobs never finished after their retries.
     """
     m = _method(method)
     prof = method_profile(method, profile, overrides)
+    if compute and resolve_executor(executor, profile) != "local":
+        from qpmlib.runs.tasks import ensure_runs  # above this module: it turns requests into tasks
+
+        base = get_profile(profile)
+        ensure_runs([RunRequest.of(method, prof.seeds if seeds is None else seeds, overrides)], base,
+                    executor=executor, verbose=verbose)
+        compute = False
     found = run_stages(prof, seeds, compute=compute, dense_only=m.head != "qpm", stack=stack, verbose=verbose)
     runs = []
     for seed, stages in found.items():
