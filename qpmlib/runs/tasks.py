@@ -201,8 +201,11 @@ def extraction_tasks(specs: Sequence[Mapping[str, Any]]) -> list[Task]:
 
 def _run_tasks(specs: Sequence[Mapping[str, Any]], allow_pending: bool) -> list[tuple[Task, bool]]:
     """Run tasks, each with whether its key is provisional (its embeddings are not extracted yet: the hashes then
-    contain a fingerprint that no store has, so the key never exists)."""
-    out = []
+    contain a fingerprint that no store has, so the key never exists).
+
+    Specs that end in the same run (e.g. DINO-QPM-compact and the grid point of Fig. 8 with its QP sizes) give one
+    task, the first one's."""
+    out: dict[str, tuple[Task, bool]] = {}
     for spec in specs:
         prof = spec_profile(spec)
         inputs = {split: stored_inputs(prof, split) for split in SPLITS}
@@ -214,8 +217,8 @@ def _run_tasks(specs: Sequence[Mapping[str, Any]], allow_pending: bool) -> list[
         cfgs = run_stage_configs(spec["method"], prof, spec["seed"], inputs["train"], inputs["test"])
         stages = [str(ResultStore.for_profile(prof.name, kind).path(cfg).absolute()) for kind, cfg in cfgs.items()]
         key = StoreKey(stages[-1], verify="result", requires=tuple(stages[:-1]))
-        out.append((Task(_spec_name(spec), "run", dict(spec), key, TRAIN_STAGE), bool(pending)))
-    return out
+        out.setdefault(key.path, (Task(_spec_name(spec), "run", dict(spec), key, TRAIN_STAGE), bool(pending)))
+    return list(out.values())
 
 
 def run_tasks(specs: Sequence[Mapping[str, Any]], *, allow_pending: bool = False) -> list[Task]:
