@@ -165,3 +165,42 @@ def test_slurm_runs_store_what_local_runs_store(slurm_cluster, tmp_path, monkeyp
         assert (prov_a["executor"], prov_a["slurm_job_id"]) == ("local", None)
         assert prov_b["executor"] == "slurm" and prov_b["slurm_job_id"] in {i for ids in jobs.values() for i in ids}
     assert os.environ.get("QPMLIB_EXECUTOR") is None  # the jobs' own setting never leaks into the caller
+
+
+# ---------------------------------------------------------------------------------------------- export, import
+@pytest.mark.slow
+def test_export_then_import_elsewhere_loads_every_run_without_computing(home, tmp_path, monkeypatch):
+    import shutil
+
+    from qpmlib import embeddings
+    from qpmlib.data import dataset_root
+    from qpmlib.runs import baselines, dino_qpm
+
+    requests = [RunRequest.of("dino_qpm", [0], {"train.dense_epochs": 1, "train.ft_epochs": 1}),
+                RunRequest.of("dino_sldd", [0], {"train.dense_epochs": 1, "train.ft_epochs": 1})]
+    tasks.compute_requests(requests, "smoke", executor="local", verbose=False)
+    before = [run.metrics for r in requests for run in r.run("smoke", compute=False)]
+    manifest = tasks.export_runs(tmp_path / "runs.tar", requests, "smoke", verbose=False)
+    assert manifest["produced_by"]["profile"] == "smoke" and manifest["produced_by"]["runs"] == 2
+    assert len(manifest["produced_by"]["embedding_stores"]) == 2  # both splits of the one store the runs read
+
+    # another machine: an empty home, the same (generated) dataset in another folder
+    root = dataset_root(get_profile("smoke").data)
+    other_data = tmp_path / "data"
+    shutil.copytree(root, other_data / root.name)
+    monkeypatch.setenv("QPMLIB_HOME", str(tmp_path / "laptop"))
+    monkeypatch.setenv("QPMLIB_DATA", str(other_data))
+    report = tasks.import_runs(tmp_path / "runs.tar", verbose=False)
+    assert sorted(report.added) == sorted(manifest["entries"]) and report.present == []
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("an imported run should be loaded, not computed")
+
+    for module, name in ((dino_qpm, "train_dense"), (dino_qpm, "train_finetune"), (baselines, "train_dense"),
+                         (embeddings, "_build")):
+        monkeypatch.setattr(module, name, no_work)
+    assert [run.metrics for r in requests for run in r.run("smoke")] == before
+    stores = sorted(p.name for p in (tmp_path / "laptop" / "cache").iterdir() if not p.name.startswith("."))
+    assert stores == sorted(embeddings.store_path("smoke", split).name for split in ("train", "test"))
+    assert tasks.import_runs(tmp_path / "runs.tar", verbose=False).added != []  # the stores moved: found again
+    assert sorted(p.name for p in (tmp_path / "laptop" / "cache").iterdir() if not p.name.startswith(".")) == stores

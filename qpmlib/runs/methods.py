@@ -281,8 +281,9 @@ class RunRequest:
         _method(method)
         return cls(method, tuple(int(s) for s in seeds), tuple(sorted((overrides or {}).items())))
 
-    def run(self, profile: str | Profile, *, compute: bool = True, verbose: bool = False) -> list[Run]:
+    def run(self, profile: str | Profile, *, compute: bool = True, executor: str | None = None,
+            verbose: bool = False) -> list[Run]:
         """:func:`run_methods` of this request: one :class:`~qpmlib.runs.run.Run` per seed."""
         return run_methods(self.method, profile, self.seeds, overrides=dict(self.overrides), compute=compute,
-                           verbose=verbose)
+                           executor=executor, verbose=verbose)
 

@@ -29,14 +29,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from qpmlib import paths
 from qpmlib.config import PROFILES, SECTIONS, Profile, apply_overrides, get_profile
 from qpmlib.data import n_images
-from qpmlib.embeddings import SPLITS, get_store, store_path, stored_inputs
+from qpmlib.embeddings import SPLITS, get_store, relocate, store_path, stored_inputs
 from qpmlib.results import ResultStore, canonical_json
+from qpmlib.runs.archive import ImportReport, export_archive, import_archive
 from qpmlib.runs.baselines import SELECTION_KIND, SPARSE_HEADS, sparse_head_configs
 from qpmlib.runs.checks import check_profile
 from qpmlib.runs.dino_qpm import stage_configs
@@ -59,6 +62,8 @@ __all__ = [
     "compute_requests",
     "ensure_runs",
     "spec_entries",
+    "export_runs",
+    "import_runs",
     "compute_run",
     "extract_split",
 ]
@@ -195,7 +200,7 @@ def extraction_tasks(specs: Sequence[Mapping[str, Any]]) -> list[Task]:
             if canonical_json(store) not in tasks:
                 folder = store_path(_store_profile(store), split)
                 tasks[canonical_json(store)] = Task(f"embed/{folder.name}", "extract", store,
-                                                    StoreKey(str(folder), verify="embeddings"), EMBED_STAGE)
+                                                    StoreKey(str(folder.absolute()), verify="embeddings"), EMBED_STAGE)
     return list(tasks.values())
 
 
@@ -238,17 +243,17 @@ def spec_entries(specs: Sequence[Mapping[str, Any]]) -> list[Path]:
     """Every stored entry the runs of ``specs`` consist of: their embedding stores (both splits) and stages.
 
     Raises:
-        RuntimeError: when an embedding store is missing; FileNotFoundError when a stage is not stored (or damaged).
+        FileNotFoundError: when an embedding store or a stage is not stored (or damaged); says how many.
     """
-    entries = [Path(t.key.path) for t in extraction_tasks(specs)]
-    missing = [str(p) for p in entries if not StoreKey(str(p), verify="embeddings").exists()]
-    for task in run_tasks(specs):
-        if not task.key.exists():
-            missing.append(task.name)
-        entries += [Path(p) for p in (*task.key.requires, task.key.path)]
+    stores = [t.key for t in extraction_tasks(specs)]
+    missing = [key.path for key in stores if not key.exists()]
+    runs = [] if missing else run_tasks(specs)  # the runs' keys need the stores' fingerprints
+    missing += [task.name for task in runs if not task.key.exists()]
     if missing:
         raise FileNotFoundError(f"{len(missing)} entr(y/ies) are not stored or damaged, e.g. {missing[0]}; compute "
                                 "them first (make runs)")
+    entries = [Path(key.path) for key in stores]
+    entries += [Path(p) for task in runs for p in (*task.key.requires, task.key.path)]
     return list(dict.fromkeys(entries))
 
 
@@ -364,6 +369,60 @@ def ensure_runs(requests: Sequence[RunRequest], profile: str | Profile, *, execu
     if resolve_executor(executor, profile) == "local":
         return None
     return compute_requests(requests, profile, executor=executor, verbose=verbose)
+
+
+# ---------------------------------------------------------------------------------------------- export, import
+def export_runs(archive: str | Path, requests: Sequence[RunRequest], profile: str | Profile, *,
+                verbose: bool = True) -> dict[str, Any]:
+    """Pack every stored entry of the requests (embedding stores of both splits, every stage) into one archive.
+
+    The manifest's ``produced_by`` names the profile, the number of runs and, for each embedding store, its entry and
+    spec, so that :func:`import_runs` can install the stores where the importing machine looks for them.
+
+    Args:
+        archive: the tar file to write (see :func:`qpmlib.runs.archive.export_archive`).
+        requests: the runs, e.g. :func:`qpmlib.analysis.plan.book_requests`.
+        profile: a registered profile, by name or object.
+        verbose: show a progress bar.
+
+    Returns:
+        The manifest written into the archive.
+
+    Raises:
+        FileNotFoundError: when a run or store is not stored (or damaged): compute the runs first (``make runs``).
+    """
+    prof = get_profile(profile)
+    specs = request_specs(requests, prof)
+    entries = spec_entries(specs)
+    home = paths.home().absolute()
+    stores = [{"entry": Path(t.key.path).relative_to(home).as_posix(), "spec": t.kwargs}
+              for t in extraction_tasks(specs)]
+    produced_by = {"profile": prof.name, "runs": len(specs), "embedding_stores": stores}
+    return export_archive(archive, entries, root=home, produced_by=produced_by, verbose=verbose)
+
+
+def import_runs(archive: str | Path, *, verbose: bool = True) -> ImportReport:
+    """Install an archive of :func:`export_runs` under :func:`qpmlib.paths.home`, every check first.
+
+    Embedding stores are then renamed to where this machine looks for them (their folder name depends on the
+    dataset folder, see :func:`qpmlib.embeddings.relocate`); a store that is already there is kept and the copy
+    just unpacked removed.
+
+    Raises:
+        qpmlib.runs.archive.ArchiveError: for a damaged, altered or unsafe archive (nothing is installed).
+        ValueError: when a store of the archive clashes with a different store here.
+    """
+    report = import_archive(archive, verbose=verbose)
+    home = paths.home().absolute()
+    for store in report.manifest.get("produced_by", {}).get("embedding_stores", []):
+        folder = home / store["entry"]
+        if not folder.exists():
+            continue  # installed and relocated by an earlier import
+        spec = store["spec"]
+        target = relocate(folder, _store_profile(spec), spec["split"])
+        if target != folder and folder.exists():  # the same store was already where this machine looks
+            shutil.rmtree(folder)
+    return report
 
 
 # ---------------------------------------------------------------------------------------------- task functions
