@@ -25,6 +25,8 @@ help:
 	@echo "make test                              unit tests + chapters under nbval (smoke) + book check"
 	@echo "make weights [VARIANTS=standin_s14_reg] pretrain the stand-in backbones again (hours on a CPU; resumable)"
 	@echo "make clean                             remove built books (keeps data, caches and results)"
+	@echo "make runs [PROFILE=..] [EXECUTOR=local|slurm] [DRY_RUN=1]   compute every run the book needs, no chapters"
+	@echo "make export|import [PROFILE=..] [ARCHIVE=file.tar]          pack the book's runs / install such an archive"
 
 env: $(STAMP)
 
@@ -72,3 +74,20 @@ weights: env
 
 clean:
 	rm -rf book/_build
+
+# The book's runs without its chapters (qpmlib.book.store): compute them locally or as Slurm jobs, then pack them
+# into one archive that renders the book on another machine (make import, then make book) without training.
+.PHONY: runs export import
+EXECUTOR ?=
+DRY_RUN  ?=
+ARCHIVE  ?= results-$(PROFILE).tar
+
+runs: env $(if $(filter 1,$(DRY_RUN)),,data)
+	$(PY) -m qpmlib.book.store runs --profile $(PROFILE) $(if $(EXECUTOR),--executor $(EXECUTOR)) \
+		$(if $(filter 1,$(DRY_RUN)),--dry-run)
+
+export: env
+	$(PY) -m qpmlib.book.store export --profile $(PROFILE) --archive $(ARCHIVE)
+
+import: env
+	$(PY) -m qpmlib.book.store import --archive $(ARCHIVE)

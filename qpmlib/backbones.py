@@ -26,6 +26,7 @@ Official checkpoints are converted to timm's parameter names. Their position emb
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import os
@@ -37,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import paths
-from .files import IntegrityError, file_sha256, read_json_object
+from .files import IntegrityError, atomic_write_json, file_sha256, read_json_object
 
 __all__ = [
     "BackboneSpec",
@@ -49,6 +50,7 @@ __all__ = [
     "standin_names",
     "WEIGHTS_DIR",
     "read_card",
+    "weights_id",
     "pretrained_available",
     "convert_official_state_dict",
     "resample_pos_embed",
@@ -506,6 +508,69 @@ def pretrained_available(name: str, weights: str | Path = "auto") -> bool:
     return _local_weights(spec) is not None
 
 
+def _resolve_weights(name: str, weights: str) -> tuple[Path, str] | None:
+    """The checkpoint (path, source) that ``weights`` selects for backbone ``name``, or None for random weights."""
+    spec = BACKBONES[name]
+    if weights in ("auto", "pretrained") and spec.bundled:
+        return _bundled_weights(spec)
+    if weights in ("auto", "pretrained"):
+        found = _find_pretrained(spec)
+        if found is None and weights == "pretrained":
+            raise ValueError(
+                f"no pretrained weights found for {name}: put {spec.official_file or 'a checkpoint'} into "
+                f"{paths.home() / 'weights'}, or allow a download of {spec.hf_repo} (unset HF_HUB_OFFLINE)"
+            )
+        return found
+    if weights == "random":
+        return None
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"weights {weights!r} is neither 'auto', 'pretrained', 'random' nor an existing checkpoint file"
+        )
+    return path, str(path)
+
+
+_WEIGHTS_IDS_FILE = ".weights_ids.json"  # in paths.cache_dir(): checkpoint path -> (size, mtime, inode, ctime, id)
+
+
+def weights_id(name: str, weights: str | Path = "auto", *, seed: int = 0) -> str:
+    """The ``weights_id`` that :func:`build_backbone` with these arguments gives, without building the model.
+
+    Random weights give ``"random-seed<seed>"`` at once. A checkpoint's id (the SHA-256 of its state dict, see
+    :func:`state_dict_sha256`) is computed once and remembered in ``<cache_dir>/.weights_ids.json`` with the file's
+    size, mtime, inode and ctime, so that planning a grid of runs reads no checkpoint twice.
+
+    Raises:
+        ValueError: unknown backbone, or ``weights="pretrained"`` when none are available.
+        FileNotFoundError: ``weights`` looks like a path that does not exist.
+    """
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; valid backbones: {', '.join(BACKBONES)}")
+    found = _resolve_weights(name, str(weights))
+    if found is None:
+        return f"random-seed{seed}"
+    path = found[0].resolve()
+    st = path.stat()
+    stamp = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
+    cache = paths.cache_dir() / _WEIGHTS_IDS_FILE
+    try:
+        known = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        known = {}
+    entry = known.get(str(path)) if isinstance(known, dict) else None
+    if isinstance(entry, dict) and entry.get("stat") == stamp and isinstance(entry.get("id"), str):
+        return entry["id"]
+    wid = state_dict_sha256(convert_official_state_dict(_read_checkpoint(path)))
+    known = known if isinstance(known, dict) else {}
+    known[str(path)] = {"stat": stamp, "id": wid}
+    try:
+        atomic_write_json(cache, known, indent=1)
+    except OSError as exc:  # a read-only cache only costs the hash next time
+        log.warning("could not remember the weights id in %s: %s", cache, exc)
+    return wid
+
+
 def build_backbone(
     name: str,
     *,
@@ -550,24 +615,8 @@ def build_backbone(
         raise ValueError(f"image_size must be at least the patch size {spec.patch_size}; got {image_size}")
     grid = image_size // spec.patch_size
 
-    found: tuple[Path, str] | None = None
     weights = str(weights)
-    if weights in ("auto", "pretrained") and spec.bundled:
-        found = _bundled_weights(spec)
-    elif weights in ("auto", "pretrained"):
-        found = _find_pretrained(spec)
-        if found is None and weights == "pretrained":
-            raise ValueError(
-                f"no pretrained weights found for {name}: put {spec.official_file or 'a checkpoint'} into "
-                f"{paths.home() / 'weights'}, or allow a download of {spec.hf_repo} (unset HF_HUB_OFFLINE)"
-            )
-    elif weights != "random":
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"weights {weights!r} is neither 'auto', 'pretrained', 'random' nor an existing checkpoint file"
-            )
-        found = (path, str(path))
+    found = _resolve_weights(name, weights)
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

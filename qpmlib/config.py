@@ -33,6 +33,8 @@ __all__ = [
     "SweepConfig",
     "BaselineConfig",
     "HeadsConfig",
+    "StageResources",
+    "ClusterConfig",
     "Profile",
     "PROFILES",
     "DEFAULT_PROFILE",
@@ -172,6 +174,44 @@ class HeadsConfig:
 
 
 @dataclass(frozen=True)
+class StageResources:
+    """What one Slurm job of a stage asks for (:class:`qpmlib.runs.executor.Resources` is built from it)."""
+
+    gpus: int = 1  # GPUs per job (0: none)
+    cpus: int = 8  # CPU cores per job
+    mem_gb: float = 32.0  # memory per job in GiB
+    time_min: int = 240  # wall-clock limit in minutes
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Where the runs the book needs are computed, and the paper-scale figures its dry run estimates with.
+
+    None of these fields is part of a run's identity: a run computed as a Slurm job is stored under the same hash,
+    with the same numbers, as the same run computed in the notebook's process.
+    """
+
+    # "local" (in the process that needs the run, as chapters always did) | "slurm" (one job per run through
+    # submitit); $QPMLIB_EXECUTOR, when set, wins over this field
+    executor: str = "local"
+    embed: StageResources = StageResources(gpus=1, cpus=8, mem_gb=32.0, time_min=120)  # one split of one backbone
+    train: StageResources = StageResources(gpus=1, cpus=8, mem_gb=32.0, time_min=240)  # one run (method, seed, setting)
+    partition: str | None = None  # Slurm partition (None: the cluster's default)
+    account: str | None = None  # Slurm account (None: the user's default)
+    setup: tuple[str, ...] = ()  # shell lines each job runs before Python starts, e.g. "module load cuda/12.4"
+    max_retries: int = 2  # how often a job that ended without its result (failed, preempted, cancelled) is resubmitted
+    poll_s: float = 30.0  # seconds between two looks at the queue while a chapter or `make runs` waits
+    # Paper-scale figures of the dry run's GPU-hour estimate (qpmlib.runs.tasks.estimate_hours): an epoch on
+    # CUB's 5,994 training images took 6 s (the MLP models) and 3 s (the CLS linear probe) on the paper's RTX 3090
+    # (paper Table 2); an epoch on n images takes n / 5,994 of that. Loading, the QP and the evaluation add
+    # run_overhead_s per run; extraction embeds extract_images_per_s images per second.
+    seconds_per_epoch: float = 6.0
+    probe_seconds_per_epoch: float = 3.0
+    run_overhead_s: float = 300.0
+    extract_images_per_s: float = 150.0
+
+
+@dataclass(frozen=True)
 class Profile:
     """Everything that sizes a run of the book."""
 
@@ -187,6 +227,7 @@ class Profile:
     seeds: tuple[int, ...] = (0,)
     extra_datasets: tuple[str, ...] = ()  # datasets beyond `data.dataset` (paper: Stanford Cars)
     heads: HeadsConfig = field(default_factory=HeadsConfig)  # the peer heads of qpmlib.heads
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)  # where missing runs are computed
 
     def replace(self, **changes) -> "Profile":
         """Return a copy with top-level fields replaced (use ``dataclasses.replace`` on parts)."""
@@ -217,6 +258,9 @@ SMOKE = Profile(
     seeds=(0,),
     heads=HeadsConfig(n_prototypes=16, prototype_dim=16, hidden_dim=16, epochs=4, batch_size=16, warmup_epochs=1,
                       cosine_epochs=None, klc_prototypes_per_class=3, klc_top_k=3),
+    # a smoke run is seconds on one core: CPU-only jobs, small enough for a laptop's one-node test cluster
+    cluster=ClusterConfig(embed=StageResources(gpus=0, cpus=1, mem_gb=1.0, time_min=15),
+                          train=StageResources(gpus=0, cpus=1, mem_gb=1.0, time_min=15), poll_s=2.0),
 )
 
 DEMO = Profile(
@@ -284,13 +328,15 @@ def get_profile(name: str | Profile | None = None) -> Profile:
 
 
 #: Sections of a profile that :func:`apply_overrides` can change.
-SECTIONS = ("data", "backbone", "model", "qp", "train", "baselines", "heads")
+SECTIONS = ("data", "backbone", "model", "qp", "train", "baselines", "heads", "cluster")
 
 
 def apply_overrides(profile: str | Profile, overrides: dict[str, Any] | None = None) -> Profile:
     """Apply flat dotted overrides such as ``{"train.ft_l1_fm": 0.0, "qp.n_selected": 40}`` to a profile.
 
-    Numbers are converted to the type of the field they replace (so ``5`` and ``5.0`` give the same run).
+    Numbers are converted to the type of the field they replace (so ``5`` and ``5.0`` give the same run), lists
+    to tuples where the field holds a tuple (values read back from JSON), and a mapping replaces fields of a
+    field that is itself a dataclass (``{"cluster.train": {"gpus": 2}}``).
 
     Args:
         profile: a profile or its name.
@@ -313,7 +359,15 @@ def apply_overrides(profile: str | Profile, overrides: dict[str, Any] | None = N
         if name not in fields:
             raise ValueError(f"unknown field {key!r}; valid fields of {section}: {', '.join(fields)}")
         old = getattr(part, name)
-        if isinstance(old, bool) or isinstance(value, bool):
+        if isinstance(value, list) and isinstance(old, tuple):
+            value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
+        if dataclasses.is_dataclass(old) and isinstance(value, dict):
+            try:
+                value, ok = dataclasses.replace(old, **value), True
+            except TypeError:
+                valid = ", ".join(f.name for f in dataclasses.fields(old))
+                raise ValueError(f"override {key!r} takes a mapping of {valid}; got {value!r}") from None
+        elif isinstance(old, bool) or isinstance(value, bool):
             ok = isinstance(value, bool) and isinstance(old, bool)
         elif isinstance(old, float) and isinstance(value, (int, float)):
             value, ok = float(value), True

@@ -43,7 +43,7 @@ import torch
 from tqdm import tqdm
 
 from . import data, paths
-from .backbones import FrozenBackbone, build_backbone
+from .backbones import FrozenBackbone, build_backbone, weights_id
 from .config import get_profile
 from .data.images import NORMALISATIONS, load_image
 from .files import (
@@ -71,6 +71,9 @@ __all__ = [
     "store_dir",
     "extract",
     "get_store",
+    "store_path",
+    "stored_inputs",
+    "relocate",
 ]
 
 log = logging.getLogger(__name__)
@@ -186,9 +189,14 @@ def store_dir(
     ``key`` hashes the resolved dataset root and the backbone's ``weights_id``; ``out_dir`` defaults to
     ``qpmlib.paths.cache_dir()``.
     """
-    key = hashlib.sha256(f"{Path(root).resolve()}|{backbone.weights_id}".encode()).hexdigest()[:10]
-    name = f"{dataset}_{split}_{backbone.name}_{backbone.image_size}px_{normalisation}_{key}"
-    return Path(out_dir if out_dir is not None else paths.cache_dir()) / name
+    return _folder(root, split, dataset, backbone.name, backbone.image_size, backbone.weights_id, normalisation,
+                   out_dir)
+
+
+def _folder(root, split, dataset, name, image_size, weights_id, normalisation, out_dir=None) -> Path:
+    key = hashlib.sha256(f"{Path(root).resolve()}|{weights_id}".encode()).hexdigest()[:10]
+    folder = f"{dataset}_{split}_{name}_{image_size}px_{normalisation}_{key}"
+    return Path(out_dir if out_dir is not None else paths.cache_dir()) / folder
 
 
 class _ImageRows(torch.utils.data.Dataset):
@@ -566,3 +574,82 @@ def get_store(profile, split: str, *, verbose: bool = True) -> EmbeddingStore:
         device=profile.train.device,
         verbose=verbose,
     )
+
+
+def store_path(profile, split: str) -> Path:
+    """The folder of the store :func:`get_store` uses for a profile's split, found without extracting anything.
+
+    Nothing is generated, built or read except, once per checkpoint, the backbone's weights (for their id, see
+    :func:`qpmlib.backbones.weights_id`); the folder may not exist yet.
+
+    Raises:
+        ValueError: unknown profile, split, dataset or backbone.
+    """
+    prof = get_profile(profile)
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+    wid = weights_id(prof.backbone.name, prof.backbone.weights)
+    return _folder(data.dataset_root(prof.data), split, prof.data.dataset, prof.backbone.name, prof.data.image_size,
+                   wid, prof.data.normalisation)
+
+
+def stored_inputs(profile, split: str) -> dict | None:
+    """The ``inputs`` of the complete store at :func:`store_path`, read from its manifest (None when there is none).
+
+    The arrays are not checked here (:func:`open_store` does that) and neither are the images: a store whose images
+    changed since is found stale, and rebuilt, by :func:`get_store`.
+    """
+    try:
+        manifest = read_json_object(store_path(profile, split) / MANIFEST_FILE)
+    except (FileNotFoundError, IntegrityError):
+        return None
+    inputs = manifest.get("inputs")
+    return inputs if manifest.get("complete") is True and isinstance(inputs, dict) else None
+
+
+def relocate(folder: str | Path, profile, split: str) -> Path:
+    """Move a complete store made on another machine (e.g. unpacked from an archive) to where this machine looks.
+
+    A store's folder name and manifest name the dataset folder it was extracted from, so a store copied from a
+    machine whose dataset lives elsewhere is not found here. This renames it to :func:`store_path` and records this
+    machine's dataset folder in its manifest; whether the images are the same is checked, as for every store, when
+    it is opened (:func:`get_store` finds a store with other images stale and rebuilds it).
+
+    Args:
+        folder: the complete store.
+        profile: the profile (with its overrides) whose ``split`` the store holds.
+        split: ``"train"`` or ``"test"``.
+
+    Returns:
+        The store's folder now (``folder`` itself when it already is where this machine looks).
+
+    Raises:
+        ValueError: when ``folder`` is not a complete store, or holds another split, dataset or backbone than the
+            profile's, or when a different complete store is already at the target.
+    """
+    folder = Path(folder)
+    store = open_store(folder)
+    inputs = dict(store.manifest["inputs"])
+    prof = get_profile(profile)
+    wanted = {"split": split, "dataset": prof.data.dataset, "backbone": prof.backbone.name,
+              "image_size": prof.data.image_size, "normalisation": prof.data.normalisation}
+    differ = {k: (inputs.get(k), v) for k, v in wanted.items() if inputs.get(k) != v}
+    if differ:
+        raise ValueError(f"{folder} holds another store than the profile's {split} split: "
+                         + ", ".join(f"{k} {a!r} (wanted {b!r})" for k, (a, b) in differ.items()))
+    root = data.dataset_root(prof.data).resolve()
+    target = _folder(root, split, prof.data.dataset, prof.backbone.name, prof.data.image_size, inputs["weights_id"],
+                     prof.data.normalisation, folder.parent)
+    if target == folder:
+        return folder
+    if target.exists():
+        if (target / MANIFEST_FILE).is_file() and read_json_object(target / MANIFEST_FILE).get("inputs") == \
+                {**inputs, "root": str(root)}:
+            return target  # the same store is already here
+        raise ValueError(f"{target} already exists; move it away to install {folder} there")
+    manifest = dict(store.manifest)
+    manifest["inputs"] = {**inputs, "root": str(root)}
+    atomic_write_json(folder / MANIFEST_FILE, manifest)  # the arrays, and so their checksums, are unchanged
+    (folder / STAMP_FILE).unlink(missing_ok=True)
+    os.rename(folder, target)
+    return target

@@ -37,6 +37,7 @@ import math
 import os
 import platform
 import shutil
+import socket
 import subprocess
 import uuid
 from dataclasses import dataclass
@@ -71,6 +72,8 @@ __all__ = [
     "canonical_json",
     "config_hash",
     "provenance",
+    "slurm_job_id",
+    "is_served",
 ]
 
 #: Bumped whenever the meaning of stored results changes; part of every hash.
@@ -132,8 +135,17 @@ def config_hash(config: Any) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:_HASH_CHARS]
 
 
+def slurm_job_id() -> str | None:
+    """The id of the Slurm job this process runs in, as ``squeue`` shows it (``"123_4"`` for an array task)."""
+    array, index = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{array}_{index}" if array and index else os.environ.get("SLURM_JOB_ID")
+
+
 def provenance(*, seed: int, device: str, pretrained: bool | None, **extra: Any) -> dict[str, Any]:
-    """Where a result came from: seed, device, git commit, library versions, plus ``extra`` (timings...).
+    """Where a result came from: seed, device, git commit, library versions, host, executor, plus ``extra``.
+
+    ``executor`` is ``"slurm"`` with the job's ``slurm_job_id`` when this process runs inside a Slurm job, else
+    ``"local"`` (and ``slurm_job_id`` None).
 
     Args:
         seed: the run seed.
@@ -149,6 +161,7 @@ def provenance(*, seed: int, device: str, pretrained: bool | None, **extra: Any)
                                 text=True, timeout=10).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         commit = None
+    job = slurm_job_id()
     return _plain({
         "seed": seed,
         "device": device,
@@ -157,6 +170,9 @@ def provenance(*, seed: int, device: str, pretrained: bool | None, **extra: Any)
         "torch": torch.__version__,
         "numpy": np.__version__,
         "python": platform.python_version(),
+        "host": socket.gethostname(),
+        "executor": "local" if job is None else "slurm",
+        "slurm_job_id": job,
         **extra,
     })
 
@@ -383,6 +399,19 @@ class ResultStore:
             return []
         return sorted(p.name for p in folder.iterdir()
                       if not p.name.startswith(".") and (p / CHECKSUMS_FILE).exists())
+
+
+def is_served(folder: str | Path) -> bool:
+    """Whether ``folder`` is a finished result that :meth:`ResultStore.get` would serve (files match their checksums,
+    the configuration hashes to the folder name); cheap for an entry already verified (see :mod:`qpmlib.files`)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return False
+    try:
+        _open(folder)
+    except IntegrityError:
+        return False
+    return True
 
 
 def _open(folder: Path) -> Result:

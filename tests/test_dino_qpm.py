@@ -1,6 +1,5 @@
 """Tests for qpmlib.runs.dino_qpm: stage hashing, and the whole smoke pipeline end to end."""
 
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -9,7 +8,7 @@ import torch
 from qpmlib.config import SMOKE, apply_overrides
 from qpmlib.results import config_hash
 from qpmlib.runs import dino_qpm as pipeline
-from qpmlib.runs.dino_qpm import _configs
+from qpmlib.runs.dino_qpm import stage_configs
 
 
 @pytest.fixture
@@ -22,24 +21,23 @@ def one_thread():
 
 
 def _fake_store(weights_id="w0", root="/a"):
-    inputs = {"root": root, "weights_id": weights_id, "pretrained": False, "images_sha256": "x"}
-    return SimpleNamespace(manifest={"inputs": inputs})
+    return {"root": root, "weights_id": weights_id, "pretrained": False, "images_sha256": "x"}
 
 
 def test_stage_hashes_let_sweeps_reuse_earlier_stages():
     s = _fake_store()
-    base = _configs(SMOKE, 0, s, s)
-    ft = _configs(apply_overrides(SMOKE, {"train.ft_l1_fm": 0.0}), 0, s, s)
-    qp = _configs(apply_overrides(SMOKE, {"qp.n_selected": 6}), 0, s, s)
+    base = stage_configs(SMOKE, 0, s, s)
+    ft = stage_configs(apply_overrides(SMOKE, {"train.ft_l1_fm": 0.0}), 0, s, s)
+    qp = stage_configs(apply_overrides(SMOKE, {"qp.n_selected": 6}), 0, s, s)
     assert config_hash(ft["dense"]) == config_hash(base["dense"]) and config_hash(ft["qp"]) == config_hash(base["qp"])
     assert config_hash(ft["qpm"]) != config_hash(base["qpm"])
     assert config_hash(qp["dense"]) == config_hash(base["dense"]) and config_hash(qp["qp"]) != config_hash(base["qp"])
     # other seeds and other backbone weights are other runs; the machine's data path is not part of the identity
-    assert config_hash(_configs(SMOKE, 1, s, s)["dense"]) != config_hash(base["dense"])
+    assert config_hash(stage_configs(SMOKE, 1, s, s)["dense"]) != config_hash(base["dense"])
     other = _fake_store(weights_id="w1")
-    assert config_hash(_configs(SMOKE, 0, other, other)["dense"]) != config_hash(base["dense"])
+    assert config_hash(stage_configs(SMOKE, 0, other, other)["dense"]) != config_hash(base["dense"])
     moved = _fake_store(root="/b")
-    assert config_hash(_configs(SMOKE, 0, moved, moved)["dense"]) == config_hash(base["dense"])
+    assert config_hash(stage_configs(SMOKE, 0, moved, moved)["dense"]) == config_hash(base["dense"])
     assert base["qpm"]["standardise"] is True and base["dense"]["model"]["last_layer_bn_relu"] is True
 
 

@@ -46,13 +46,13 @@ def _assert_clean_and_correct(task, seed):
 # ---------------------------------------------------------------------------------------------- tasks, local
 def test_tasks_check_their_function_arguments_and_key(tmp_path):
     key = StoreKey(str(tmp_path / "e"))
-    with pytest.raises(ValueError, match="unknown function 'nope'; registered: probe"):
+    with pytest.raises(ValueError, match="unknown function 'nope'; registered: extract, probe, run"):
         Task("t", "nope", {}, key)
     with pytest.raises(TypeError, match="JSON-ready"):
         Task("t", "probe", {"x": object()}, key)
     with pytest.raises(ValueError, match="absolute path"):
         StoreKey("relative/entry")
-    with pytest.raises(ValueError, match="registered: probe"):
+    with pytest.raises(ValueError, match="registered: extract, probe, run"):
         ex.resolve_function("nope")
     assert Task("t", "probe", {"x": (1, 2)}, key).kwargs == {"x": [1, 2]}  # stored as plain JSON data
 

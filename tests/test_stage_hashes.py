@@ -9,7 +9,6 @@ costs a recomputation, but is also caught here. A new profile field fails this t
 from __future__ import annotations
 
 import dataclasses
-from types import SimpleNamespace
 
 import pytest
 
@@ -20,12 +19,22 @@ STAGES = ("dense", "qp", "qpm")
 
 def stage_hashes(profile: Profile) -> dict[str, str]:
     """The hash of each stage's configuration for seed 0 (the one place that knows where the pipeline keeps it)."""
-    from qpmlib.runs.dino_qpm import _configs
+    from qpmlib.runs.dino_qpm import stage_configs
     from qpmlib.results import config_hash
 
-    store = SimpleNamespace(manifest={"inputs": {"root": "/data", "weights_id": "w", "pretrained": False,
-                                                 "images_sha256": "0" * 64}})
-    return {stage: config_hash(cfg) for stage, cfg in _configs(profile, 0, store, store).items()}
+    inputs = {"root": "/data", "weights_id": "w", "pretrained": False, "images_sha256": "0" * 64}
+    return {stage: config_hash(cfg) for stage, cfg in stage_configs(profile, 0, inputs, inputs).items()}
+
+
+def _fields(obj, prefix: str = "") -> list[str]:
+    out = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            out += _fields(value, f"{prefix}{f.name}.")
+        else:
+            out.append(f"{prefix}{f.name}")
+    return out
 
 
 #: The first stage whose result a field changes.
@@ -60,6 +69,8 @@ NO_EFFECT = {
        for f in dataclasses.fields(SMOKE.baselines)},
     **{f"heads.{f.name}": "the peer heads' settings: they key the peer-head stages (qpmlib.runs.peer_heads, "
        "tests/test_peer_heads.py), never the DINO-QPM stages" for f in dataclasses.fields(SMOKE.heads)},
+    **{name: "where and with what resources runs are computed (qpmlib.runs.executor), and the dry run's estimates"
+       for name in _fields(SMOKE.cluster, "cluster.")},
 }
 
 #: Valid other values for fields whose type alone does not give one.
@@ -69,18 +80,8 @@ OTHER_VALUE = {
     "qp.solver": "open", "qp.gurobi": "exact", "train.fdl_scale": "map_mean", "train.precision": "bf16",
     "train.device": "cuda", "baselines.qsenn_schedule": "qsenn", "baselines.compact": (6, 1),
     "heads.cosine_epochs": 10,
+    "cluster.executor": "slurm", "cluster.partition": "gpu", "cluster.account": "proj",
 }
-
-
-def _fields(obj, prefix: str = "") -> list[str]:
-    out = []
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if dataclasses.is_dataclass(value):
-            out += _fields(value, f"{prefix}{f.name}.")
-        else:
-            out.append(f"{prefix}{f.name}")
-    return out
 
 
 def _other(name: str, value):
@@ -97,11 +98,9 @@ def _other(name: str, value):
     raise TypeError(f"give {name} an entry in OTHER_VALUE")
 
 
-def _replace(profile: Profile, name: str, value) -> Profile:
+def _replace(obj, name: str, value):
     head, _, rest = name.partition(".")
-    if not rest:
-        return dataclasses.replace(profile, **{head: value})
-    return dataclasses.replace(profile, **{head: dataclasses.replace(getattr(profile, head), **{rest: value})})
+    return dataclasses.replace(obj, **{head: _replace(getattr(obj, head), rest, value) if rest else value})
 
 
 def _get(profile: Profile, name: str):
@@ -137,15 +136,14 @@ def test_field_without_effect_keeps_every_hash(name):
 
 
 def test_each_seed_and_each_embedding_store_is_its_own_run():
-    from qpmlib.runs.dino_qpm import _configs
+    from qpmlib.runs.dino_qpm import stage_configs
     from qpmlib.results import config_hash
 
     def store(**inputs):
-        return SimpleNamespace(manifest={"inputs": {"root": "/data", "weights_id": "w", "pretrained": False,
-                                                    "images_sha256": "0" * 64, **inputs}})
+        return {"root": "/data", "weights_id": "w", "pretrained": False, "images_sha256": "0" * 64, **inputs}
 
     def hashes(seed=0, train=None, test=None):
-        return [config_hash(c) for c in _configs(SMOKE, seed, train or store(), test or store()).values()]
+        return [config_hash(c) for c in stage_configs(SMOKE, seed, train or store(), test or store()).values()]
 
     base = hashes()
     assert all(a != b for a, b in zip(hashes(seed=1), base))

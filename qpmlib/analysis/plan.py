@@ -1,7 +1,7 @@
 """The runs the book needs, in one list: what an executor can compute before the chapters only load.
 
     requests = book_requests("demo")      # Tables 1-4, every ablation figure, the solver check, the peer heads
-    compute(requests, "demo")             # here, one request after another
+    compute(requests, "demo")             # here, one request after another (or as Slurm jobs, see compute)
 
 Each table and figure says which runs it needs in one place (:func:`qpmlib.analysis.tables.table1_requests`,
 :func:`~qpmlib.analysis.tables.table3_requests`, :func:`~qpmlib.analysis.tables.table4_requests`,
@@ -21,7 +21,9 @@ from qpmlib.analysis.peers import peer_requests
 from qpmlib.analysis.sweeps import FIGURE_GRIDS, sweep_requests
 from qpmlib.analysis.tables import OPEN_SOLVER_CHECK, table1_requests, table3_requests, table4_requests
 from qpmlib.config import Profile, get_profile
+from qpmlib.runs.executor import resolve_executor
 from qpmlib.runs.methods import RunRequest
+from qpmlib.runs.tasks import compute_requests
 
 __all__ = ["book_requests", "compute"]
 
@@ -47,8 +49,25 @@ def book_requests(profile: str | Profile, seeds: Sequence[int] | None = None) ->
     return list(dict.fromkeys(requests))
 
 
-def compute(requests: Sequence[RunRequest], profile: str | Profile, *, verbose: bool = True) -> None:
-    """Compute (or find stored) every request here, one after another."""
+def compute(requests: Sequence[RunRequest], profile: str | Profile, *, executor: str | None = None,
+            verbose: bool = True) -> None:
+    """Compute (or find stored) every request: here, one after another, or as cluster jobs.
+
+    Args:
+        requests: the runs, e.g. :func:`book_requests`.
+        profile: profile name or object.
+        executor: ``"local"`` (here) or ``"slurm"`` (every missing embedding store, then every missing run, as
+            jobs: :func:`qpmlib.runs.tasks.compute_requests`); None: :func:`qpmlib.runs.executor.resolve_executor`
+            (``$QPMLIB_EXECUTOR``, else the profile's ``cluster.executor``).
+        verbose: progress.
+
+    Raises:
+        qpmlib.runs.executor.RunsNotFinished: with ``slurm``, when jobs never finished after their retries.
+    """
     prof = get_profile(profile)
+    executor = resolve_executor(executor, prof)
+    if executor != "local":
+        compute_requests(requests, prof, executor=executor, verbose=verbose)
+        return
     for request in tqdm(requests, desc="runs", disable=not verbose):
-        request.run(prof, verbose=False)
+        request.run(prof, executor=executor, verbose=False)

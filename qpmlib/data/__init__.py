@@ -6,6 +6,6 @@ registry :data:`DATASETS`. Dataset specifics live in :mod:`qpmlib.data.synthbird
 and :mod:`qpmlib.data.cars`; :mod:`qpmlib.data.images` reads images for the model and for display.
 """
 
-from qpmlib.data.registry import DATASETS, Dataset, class_names, prepare, read_index
+from qpmlib.data.registry import DATASETS, Dataset, class_names, dataset_root, n_images, prepare, read_index
 
-__all__ = ["DATASETS", "Dataset", "class_names", "prepare", "read_index"]
+__all__ = ["DATASETS", "Dataset", "class_names", "dataset_root", "n_images", "prepare", "read_index"]

@@ -29,7 +29,8 @@ import pandas as pd
 from qpmlib import paths
 from qpmlib.data import cars, cub, synthbirds
 
-__all__ = ["Dataset", "DATASETS", "synthbirds_root", "prepare", "read_index", "class_names"]
+__all__ = ["Dataset", "DATASETS", "synthbirds_root", "dataset_root", "n_images", "prepare", "read_index",
+           "class_names"]
 
 #: Generated datasets and the on-disk layout each is written in.
 _GENERATED = {"synthbirds": "cub", "synthcars": "cars"}
@@ -146,6 +147,36 @@ def prepare(data_cfg, *, verbose: bool = True) -> Path:
             missing file and the command that fetches it.
     """
     return _dataset(data_cfg.dataset).prepare(data_cfg, verbose)
+
+
+def dataset_root(data_cfg) -> Path:
+    """The folder :func:`prepare` returns for ``data_cfg``, found without generating or checking anything.
+
+    Cheap and free of side effects, for planning: the folder may not exist yet (SynthBirds not generated, a real
+    dataset not downloaded).
+
+    Raises:
+        ValueError: unknown dataset name.
+    """
+    name = _dataset(data_cfg.dataset).name
+    if name in _GENERATED:
+        return synthbirds_root(data_cfg)
+    return cub.find_root(paths.data_dir()) if name == "cub" else paths.data_dir() / cars.FOLDER
+
+
+def n_images(data_cfg, split: str) -> int:
+    """How many images a split of the dataset holds (the standard split of a real dataset), without reading it.
+
+    Raises:
+        ValueError: unknown dataset name or split.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"unknown split {split!r}; valid: train, test")
+    name = _dataset(data_cfg.dataset).name
+    if name in _GENERATED:
+        return data_cfg.n_classes * (data_cfg.n_train if split == "train" else data_cfg.n_test)
+    module = cub if name == "cub" else cars
+    return module.N_TRAIN if split == "train" else module.N_TEST
 
 
 def read_index(root: str | Path, dataset: str) -> pd.DataFrame:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,7 +55,8 @@ from qpmlib.sparse import (
 )
 from qpmlib.train import History, StageConfig, TokenData, extract_features, stage_config, train_dense
 
-__all__ = ["SELECTION_KIND", "SPARSE_HEADS", "method_settings", "finetune_sparse", "fit_qsenn", "run_sparse_head"]
+__all__ = ["SELECTION_KIND", "SPARSE_HEADS", "method_settings", "finetune_sparse", "fit_qsenn", "sparse_head_configs",
+           "run_sparse_head"]
 
 #: Results-store kind of SLDD's feature selection.
 SELECTION_KIND = "sldd_selection"
@@ -179,6 +181,38 @@ def fit_qsenn(dense: DinoQPM, train: TokenData, selected, n_per_class: int, stag
     return model, histories
 
 
+def sparse_head_configs(method: str, prof: Profile, dense_config: dict[str, Any]) -> tuple[dict[str, Any],
+                                                                                           dict[str, Any]]:
+    """The hashed configurations of SLDD's selection and of the method's fine-tuned stage (see the module docstring).
+
+    Args:
+        method: "dino_sldd" or "dino_qsenn" (:data:`SPARSE_HEADS`).
+        prof: the method's profile.
+        dense_config: the configuration of the method's dense stage (it contains the seed).
+
+    Returns:
+        ``(selection config, stage config)``; the selection depends on the SLDD fields only, so DINO-SLDD and
+        DINO-QSENN share it.
+
+    Raises:
+        ValueError: for an unknown method (lists the valid ones).
+    """
+    settings = method_settings(prof, method)
+    q, t = prof.qp, prof.train
+    steps = [] if method == "dino_sldd" else qsenn_schedule(
+        t.ft_epochs, t.ft_lr, n_iterations=settings.n_iterations, variant=settings.schedule,
+        qsenn_epochs=settings.qsenn_epochs, lr_decay=settings.qsenn_lr_decay)
+    head = {"dropout": settings.head_dropout, "train_normalisation": True, "bias": True}
+    common = {"dense": dense_config, "n_selected": q.n_selected,
+              "settings": {f.name: getattr(settings, f.name) for f in dataclasses.fields(SLDDSettings)}}
+    config = common | {"method": method, "n_per_class": q.n_per_class, "all_settings": dataclasses.asdict(settings),
+                       "finetune": dataclasses.asdict(stage_config(t, "finetune")), "head": head,
+                       "schedule": [list(s) for s in steps]}
+    if t.recalibrate_bn:  # part of the identity only when set, so runs with the reference default keep their key
+        config["recalibrate_bn"] = True
+    return common, config
+
+
 def run_sparse_head(method: str, prof: Profile, seed: int, dense: Result, *, compute: bool = True,
                     verbose: bool = False) -> dict[str, Result]:
     """Run (or load) the selection and the fine-tuned stage of DINO-SLDD or DINO-QSENN for one seed.
@@ -201,17 +235,8 @@ def run_sparse_head(method: str, prof: Profile, seed: int, dense: Result, *, com
     settings = method_settings(prof, method)
     q, t = prof.qp, prof.train
     stage = stage_config(t, "finetune")
-    steps = [] if method == "dino_sldd" else qsenn_schedule(
-        t.ft_epochs, t.ft_lr, n_iterations=settings.n_iterations, variant=settings.schedule,
-        qsenn_epochs=settings.qsenn_epochs, lr_decay=settings.qsenn_lr_decay)
-    head = {"dropout": settings.head_dropout, "train_normalisation": True, "bias": True}
-    # the selection depends on the SLDD fields only, so DINO-SLDD and DINO-QSENN share it
-    common = {"dense": dense.config, "n_selected": q.n_selected,
-              "settings": {f.name: getattr(settings, f.name) for f in dataclasses.fields(SLDDSettings)}}
-    config = common | {"method": method, "n_per_class": q.n_per_class, "all_settings": dataclasses.asdict(settings),
-                       "finetune": dataclasses.asdict(stage), "head": head, "schedule": [list(s) for s in steps]}
-    if t.recalibrate_bn:  # part of the identity only when set, so runs with the reference default keep their key
-        config["recalibrate_bn"] = True
+    common, config = sparse_head_configs(method, prof, dense.config)
+    steps, head = config["schedule"], config["head"]
     stored = dense.tensors(FEATURES_FILE)
     X, y = stored["features"].numpy(), stored["labels"].numpy()
     selection_store = ResultStore.for_profile(prof.name, SELECTION_KIND)

@@ -12,11 +12,12 @@ import math
 from pathlib import Path
 
 from qpmlib.backbones import BACKBONES
-from qpmlib.config import Profile
+from qpmlib.config import Profile, StageResources
 from qpmlib.data import DATASETS
 from qpmlib.data.images import NORMALISATIONS
 from qpmlib.model import POOLINGS
 from qpmlib import qp
+from qpmlib.runs.executor import EXECUTORS
 from qpmlib.sparse import QSENN_SCHEDULES
 from qpmlib.train import stage_config
 
@@ -120,6 +121,33 @@ def _check_heads(prof: Profile) -> None:
                          f"{prof.data.n_classes} prototype images KLC keeps")
 
 
+def _check_cluster(prof: Profile) -> None:
+    c = prof.cluster
+    _choice("cluster.executor", c.executor, EXECUTORS)
+    for stage in ("embed", "train"):
+        res = getattr(c, stage)
+        if not isinstance(res, StageResources):
+            raise ValueError(f"cluster.{stage} must be a StageResources, got {res!r}")
+        _positive_int(f"cluster.{stage}.gpus", res.gpus, 0)
+        _positive_int(f"cluster.{stage}.cpus", res.cpus)
+        _positive_int(f"cluster.{stage}.time_min", res.time_min)
+        if not (isinstance(res.mem_gb, (int, float)) and res.mem_gb > 0):
+            raise ValueError(f"cluster.{stage}.mem_gb must be a positive number of GiB, got {res.mem_gb!r}")
+    for key in ("partition", "account"):
+        value = getattr(c, key)
+        if value is not None and not (isinstance(value, str) and value.strip()):
+            raise ValueError(f"cluster.{key} must be None or a non-empty name, got {value!r}")
+    if not all(isinstance(line, str) for line in c.setup):
+        raise ValueError(f"cluster.setup must hold shell lines (strings), got {c.setup!r}")
+    _positive_int("cluster.max_retries", c.max_retries, 0)
+    for key in ("poll_s", "seconds_per_epoch", "probe_seconds_per_epoch", "extract_images_per_s"):
+        value = getattr(c, key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ValueError(f"cluster.{key} must be a positive number, got {value!r}")
+    if isinstance(c.run_overhead_s, bool) or not isinstance(c.run_overhead_s, (int, float)) or c.run_overhead_s < 0:
+        raise ValueError(f"cluster.run_overhead_s must be a number >= 0, got {c.run_overhead_s!r}")
+
+
 def check_profile(profile: Profile, n_classes: int | None = None) -> None:
     """Check every field of a profile (after overrides) before any training starts.
 
@@ -137,3 +165,4 @@ def check_profile(profile: Profile, n_classes: int | None = None) -> None:
     stage_config(profile.train, "dense")  # every train.* field (qpmlib.train.check_train_config)
     _check_baselines_and_seeds(profile)
     _check_heads(profile)
+    _check_cluster(profile)

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from qpmlib import qp
-from qpmlib.config import Profile, apply_overrides
+from qpmlib.config import Profile, apply_overrides, get_profile
 from qpmlib.embeddings import get_store
 from qpmlib.model import DinoQPM, build_model
 from qpmlib.results import (
@@ -51,39 +51,53 @@ from qpmlib.results import (
     provenance,
 )
 from qpmlib.runs.checks import check_profile
+from qpmlib.runs.executor import resolve_executor
 from qpmlib.runs.evaluate import model_metrics, prediction_tensors, test_masks_and_parts
 from qpmlib.runs.provenance import device_label
 from qpmlib.runs.run import Run
 from qpmlib.train import TokenData, resolve_device, stage_config, train_dense, train_finetune
 
-__all__ = ["KINDS", "base_config", "run_stages", "run_dino_qpm", "run_seeds", "load_run"]
+__all__ = ["KINDS", "embedding_id", "base_config", "stage_configs", "run_stages", "run_dino_qpm", "run_seeds",
+           "load_run"]
 
 #: Result kinds (sub-folders of the profile's results store).
 KINDS = ("dense", "qp", "qpm")
 
 
 # ---------------------------------------------------------------------------------------------- configuration
-def _embedding_id(store: Any) -> dict[str, Any]:
-    """What identifies a split's embeddings, without machine-specific paths."""
-    inputs = {k: v for k, v in store.manifest["inputs"].items() if k != "root"}
+def embedding_id(inputs: dict[str, Any]) -> dict[str, Any]:
+    """What identifies a split's embeddings in a stage's configuration: a hash of the store's manifest ``inputs``
+    (without the machine-specific dataset folder), the weights id and the pretrained flag."""
+    inputs = {k: v for k, v in inputs.items() if k != "root"}
     return {"sha256": hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16],
             "weights_id": inputs.get("weights_id"), "pretrained": inputs.get("pretrained")}
 
 
-def base_config(prof: Profile, seed: int, train_store: Any, test_store: Any) -> dict[str, Any]:
-    """What every stage trained on a profile's cached tokens is keyed by: profile, seed, data, backbone, tokens."""
+def base_config(prof: Profile, seed: int, train_inputs: dict[str, Any],
+                test_inputs: dict[str, Any]) -> dict[str, Any]:
+    """What every stage trained on a profile's cached tokens is keyed by: profile, seed, data, backbone, tokens.
+
+    Args:
+        prof: the run's profile (overrides applied).
+        seed: the run seed.
+        train_inputs, test_inputs: the ``inputs`` of the two splits' embedding-store manifests.
+    """
     return {
         "profile": prof.name,
         "seed": seed,
         "data": dataclasses.asdict(prof.data),
         "backbone": {k: v for k, v in dataclasses.asdict(prof.backbone).items() if k != "batch_size"},
-        "embeddings": {"train": _embedding_id(train_store), "test": _embedding_id(test_store)},
+        "embeddings": {"train": embedding_id(train_inputs), "test": embedding_id(test_inputs)},
     }
 
 
-def _configs(prof: Profile, seed: int, train_store: Any, test_store: Any) -> dict[str, dict[str, Any]]:
-    """The hashed configuration of each stage; each one contains the previous one."""
-    base = base_config(prof, seed, train_store, test_store)
+def stage_configs(prof: Profile, seed: int, train_inputs: dict[str, Any],
+                  test_inputs: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The hashed configuration of each stage (``dense``, ``qp``, ``qpm``); each one contains the previous one.
+
+    Args: as :func:`base_config`.
+    """
+    base = base_config(prof, seed, train_inputs, test_inputs)
     model = {k: v for k, v in dataclasses.asdict(prof.model).items() if k != "standardise"}  # QPM stage only
     model["last_layer_bn_relu"] = prof.model.last_layer_bn_relu
     dense = base | {
@@ -169,11 +183,21 @@ def run_seeds(
     Returns:
         One :class:`~qpmlib.runs.run.Run` per seed, in the order of ``seeds``.
 
+    With the ``slurm`` executor (:func:`qpmlib.runs.executor.resolve_executor`) the missing runs are computed as
+    Slurm jobs first and only loaded here.
+
     Raises:
         ValueError: for invalid overrides or settings, or an empty or repeated seed list.
     """
     prof = apply_overrides(profile, overrides)
-    found = run_stages(prof, seeds, compute=True, dense_only=dense_only, stack=stack, verbose=verbose)
+    compute = resolve_executor(None, profile) == "local"
+    if not compute:  # computed as jobs first, then only loaded here (see qpmlib.runs.methods.run_methods)
+        from qpmlib.runs.methods import RunRequest
+        from qpmlib.runs.tasks import ensure_runs
+
+        ensure_runs([RunRequest.of("dense" if dense_only else "dino_qpm", prof.seeds if seeds is None else seeds,
+                                   overrides)], get_profile(profile), verbose=verbose)
+    found = run_stages(prof, seeds, compute=compute, dense_only=dense_only, stack=stack, verbose=verbose)
     return [Run("dino_qpm", prof, seed, stages) for seed, stages in found.items()]
 
 
@@ -219,7 +243,8 @@ def run_stages(
     train, test = TokenData.from_store(train_store), TokenData.from_store(test_store)
     n_classes = max(train.n_classes, test.n_classes)
     check_profile(prof, n_classes)
-    cfgs = {seed: _configs(prof, seed, train_store, test_store) for seed in seeds}
+    cfgs = {seed: stage_configs(prof, seed, train_store.manifest["inputs"], test_store.manifest["inputs"])
+            for seed in seeds}
     stores = {kind: ResultStore.for_profile(prof.name, kind) for kind in KINDS}
     ctx = _Context(prof, train, test, n_classes, bool(train_store.pretrained), verbose)
     if stack is None:

@@ -47,7 +47,7 @@ from tqdm import tqdm
 
 from qpmlib import paths
 from qpmlib.files import atomic_write, file_lock
-from qpmlib.results import ResultData, ResultStore, provenance
+from qpmlib.results import ResultData, ResultStore, is_served, provenance, slurm_job_id
 
 __all__ = [
     "EXECUTORS",
@@ -61,6 +61,7 @@ __all__ = [
     "PlannedJob",
     "RunPlan",
     "compute",
+    "resolve_executor",
     "run_task",
     "slurm_job_id",
     "plan",
@@ -79,6 +80,8 @@ ENV_EXECUTOR = "QPMLIB_EXECUTOR"
 #: the task's keyword arguments and publishes the task's entry atomically before it returns.
 TASK_FUNCTIONS: dict[str, str] = {
     "probe": "qpmlib.runs.executor:probe",
+    "extract": "qpmlib.runs.tasks:extract_split",  # one embedding store: (dataset, split, backbone)
+    "run": "qpmlib.runs.tasks:compute_run",  # one run: (profile + overrides, method, seed, dataset)
 }
 
 _LOCK_FOLDER = ".locks"  # beside the entries, like the results store's own locks (hidden: listings skip it)
@@ -88,6 +91,32 @@ _QUEUED = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", 
 _RUNNING = {"RUNNING", "COMPLETING", "SUSPENDED", "STAGE_OUT", "SIGNALING", "RESIZING"}
 _SLURM_COMMANDS = ("sbatch", "squeue", "srun", "scancel")
 _SQUEUE_PATIENCE_S = 600  # how long the waiting loop goes on while squeue keeps failing
+
+
+def resolve_executor(executor: str | None = None, profile: Any = None) -> str:
+    """The executor to use: ``executor`` when given, else ``$QPMLIB_EXECUTOR``, else the profile's
+    ``cluster.executor``, else ``"local"``.
+
+    Args:
+        executor: an explicit choice (e.g. a function argument or ``make runs EXECUTOR=...``).
+        profile: a :class:`qpmlib.config.Profile` or its name, or None.
+
+    Raises:
+        ValueError: for an unknown executor; names the valid ones and where the bad value came from.
+    """
+    if executor:
+        name, origin = executor, "argument"
+    elif os.environ.get(ENV_EXECUTOR):
+        name, origin = os.environ[ENV_EXECUTOR], f"${ENV_EXECUTOR}"
+    elif profile is not None:
+        from qpmlib.config import get_profile
+
+        name, origin = get_profile(profile).cluster.executor, "the profile's cluster.executor"
+    else:
+        name, origin = "local", "default"
+    if name not in EXECUTORS:
+        raise ValueError(f"unknown executor {name!r} (from {origin}); choose one of {', '.join(EXECUTORS)}")
+    return name
 
 
 def resolve_function(name: str) -> Callable[..., Any]:
@@ -108,23 +137,39 @@ class StoreKey:
 
     Attributes:
         path: absolute path of the entry (a folder or a file), the same on every machine of the cluster.
-        marker: None when the entry is complete as soon as it exists (it is published by an atomic rename, as
-            results-store entries are); else the name of a JSON file inside the entry whose ``"complete"`` field
-            turns true last (as the embedding cache's ``manifest.json`` does).
+        marker: None when the entry is complete as soon as it exists (it is published by an atomic rename); else the
+            name of a JSON file inside the entry whose ``"complete"`` field turns true last.
+        verify: how a finished entry is checked before it counts as done: None (it exists, or its marker says
+            complete), ``"result"`` (a results-store entry that :meth:`qpmlib.results.ResultStore.get` would serve:
+            every file matches its checksum, so a damaged entry counts as missing and is computed again) or
+            ``"embeddings"`` (an embedding store that :func:`qpmlib.embeddings.open_store` opens: complete, every
+            array matches its checksum).
+        requires: more results-store entries that must be served as well (e.g. the earlier stages of a run whose
+            last stage is ``path``), checked as ``verify="result"``.
     """
 
     path: str
     marker: str | None = None
+    verify: str | None = None
+    requires: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if not os.path.isabs(self.path):
-            raise ValueError(f"a store key needs an absolute path (every job must find it), got {self.path!r}")
+        for path in (self.path, *self.requires):
+            if not os.path.isabs(path):
+                raise ValueError(f"a store key needs absolute paths (every job must find them), got {path!r}")
         if self.marker is not None and Path(self.marker).name != self.marker:
             raise ValueError(f"the marker must be a file name inside the entry, got {self.marker!r}")
+        if self.verify not in _VERIFY:
+            raise ValueError(f"verify must be one of {', '.join(map(repr, _VERIFY))}, got {self.verify!r}")
+        object.__setattr__(self, "requires", tuple(self.requires))
 
     def exists(self) -> bool:
-        """Whether the entry is complete."""
+        """Whether the entry is complete (and intact, with ``verify``)."""
+        if not all(is_served(p) for p in self.requires):
+            return False
         entry = Path(self.path)
+        if self.verify is not None:
+            return _VERIFY[self.verify](entry)
         if self.marker is None:
             return entry.exists()
         try:
@@ -137,6 +182,22 @@ class StoreKey:
         """The lock file that jobs hold while they compute this entry."""
         entry = Path(self.path)
         return entry.parent / _LOCK_FOLDER / f"{entry.name}.task.lock"
+
+
+def _embeddings_intact(folder: Path) -> bool:
+    from qpmlib.embeddings import open_store  # imported here: the embedding module pulls in the backbones
+
+    if not (folder / "manifest.json").is_file():
+        return False
+    try:
+        open_store(folder)
+    except ValueError:
+        return False
+    return True
+
+
+_VERIFY: dict[str | None, Callable[[Path], bool] | None] = {None: None, "result": is_served,
+                                                            "embeddings": _embeddings_intact}
 
 
 @dataclass(frozen=True)
@@ -305,16 +366,11 @@ def run_task(task: Task) -> str:
     return "computed"
 
 
-def slurm_job_id() -> str | None:
-    """The id of the Slurm job this process runs in, as ``squeue`` shows it (``"123_4"`` for an array task)."""
-    array, index = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
-    return f"{array}_{index}" if array and index else os.environ.get("SLURM_JOB_ID")
-
-
 class _Job(submitit.helpers.Checkpointable):
     """What a Slurm job runs: :func:`run_task`, with log lines; on a timeout submitit requeues the same call."""
 
     def __call__(self, task: Task) -> str:
+        os.environ[ENV_EXECUTOR] = "local"  # the job computes its task itself, never through another job
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
         log.info("task %s on %s (job %s)", task.name, socket.gethostname(), slurm_job_id())
         outcome = run_task(task)
@@ -356,10 +412,7 @@ def compute(
         RunsNotFinished: when tasks still have no entry after ``max_retries`` resubmissions (all other tasks
             have finished by then). With ``local`` the first failing task's exception is raised instead.
     """
-    executor = executor or os.environ.get(ENV_EXECUTOR) or "local"
-    if executor not in EXECUTORS:
-        raise ValueError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)} "
-                         f"(argument or ${ENV_EXECUTOR})")
+    executor = resolve_executor(executor)
     tasks = _unique(tasks)
     report = RunReport(executor)
     missing = []
@@ -705,7 +758,6 @@ def probe(root: str, seed: int, size: int = 8, sleep_s: float = 0.0, fail: bool 
         atomic_write(checkpoint, json.dumps({"seed": seed, "started": time.time()}))
         time.sleep(sleep_s)  # a signal's handler (e.g. submitit's on preemption) still runs while it sleeps
     metrics = {"trace": float(x.trace()), "frobenius": float(torch.linalg.matrix_norm(x))}
-    prov = provenance(seed=seed, device="cpu", pretrained=None, host=socket.gethostname(),
-                      slurm_job_id=slurm_job_id(), resumed=resumed)
+    prov = provenance(seed=seed, device="cpu", pretrained=None, resumed=resumed)
     store.put(config, ResultData(metrics, prov, tensors={"probe.safetensors": {"x": x, "gram": x @ x.T}}))
 

@@ -40,6 +40,7 @@ from qpmlib.config import Profile, apply_overrides, get_profile
 from qpmlib.runs.baselines import SPARSE_HEADS, run_sparse_head
 from qpmlib.runs.checks import check_profile
 from qpmlib.runs.dino_qpm import run_stages
+from qpmlib.runs.executor import resolve_executor
 from qpmlib.runs.peer_heads import PEER_HEADS, run_peer_head
 from qpmlib.runs.run import Run
 from qpmlib.sparse import SLDD
@@ -211,12 +212,15 @@ def run_methods(
     overrides: dict[str, Any] | None = None,
     compute: bool = True,
     stack: bool | None = None,
+    executor: str | None = None,
     verbose: bool = False,
 ) -> list[Run]:
     """Run (or load) one method of Table 1 for several seeds.
 
     The pipeline stages of all missing seeds are computed together (on a GPU they train as one stacked model,
     see :func:`qpmlib.runs.dino_qpm.run_stages`); SLDD's selection and the baselines' fine-tunes run per seed.
+    With the ``slurm`` executor the missing seeds are computed as Slurm jobs first (one per seed, see
+    :func:`qpmlib.runs.tasks.ensure_runs`), and this process only loads them.
 
     Args:
         method: a key of :data:`METHODS`.
@@ -225,6 +229,9 @@ def run_methods(
         overrides: dotted profile overrides applied after the method's (e.g. ``{"data.dataset": "cars"}``).
         compute: compute missing stages; False raises FileNotFoundError instead.
         stack: see :func:`qpmlib.runs.dino_qpm.run_stages`.
+        executor: where missing runs are computed, ``"local"`` (here) or ``"slurm"``; None:
+            :func:`qpmlib.runs.executor.resolve_executor` (``$QPMLIB_EXECUTOR``, else the profile's
+            ``cluster.executor``).
         verbose: progress bars.
 
     Returns:
@@ -232,6 +239,7 @@ def run_methods(
 
     Raises:
         ValueError: for an unknown method (lists the valid ones), invalid settings or seeds.
+        qpmlib.runs.executor.RunsNotFinished: with ``slurm``, when jobs never finished after their retries.
     """
     m = _method(method)
     prof = method_profile(method, profile, overrides)
@@ -239,6 +247,13 @@ def run_methods(
         seeds = [int(s) for s in (prof.seeds if seeds is None else seeds)]
         return [Run(method, prof, seed, run_peer_head(m.head, prof, seed, k=sid_k(prof), compute=compute,
                                                       verbose=verbose)) for seed in seeds]
+    if compute and resolve_executor(executor, profile) != "local":
+        from qpmlib.runs.tasks import ensure_runs  # above this module: it turns requests into tasks
+
+        base = get_profile(profile)
+        ensure_runs([RunRequest.of(method, prof.seeds if seeds is None else seeds, overrides)], base,
+                    executor=executor, verbose=verbose)
+        compute = False
     found = run_stages(prof, seeds, compute=compute, dense_only=m.head != "qpm", stack=stack, verbose=verbose)
     runs = []
     for seed, stages in found.items():
@@ -279,8 +294,9 @@ class RunRequest:
         _method(method)
         return cls(method, tuple(int(s) for s in seeds), tuple(sorted((overrides or {}).items())))
 
-    def run(self, profile: str | Profile, *, compute: bool = True, verbose: bool = False) -> list[Run]:
+    def run(self, profile: str | Profile, *, compute: bool = True, executor: str | None = None,
+            verbose: bool = False) -> list[Run]:
         """:func:`run_methods` of this request: one :class:`~qpmlib.runs.run.Run` per seed."""
         return run_methods(self.method, profile, self.seeds, overrides=dict(self.overrides), compute=compute,
-                           verbose=verbose)
+                           executor=executor, verbose=verbose)
 

@@ -112,7 +112,8 @@ def peer_config(prof: Profile, method: str, seed: int, train_store: Any, test_st
     ``device`` is left out, as in every stage of the book: CPU and GPU give the same run up to rounding.
     """
     settings = {k_: v for k_, v in dataclasses.asdict(head_config(prof, method, seed)).items() if k_ != "device"}
-    return base_config(prof, seed, train_store, test_store) | {"head": method, "settings": settings, "sid_k": k}
+    base = base_config(prof, seed, train_store.manifest["inputs"], test_store.manifest["inputs"])
+    return base | {"head": method, "settings": settings, "sid_k": k}
 
 
 def _model_spec(method: str, cfg: Any, in_dim: int, n_classes: int) -> dict[str, Any]:
