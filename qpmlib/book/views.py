@@ -8,16 +8,24 @@ Everything here displays or builds widgets; the numbers come from :mod:`qpmlib.a
 * :func:`pair_view`, :func:`show_pair`, :func:`pair_widget`: one class pair of a trained run (Figs. 5, 14-17).
 * :func:`show_failure_category`, :func:`failure_widget`: the failure rows of one category (Figs. 18-23).
 * :func:`beside_paper_view`, :func:`beside_bars_widget`: the reproducibility report's numbers beside the paper's.
+* :func:`switch_view`, :func:`gallery_indices`: the static twin of a widget for the rendered book, where no
+  Python kernel runs: every state the control can reach is drawn when the chapter runs, and plotly.js (served
+  by the book) switches between them (:func:`qpmlib.figures.switch.switch_figure`).
 """
 
 from __future__ import annotations
 
+import html
+import json
 import math
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import ipywidgets as widgets
+import numpy as np
 import pandas as pd
+import plotly.graph_objects as go
 from IPython.display import Markdown, display
 from matplotlib.figure import Figure
 
@@ -34,10 +42,17 @@ from qpmlib.figures.explanations import class_pair_figure, top_patches_figure
 from qpmlib.figures.failures import failure_figure
 from qpmlib.analysis.summary import table_rows
 from qpmlib.figures.plots import bar_beside_paper, figure_png
+from qpmlib.figures.switch import StateLike, switch_figure
 from qpmlib.paper import method_display, metric_display
 
 __all__ = ["figure_widget", "pair_view", "show_pair", "pair_widget", "show_failure_category", "failure_widget",
-           "beside_paper_view", "beside_bars_widget"]
+           "beside_paper_view", "beside_bars_widget", "StaticView", "switch_view", "gallery_indices", "PLOTLY_MIME"]
+
+#: The MIME type under which JupyterLab (with plotly's extension) draws a Plotly figure.
+PLOTLY_MIME = "application/vnd.plotly.v1+json"
+#: Where the live version of a control runs, said next to its static twin in the book.
+LIVE_DEFAULT = ("the live control, with every value, is the widget in the cell above: it runs in Jupyter (download "
+                "this page's notebook with the download button at the top of the page, then run it)")
 
 
 def figure_widget(control: widgets.ValueWidget, draw: Callable[[Any], Figure | None]) -> widgets.VBox:
@@ -164,3 +179,94 @@ def beside_bars_widget(beside: pd.DataFrame, tables: Sequence[str]) -> widgets.V
         return bar_beside_paper(rows) if rows["ours_mean"].notna().any() else None
 
     return figure_widget(widgets.Dropdown(options=list(tables), value=tables[0], description="table"), draw)
+
+
+# ------------------------------------------------------------------------------------ static twins of the widgets
+class StaticView:
+    """A :func:`~qpmlib.figures.switch.switch_figure` to display in a notebook and in the rendered book.
+
+    Its outputs are the Plotly figure (drawn by JupyterLab's plotly extension) and an HTML snippet for the book:
+    a sentence saying what the control holds and where its live version runs, then the figure, drawn by the
+    ``Plotly`` global that the book loads from its own copy of plotly.js.
+    """
+
+    def __init__(self, figure: go.Figure, note: str):
+        self.figure = figure
+        self.note = note
+
+    @property
+    def labels(self) -> list[str]:
+        """The control's step labels, in order."""
+        menus = self.figure.layout.updatemenus or self.figure.layout.sliders
+        steps = menus[0].buttons if self.figure.layout.updatemenus else menus[0].steps
+        return [s.label for s in steps]
+
+    def html(self) -> str:
+        """The book's HTML: the note, a div and the script that draws the figure into it once the page has loaded."""
+        div = f"qpm-switch-{uuid.uuid4().hex[:12]}"
+        layout = self.figure.layout
+        fitted = go.Figure(self.figure).update_layout(width=None, autosize=True)  # as wide as the page allows
+        spec = fitted.to_json()  # plotly's encoder (numpy arrays, NaN); "</" is escaped so the script stays one
+        spec = spec.replace("</", "<\\/")
+        config = json.dumps({"displayModeBar": False, "responsive": True, "typesetMath": False})
+        return (
+            f'<div class="qpm-switch">\n<p class="qpm-switch-note"><em>{html.escape(self.note)}</em></p>\n'
+            f'<div id="{div}" class="qpm-switch-figure" style="width: 100%; max-width: {layout.width}px; '
+            f'height: {layout.height}px;"></div>\n'
+            f'<script type="text/javascript">(function () {{\n'
+            f'  var spec = {spec};\n'
+            f'  function draw() {{ Plotly.newPlot("{div}", spec.data, spec.layout, {config}); }}\n'
+            f'  if (document.readyState === "loading") {{ document.addEventListener("DOMContentLoaded", draw); }}'
+            f' else {{ draw(); }}\n}})();</script>\n</div>'
+        )
+
+    def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
+        return {
+            PLOTLY_MIME: json.loads(self.figure.to_json()),
+            "text/html": self.html(),
+            "text/plain": f"<switch between {len(self.labels)} precomputed states: {', '.join(self.labels)}>",
+        }
+
+
+def switch_view(states: Mapping[str, StateLike], *, control: str = "dropdown", label: str = "",
+                live: str = LIVE_DEFAULT, what: str | None = None, **options) -> StaticView:
+    """The static twin of a widget: every state drawn now, switched in the browser by a drop-down or a slider.
+
+    Args:
+        states: control label -> what that position shows (a figure, a list of figures, a
+            :class:`~qpmlib.figures.switch.State` or None); see :func:`qpmlib.figures.switch.switch_figure`.
+        control: "dropdown" or "slider".
+        label: what the control chooses.
+        live: where the live version runs and what more it offers, ending the sentence shown above the figure.
+        what: how the sentence names the states (default: "<n> values of <label>").
+        **options: passed to :func:`~qpmlib.figures.switch.switch_figure` (ncols, fmt, empty, width).
+
+    Returns:
+        a :class:`StaticView` (a cell that ends with it displays it).
+    """
+    what = what or f"{len(states)} values of {label or 'the control'}"
+    note = f"Precomputed when this chapter ran: this {control.replace('dropdown', 'drop-down')} switches between " \
+           f"{what}; {live}."
+    return StaticView(switch_figure(states, control=control, label=label, **options), note)
+
+
+def gallery_indices(n: int, k: int, *, seed: int = 0, first: int | None = None) -> list[int]:
+    """A fixed, seeded choice of ``k`` of ``n`` images (sorted), e.g. the test images of a static gallery.
+
+    Args:
+        n: how many images there are.
+        k: how many to pick (all when ``k >= n``).
+        seed: seed of the pick.
+        first: an index to include whatever the pick (e.g. the chapter's default image), placed first.
+
+    Raises:
+        ValueError: for ``n < 1`` or ``k < 1``, or ``first`` outside ``[0, n)``.
+    """
+    if n < 1 or k < 1:
+        raise ValueError(f"need n >= 1 images and k >= 1 picks, got n={n}, k={k}")
+    if first is not None and not 0 <= first < n:
+        raise ValueError(f"first={first} is not an image index in [0, {n})")
+    rest = [i for i in range(n) if i != first]
+    picked = np.random.default_rng(seed).choice(len(rest), size=min(k - (first is not None), len(rest)),
+                                                replace=False)
+    return ([first] if first is not None else []) + sorted(int(rest[j]) for j in picked)
