@@ -99,7 +99,7 @@ class ChapterProgress:
         out: where to print (default stdout).
     """
 
-    def __init__(self, name: str, notebook: Path, *, every: float = 30.0, poll: float = 2.0,
+    def __init__(self, name: str, notebook: Path, *, every: float = 30.0, poll: float = 0.5,
                  out: TextIO | None = None):
         self.name, self.notebook, self.every, self.poll = name, Path(notebook), every, poll
         self.out = out or sys.stdout
