@@ -13,10 +13,15 @@ export HF_HUB_OFFLINE ?= 1
 export PYTHONUNBUFFERED := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-# npm packages that let the HTML render offline (pinned; fetched once with `npm pack`).
+# npm packages that let the HTML render offline (pinned; fetched once with `npm pack`). plotly.js must be the
+# version the plotly Python package draws for (tests/test_runner.py checks it).
 MATHJAX_PKG      := mathjax@3.2.2
 HTMLMANAGER_PKG  := @jupyter-widgets/html-manager@1.0.15
 REQUIREJS_PKG    := requirejs@2.3.7
+PLOTLY_PKG       := plotly.js-dist-min@4.1.1
+VENDOR_PKGS      := $(MATHJAX_PKG) $(HTMLMANAGER_PKG) $(REQUIREJS_PKG) $(PLOTLY_PKG)
+# The stamp names the packages, so that changing a pin fetches again.
+VENDOR_STAMP     := $(VENDOR)/.complete-$(shell echo $(VENDOR_PKGS) | cksum | cut -d' ' -f1)
 
 .PHONY: book test env vendor data run html clean help weights
 
@@ -37,17 +42,22 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps -e .
 	@touch $(STAMP)
 
-vendor: $(VENDOR)/.complete
+vendor: $(VENDOR_STAMP)
 
-$(VENDOR)/.complete:
+# Only what the pages load: MathJax's TeX-to-HTML bundle and the parts it loads on demand (TeX extensions, fonts,
+# the menu's renderers and accessibility tools), the widget manager's AMD bundle and its fonts, require.js, plotly.js.
+$(VENDOR_STAMP):
 	@rm -rf $(VENDOR).tmp && mkdir -p $(VENDOR).tmp/pack
-	cd $(VENDOR).tmp/pack && npm pack --silent $(MATHJAX_PKG) $(HTMLMANAGER_PKG) $(REQUIREJS_PKG) >/dev/null
+	cd $(VENDOR).tmp/pack && npm pack --silent $(VENDOR_PKGS) >/dev/null
 	cd $(VENDOR).tmp && for t in pack/*.tgz; do n=$$(basename $$t .tgz); mkdir -p x/$$n && tar -xzf $$t -C x/$$n; done
-	mkdir -p $(VENDOR).tmp/out/mathjax $(VENDOR).tmp/out/html-manager
-	cp -r $(VENDOR).tmp/x/mathjax-*/package/es5 $(VENDOR).tmp/out/mathjax/es5
-	cp -r $(VENDOR).tmp/x/jupyter-widgets-html-manager-*/package/dist $(VENDOR).tmp/out/html-manager/dist
+	mkdir -p $(VENDOR).tmp/out/mathjax/es5 $(VENDOR).tmp/out/html-manager/dist $(VENDOR).tmp/out/plotly
+	cd $(VENDOR).tmp/x/mathjax-*/package/es5 && cp -r tex-chtml.js input output a11y ui sre adaptors ../../../../out/mathjax/es5/
+	rm -rf $(VENDOR).tmp/out/mathjax/es5/input/mml* $(VENDOR).tmp/out/mathjax/es5/input/asciimath*
+	cd $(VENDOR).tmp/x/jupyter-widgets-html-manager-*/package/dist && \
+		cp embed-amd.js *.woff *.woff2 *.ttf *.eot *.svg ../../../../out/html-manager/dist/
 	cp $(VENDOR).tmp/x/requirejs-*/package/require.js $(VENDOR).tmp/out/require.js
-	@touch $(VENDOR).tmp/out/.complete
+	cp $(VENDOR).tmp/x/plotly.js-dist-min-*/package/plotly.min.js $(VENDOR).tmp/out/plotly/plotly.min.js
+	@touch $(VENDOR).tmp/out/$(notdir $(VENDOR_STAMP))
 	@rm -rf $(VENDOR) && mv $(VENDOR).tmp/out $(VENDOR) && rm -rf $(VENDOR).tmp
 
 data: env

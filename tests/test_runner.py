@@ -287,3 +287,17 @@ def test_a_book_run_holds_the_profile_lock_while_it_executes(fake_book, monkeypa
     bookrunner.run_chapters("smoke", verbose=False)
     lock = fake_book / "book" / "_build" / "smoke" / ".run.lock"
     assert events == [("lock", lock), ("execute",), ("unlock", lock)]
+
+
+def test_widget_state_is_dropped_only_when_no_widget_is_shown():
+    view = {"output_type": "display_data", "data": {bookrunner.WIDGET_VIEW: {"model_id": "m"}}}
+
+    def nb(tags):
+        return {"cells": [{"cell_type": "markdown", "source": ""},
+                          {"cell_type": "code", "metadata": {"tags": tags}, "outputs": [view]}],
+                "metadata": {"widgets": {"state": {"m": {}}}}}
+
+    for hidden in (["remove-output"], ["remove-cell", "x"]):
+        assert "widgets" not in bookrunner.drop_hidden_widget_state(nb(hidden))["metadata"]
+    for shown in ([], ["remove-input"]):
+        assert "widgets" in bookrunner.drop_hidden_widget_state(nb(shown))["metadata"]

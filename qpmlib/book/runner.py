@@ -9,7 +9,7 @@ Command line (what ``make book`` and ``make test`` call)::
 Layout of one profile's build, ``book/_build/<profile>/``::
 
     src/                  staged book source: _config.yml, _toc.yml, book/*.md, executed chapters/*.ipynb
-    src/_vendor/vendor/   MathJax, require.js and the widget manager, served locally (offline HTML)
+    src/_vendor/vendor/   MathJax, require.js, the widget manager and plotly.js, served locally (offline HTML)
     run.json              provenance of the run (profile, versions, commit, device, per-chapter times)
     _build/html/          the rendered book (index.html)
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -37,6 +38,7 @@ from pathlib import Path
 import yaml
 
 from qpmlib import backbones
+from qpmlib.book.progress import ChapterProgress
 from qpmlib.config import PROFILES, get_profile
 from qpmlib.files import atomic_write, file_lock
 from qpmlib.paths import REPO_ROOT
@@ -56,6 +58,7 @@ __all__ = [
     "provenance_markdown",
     "build_dir",
     "parse_parameters",
+    "drop_hidden_widget_state",
     "main",
 ]
 
@@ -72,6 +75,7 @@ VENDOR_FILES = {
     "mathjax": "mathjax/es5/tex-chtml.js",
     "requirejs": "require.js",
     "html-manager": "html-manager/dist/embed-amd.js",
+    "plotly": "plotly/plotly.min.js",
 }
 PACKAGES_IN_PROVENANCE = (
     "torch", "torchvision", "timm", "numpy", "scipy", "pandas", "scikit-learn", "schedulefree",
@@ -219,6 +223,32 @@ def _executed_key(path: Path) -> str | None:
         return None
 
 
+#: Cell tags that keep a cell's outputs out of the rendered book.
+HIDDEN_OUTPUT_TAGS = {"remove-output", "remove-cell"}
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+def drop_hidden_widget_state(nb: dict) -> dict:
+    """Remove the saved widget state of an executed notebook whose widgets the book does not show.
+
+    A chapter's live ipywidgets are tagged ``remove-output`` (the book shows their static twins instead); their
+    saved state would still be embedded in the page, with every picture it holds, and make the page load the
+    widget manager for nothing. The state stays when any widget view is shown.
+
+    Returns:
+        ``nb`` itself, changed in place.
+    """
+    shown = any(
+        WIDGET_VIEW in out.get("data", {})
+        for cell in nb.get("cells", []) if cell.get("cell_type") == "code"
+        and not HIDDEN_OUTPUT_TAGS & set(cell.get("metadata", {}).get("tags", []))
+        for out in cell.get("outputs", [])
+    )
+    if not shown:
+        nb.get("metadata", {}).pop("widgets", None)
+    return nb
+
+
 def _failing_cell(nb_path: Path) -> str:
     """Describe the first cell of an executed notebook that holds an error output.
 
@@ -313,17 +343,20 @@ def _execute(profile: str, selected: list[Chapter], parameters: dict, *, force: 
             partial = target.with_suffix(".partial.ipynb")
             start = time.perf_counter()
             try:
-                papermill.execute_notebook(
-                    str(chapter.source),
-                    str(partial),
-                    parameters=parameters,
-                    cwd=str(chapter.source.parent),
-                    kernel_name="python3",
-                    progress_bar=False,
-                    execution_timeout=CELL_TIMEOUT_S.get(profile),
-                    log_output=False,
-                    report_mode=False,
-                )
+                # the running cell and the kernel's progress bars on the console (qpmlib.book.progress)
+                with ChapterProgress(chapter.name, partial) if verbose else contextlib.nullcontext() as progress:
+                    papermill.execute_notebook(
+                        str(chapter.source),
+                        str(partial),
+                        parameters=parameters,
+                        cwd=str(chapter.source.parent),
+                        kernel_name="python3",
+                        progress_bar=False,
+                        execution_timeout=CELL_TIMEOUT_S.get(profile),
+                        log_output=False,
+                        stderr_file=progress.stream if progress is not None else None,
+                        report_mode=False,
+                    )
             except Exception as exc:  # a cell error, a cell timeout or a dead kernel all stop the run here
                 failed = target.with_suffix(".failed.ipynb")
                 if partial.exists():
@@ -337,7 +370,7 @@ def _execute(profile: str, selected: list[Chapter], parameters: dict, *, force: 
                     f"  earlier chapters are kept; re-run with --chapters {chapter.name} after fixing"
                 ) from exc
             seconds = time.perf_counter() - start
-            nb = _notebook(partial)
+            nb = drop_hidden_widget_state(_notebook(partial))
             nb["metadata"][KEY_METADATA] = key
             nb["metadata"]["qpmlib_seconds"] = round(seconds, 2)
             atomic_write(target, json.dumps(nb, indent=1))
@@ -464,7 +497,11 @@ def stage_book(profile: str) -> Path:
             raise FileNotFoundError(
                 f"offline JavaScript missing: {VENDOR_DIR / rel}; run `make vendor` (needs the npm registry once)"
             )
-    if not vendor_target.exists():
+    stamps = sorted(p.name for p in VENDOR_DIR.glob(".complete*"))  # `make vendor` names its stamp by the pins
+    if stamps != sorted(p.name for p in vendor_target.glob(".complete*")) or not all(
+            (vendor_target / rel).exists() for rel in VENDOR_FILES.values()):
+        if vendor_target.exists():
+            shutil.rmtree(vendor_target)
         vendor_target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copytree(VENDOR_DIR, vendor_target)
     return src
