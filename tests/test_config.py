@@ -28,7 +28,7 @@ def test_overrides_reach_every_section():
     prof = apply_overrides("smoke", {"baselines.glm_n_lambdas": 10, "baselines.compact": (6, 1)})
     assert prof.baselines.glm_n_lambdas == 10 and prof.baselines.compact == (6, 1)
     assert set(SECTIONS) == {f.name for f in dataclasses.fields(SMOKE)} - {"name", "description", "sweeps", "seeds",
-                                                                          "extra_datasets"}
+                                                                          "extra_datasets", "extra_overrides"}
 
 
 def test_profiles_differ_by_fields_not_by_name():

@@ -53,6 +53,7 @@ NO_EFFECT = {
     "train.device": "where training runs; CPU and GPU give the same run up to floating-point rounding",
     "seeds": "which seeds a chapter runs; each run's own seed is part of its hash",
     "extra_datasets": "which other datasets the chapters show",
+    "extra_overrides": "the settings of the runs on the other datasets; each such run hashes its own data.* fields",
     **{f"sweeps.{f.name}": "the grids the sweep chapters try; each point is a run of its own"
        for f in dataclasses.fields(SMOKE.sweeps)},
     **{f"baselines.{f.name}": "the other methods' settings: they reach those runs through the fields they override "
@@ -66,6 +67,7 @@ OTHER_VALUE = {
     "backbone.name": "dinov2_vits14", "backbone.weights": "auto", "model.pooling": "cls", "qp.r_mode": "qpm",
     "qp.solver": "open", "qp.gurobi": "exact", "train.fdl_scale": "map_mean", "train.precision": "bf16",
     "train.device": "cuda", "baselines.qsenn_schedule": "qsenn", "baselines.compact": (6, 1),
+    "extra_overrides": (("data.n_classes", 7),),
 }
 
 
