@@ -123,9 +123,9 @@ class TrainConfig:
     device: str = "auto"  # "auto" | "cpu" | "cuda"
 
 
-#: Fig. 8's grid on the paper profiles: every (N*_f, N^c_f) of N*_f in 20..60 and N^c_f in 3..7, the ranges of
-#: the authors' sweep tool (``n_f_star``, ``n_f_c`` in `configs/core/hp_sweep_params.py`, removed in commit
-#: 76edfa7); it holds the paper's default (50, 5) and Compact (40, 4).
+#: Fig. 8's grid on the paper profiles: every (N*_f, N^c_f) of N*_f in 20..60 and N^c_f in 3..7; it holds the
+#: paper's default (50, 5) and Compact (40, 4). The paper prints no grid values (and the reference's sweep tooling
+#: was removed, reference_spec §8.3), so the range is this book's choice around the two settings the paper runs.
 PAPER_SPARSITY: tuple[tuple[int, int], ...] = tuple((n, c) for n in (20, 30, 40, 50, 60) for c in (3, 4, 5, 6, 7))
 
 
@@ -133,11 +133,10 @@ PAPER_SPARSITY: tuple[tuple[int, int], ...] = tuple((n, c) for n in (20, 30, 40,
 class SweepConfig:
     """Grids for the ablation chapters (values are what each sweep tries); the defaults are the paper profiles'.
 
-    The paper prints no grid values. Where the authors' removed sweep tool (`hp_sweep_params.py`, reference
-    commit 76edfa7) names a range, the defaults use it: N_hidden 512-4096 (``sparse_high_base_2``; 4096 shows
-    whether the gain stops at 2048, Fig. 13), N_f 128-1024 (``other_base_2``), MLP depth 1-4 plus the no-MLP
-    probe, and :data:`PAPER_SPARSITY`. The loss weights take five values around the paper's own (at least four
-    grid points, so that a trend claim can be judged, :mod:`qpmlib.analysis.claims`).
+    The paper prints no grid values, only the figures' axes, so the grids are this book's choice: N_hidden
+    512-4096 (4096 shows whether the gain stops at 2048, Fig. 13), N_f 128-1024, MLP depth 0 (no MLP) to 4,
+    :data:`PAPER_SPARSITY`, and five loss weights around the paper's own (at least four grid points, so that a
+    trend claim can be judged, :mod:`qpmlib.analysis.claims`).
     """
 
     seeds: tuple[int, ...] = ()  # seeds of every sweep point; empty: the profile's seeds
@@ -251,8 +250,7 @@ DEMO = Profile(
 
 #: What the two paper presets set differently: the hyperparameters on which the paper's text (Sec. 9) and the
 #: authors' main config (`qpm/dinov2.yaml`) disagree (reference_spec §4.2, §10 row 6). Everything else is shared.
-PRESET_FIELDS: tuple[str, ...] = ("train.dense_epochs", "train.ft_epochs", "train.dense_batch_size",
-                                  "train.ft_batch_size")
+PRESET_FIELDS: tuple[str, ...] = ("train.dense_epochs", "train.ft_epochs", "train.ft_batch_size")
 
 PAPER = Profile(
     name="paper",
@@ -275,7 +273,7 @@ PAPER_CODE = dataclasses.replace(
     name="paper_code",
     description="as `paper`, with the authors' code where it and the paper's text disagree (`qpm/dinov2.yaml`: "
                 "25 / 25 epochs, batch 32 / 16)",
-    train=dataclasses.replace(PAPER.train, dense_epochs=25, dense_batch_size=32, ft_epochs=25, ft_batch_size=16),
+    train=dataclasses.replace(PAPER.train, dense_epochs=25, ft_epochs=25, ft_batch_size=16),
 )
 
 PAPER_SHAPES = dataclasses.replace(

@@ -16,6 +16,10 @@ def test_discrepancy_table_covers_section_10():
 def test_profile_differences():
     same = report.profile_differences("paper", pretrained=True)
     assert not same["differs"].any()
+    code = report.profile_differences("paper_code", pretrained=True).set_index("item")
+    assert code.loc["dense / fine-tune epochs"].tolist() == ["40 / 50", "25 / 25", "25 / 25", True]
+    assert code.loc["dense / fine-tune batch"].tolist() == ["32 / 32", "32 / 16", "32 / 16", True]
+    assert code["differs"].sum() == 2  # the presets differ in the hyperparameters of reference_spec §10 row 6
     smoke = report.profile_differences("smoke", pretrained=False).set_index("item")
     assert smoke.loc["backbone weights", "this run"] == "fixed random" and smoke.loc["dataset", "differs"]
     with pytest.raises(ValueError, match="valid profiles"):

@@ -35,36 +35,35 @@ def discrepancy_table() -> pd.DataFrame:
 
 
 def profile_differences(profile: Any, *, pretrained: bool | None = None) -> pd.DataFrame:
-    """What the given profile changes with respect to the paper's setting (paper Sec. 9, reference_spec §4.2).
+    """What the given profile changes with respect to the paper's setting: the paper's text (Sec. 9, profile
+    ``paper``), the authors' code (`qpm/dinov2.yaml`, profile ``paper_code``) and this run, side by side.
 
     Args:
         profile: a :class:`qpmlib.config.Profile` or its name.
         pretrained: whether the backbone weights were pretrained here (None: not known).
 
     Returns:
-        DataFrame with columns ``item``, ``paper`` and ``this run``, and a boolean ``differs``.
+        DataFrame with columns ``item``, ``paper``, ``authors' code`` and ``this run``, and a boolean ``differs``
+        (this run differs from the paper's text).
 
     Raises:
         ValueError: for an unknown profile name.
     """
-    prof, ref = get_profile(profile), get_profile("paper")
-    datasets = lambda p: "+".join((p.data.dataset, *p.extra_datasets))  # noqa: E731
+    prof = get_profile(profile)
     weights = "unknown" if pretrained is None else ("pretrained" if pretrained else "fixed random")
-    rows = [
-        ("dataset", datasets(ref), datasets(prof)),
-        ("backbone", ref.backbone.name, prof.backbone.name),
-        ("backbone weights", "pretrained", weights),
-        ("image size [px]", ref.data.image_size, prof.data.image_size),
-        ("MLP layers", ref.model.n_layers, prof.model.n_layers),
-        ("hidden width", ref.model.hidden_size, prof.model.hidden_size),
-        ("N_f", ref.model.n_features, prof.model.n_features),
-        ("N*_f", ref.qp.n_selected, prof.qp.n_selected),
-        ("N^c_f", ref.qp.n_per_class, prof.qp.n_per_class),
-        ("dense / fine-tune epochs", f"{ref.train.dense_epochs} / {ref.train.ft_epochs}",
-         f"{prof.train.dense_epochs} / {prof.train.ft_epochs}"),
-        ("seeds", len(ref.seeds), len(prof.seeds)),
-    ]
-    df = pd.DataFrame(rows, columns=["item", "paper", "this run"]).astype({"paper": str, "this run": str})
+
+    def column(p: Any, weights: str) -> list[Any]:
+        return ["+".join((p.data.dataset, *p.extra_datasets)), p.backbone.name, weights, p.data.image_size,
+                p.model.n_layers, p.model.hidden_size, p.model.n_features, p.qp.n_selected, p.qp.n_per_class,
+                f"{p.train.dense_epochs} / {p.train.ft_epochs}",
+                f"{p.train.dense_batch_size} / {p.train.ft_batch_size}", len(p.seeds)]
+
+    items = ["dataset", "backbone", "backbone weights", "image size [px]", "MLP layers", "hidden width", "N_f",
+             "N*_f", "N^c_f", "dense / fine-tune epochs", "dense / fine-tune batch", "seeds"]
+    df = pd.DataFrame({"item": items, "paper": column(get_profile("paper"), "pretrained"),
+                       "authors' code": column(get_profile("paper_code"), "pretrained"),
+                       "this run": column(prof, weights)})
+    df = df.astype({"paper": str, "authors' code": str, "this run": str})
     df["differs"] = df["paper"] != df["this run"]
     return df
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from qpmlib.backbones import BACKBONES, pretrained_available
+from qpmlib.backbones import BACKBONES, hub_offline, pretrained_available
 from qpmlib.config import Profile
 from qpmlib.data import DATASETS, prepare
 from qpmlib.data.images import NORMALISATIONS
@@ -154,17 +154,18 @@ def _data_problems(prof: Profile) -> list[str]:
 
 
 def _weights_problems(prof: Profile, backbones: Sequence[str]) -> list[str]:
-    if str(prof.backbone.weights) != "pretrained":
+    if str(prof.backbone.weights) != "pretrained" or not hub_offline():  # online: timm downloads them
         return []
     folder = paths.home() / "weights"
     problems = []
     for name in dict.fromkeys((prof.backbone.name, *backbones)):
         spec = BACKBONES[name]
         if not pretrained_available(name, "pretrained"):
-            problems.append(
-                f"backbone {name!r} has no pretrained weights here (backbone.weights = 'pretrained'): put the "
-                f"official {spec.official_file} into {folder}, or let timm download {spec.hf_repo} once "
-                "(HF_HUB_OFFLINE=0)")
+            fixes = [f"put the official {spec.official_file} into {folder}"] if spec.official_file else []
+            fixes += [f"allow one download of {spec.hf_repo} from the Hugging Face hub (HF_HUB_OFFLINE=0, with "
+                      "internet)"] if spec.hf_repo else []
+            problems.append(f"backbone {name!r} has no pretrained weights here (backbone.weights = 'pretrained'): "
+                            + (" or ".join(fixes) or "it has none; use backbone.weights=random"))
     return problems
 
 
