@@ -4,6 +4,7 @@
   uses and the option that switches it) as a table;
 * :func:`profile_differences`: what a profile changes with respect to the paper's setting;
 * :func:`compute_time`: the chapters' run times and the stored training stages' times;
+* :func:`stage_figures`: each stored stage's wall time and peak memory (the meter's provenance fields);
 * :func:`setting_reason` and :func:`reproduction_counts`: why and how far a run can be compared with the paper.
 
 Every number beside the paper's comes from :func:`qpmlib.analysis.summary.gather_beside_paper`.
@@ -22,7 +23,7 @@ from qpmlib import paths
 from qpmlib.config import get_profile
 from qpmlib.paper import DISCREPANCIES, METRICS, claim
 
-__all__ = ["discrepancy_table", "profile_differences", "compute_time", "setting_reason",
+__all__ = ["discrepancy_table", "profile_differences", "compute_time", "stage_figures", "setting_reason",
            "reproduction_counts"]
 
 def discrepancy_table() -> pd.DataFrame:
@@ -101,6 +102,43 @@ def compute_time(profile: str, build_root: str | Path, *, results_root: str | Pa
     rows += [{"source": "stored stage", "name": kind, "count": len(v), "seconds": sum(v)}
              for kind, v in sorted(stages.items())]
     return pd.DataFrame(rows, columns=["source", "name", "count", "seconds"])
+
+
+def stage_figures(profile: str, *, results_root: str | Path | None = None) -> pd.DataFrame:
+    """Wall time and peak memory of every stored stage of a profile, per kind of stage.
+
+    Reads the fields :func:`qpmlib.runs.provenance.measured` writes into each ``provenance.json``
+    (``stage_seconds``, ``peak_rss_mib``, ``peak_cuda_mib``); stages stored before the meter existed are skipped.
+    Stacked seeds share one measurement, so they count once.
+
+    Args:
+        profile: profile name.
+        results_root: the results store root (default :func:`qpmlib.paths.results_dir` of the profile).
+
+    Returns:
+        DataFrame with columns ``stage`` (the kind: dense, qp, finetune, sldd_selection ...), ``count``
+        (measurements), ``seconds`` (their sum), ``max_seconds``, ``peak_rss_mib`` and ``peak_cuda_mib`` (the
+        largest; NaN where nothing ran on a GPU); empty when no measured stage is stored.
+    """
+    results_root = Path(results_root) if results_root is not None else paths.results_dir(profile)
+    found: dict[str, dict[tuple, dict]] = {}
+    for prov in sorted(results_root.glob("*/*/provenance.json")):
+        if prov.parent.name.startswith("."):
+            continue
+        record = json.loads(prov.read_text())
+        if not isinstance(record.get("stage_seconds"), (int, float)):
+            continue
+        figures = tuple(record.get(k) for k in ("stage_seconds", "peak_rss_mib", "peak_cuda_mib"))
+        found.setdefault(prov.parent.parent.name, {})[figures] = record  # stacked seeds: one measurement
+
+    def peak(values: list) -> float:
+        numbers = [float(v) for v in values if isinstance(v, (int, float))]
+        return max(numbers) if numbers else math.nan
+
+    rows = [{"stage": kind, "count": len(measured), "seconds": sum(f[0] for f in measured),
+             "max_seconds": max(f[0] for f in measured), "peak_rss_mib": peak([f[1] for f in measured]),
+             "peak_cuda_mib": peak([f[2] for f in measured])} for kind, measured in sorted(found.items())]
+    return pd.DataFrame(rows, columns=["stage", "count", "seconds", "max_seconds", "peak_rss_mib", "peak_cuda_mib"])
 
 
 def setting_reason(profile: Any, *, pretrained: bool, n_seeds: int) -> str:
