@@ -21,7 +21,7 @@ REQUIREJS_PKG    := requirejs@2.3.7
 .PHONY: book test env vendor data run html clean help
 
 help:
-	@echo "make book [PROFILE=demo|smoke|paper]   run every chapter and build the HTML book"
+	@echo "make book [PROFILE=demo|smoke|paper|paper_code|paper_shapes] run every chapter and build the HTML book"
 	@echo "make test                              unit tests + chapters under nbval (smoke) + book check"
 	@echo "make clean                             remove built books (keeps data, caches and results)"
 

@@ -25,7 +25,7 @@ except ImportError:  # running from a checkout without `pip install -e .`
 from qpmlib.analysis.plan import embedding_profiles
 from qpmlib.config import PROFILES, default_profile_name, get_profile
 from qpmlib.embeddings import SPLITS, get_store
-from qpmlib.runs.checks import check_ready
+from qpmlib.runs.checks import NotReady, check_ready
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,17 +41,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
-    profile = get_profile(args.profile)
-    check_ready(profile)  # a GPU profile without CUDA, missing data or weights stop here, before any extraction
-    profiles = embedding_profiles(profile) if args.book else [profile]
-    for prof in profiles:
+    def with_options(prof):
+        """The profile with the command line's batch size, weights and device."""
         backbone = prof.backbone
         if args.batch_size is not None:
             backbone = dataclasses.replace(backbone, batch_size=args.batch_size)
         if args.weights is not None:
             backbone = dataclasses.replace(backbone, weights=args.weights)
         train = prof.train if args.device is None else dataclasses.replace(prof.train, device=args.device)
-        prof = prof.replace(backbone=backbone, train=train)
+        return prof.replace(backbone=backbone, train=train)
+
+    profile = with_options(get_profile(args.profile))
+    profiles = [with_options(p) for p in embedding_profiles(profile)] if args.book else [profile]
+    # a GPU profile without CUDA, missing data or weights stop here, before any extraction
+    try:
+        check_ready(profile, backbones=[p.backbone.name for p in profiles])
+    except (ValueError, NotReady) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for prof in profiles:
         for split in SPLITS if args.split == "both" else (args.split,):
             store = get_store(prof, split, verbose=not args.quiet)
             weights = "pretrained" if store.pretrained else "RANDOM"
