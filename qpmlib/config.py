@@ -259,9 +259,9 @@ PAPER = Profile(
     data=DataConfig(dataset="cub", image_size=224),
     backbone=BackboneConfig(name="dinov2_vitb14_reg", weights="pretrained", batch_size=64),
     model=ModelConfig(n_layers=4, hidden_size=2048, n_features=512),
-    # 3 h per solve, the reference's Gurobi TimeLimit (`time_limit: 10800`): with MIPGap 5e-3 Gurobi stops at the
-    # gap long before that on CUB's 512 x 200 problem, so the limit only bounds a stuck solve; the open solver
-    # (no licence) stops by itself when its local search stalls (14 s at this size, benchmarks/figures)
+    # 3 h, the reference's Gurobi TimeLimit (`time_limit: 10800`, with MIPGap 5e-3: qp.gurobi = "reference"); the
+    # open solver (no licence) stops by itself when its local search stalls (14 s at this size,
+    # benchmarks/figures/paper_shapes_cpu.md)
     qp=QPConfig(n_selected=50, n_per_class=5, time_limit=10800.0),
     train=TrainConfig(dense_epochs=40, dense_batch_size=32, ft_epochs=50, ft_batch_size=32, device="cuda"),
     seeds=(0, 1, 2, 3, 4),
