@@ -109,3 +109,14 @@ def test_extract_script_stops_before_extracting_when_not_ready(tmp_path, monkeyp
     err = capsys.readouterr().err
     assert "download_cub.py" in err and "CUDA" not in err and "weights" not in err  # --device, --weights applied
     assert not (tmp_path / "home").exists()  # nothing extracted
+
+
+def test_a_cuda_run_on_a_cpu_machine_stops_before_it_extracts(tmp_path, monkeypatch):
+    from qpmlib.runs import checks
+    from qpmlib.runs.dino_qpm import run_stages
+
+    monkeypatch.setenv("QPMLIB_HOME", str(tmp_path))
+    monkeypatch.setattr(checks.torch.cuda, "is_available", lambda: False)
+    with pytest.raises(checks.NotReady, match="no CUDA device"):
+        run_stages(apply_overrides("smoke", {"train.device": "cuda"}), [0], verbose=False)
+    assert list(tmp_path.iterdir()) == []  # no embedding store, no result
