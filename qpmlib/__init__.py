@@ -4,7 +4,8 @@ The house reads top-down; a module imports only from its own layer or the layers
 (``tests/test_layers.py`` checks every import):
 
 1. config: :mod:`qpmlib.config` (profiles, overrides), :mod:`qpmlib.paths`, :mod:`qpmlib.paper` (the paper's
-   numbers and claims, as data), :mod:`qpmlib.files` (locks between processes, atomic writes, checksums).
+   numbers and claims, as data), :mod:`qpmlib.files` (locks between processes, atomic writes, checksums),
+   :mod:`qpmlib.meter` (time and peak memory of a stage).
 2. data and features: :mod:`qpmlib.data` (dataset registry, SynthBirds, CUB, Cars, images),
    :mod:`qpmlib.backbones`, :mod:`qpmlib.embeddings`.
 3. core: :mod:`qpmlib.model`, :mod:`qpmlib.losses`, :mod:`qpmlib.qp`, :mod:`qpmlib.train`, :mod:`qpmlib.glm`,

@@ -52,6 +52,7 @@ __all__ = [
     "read_card",
     "weights_id",
     "pretrained_available",
+    "hub_offline",
     "convert_official_state_dict",
     "resample_pos_embed",
     "state_dict_sha256",
@@ -446,7 +447,8 @@ def _load_into(model: nn.Module, sd: dict[str, torch.Tensor], grid: int, interp:
     model.load_state_dict(sd, strict=True)
 
 
-def _hub_offline() -> bool:
+def hub_offline() -> bool:
+    """Whether downloads from the Hugging Face hub are off (``HF_HUB_OFFLINE``, or no ``huggingface_hub``)."""
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
         return True
     try:
@@ -477,7 +479,7 @@ def _local_weights(spec: BackboneSpec) -> tuple[Path, str] | None:
 def _find_pretrained(spec: BackboneSpec) -> tuple[Path, str] | None:
     """Locate pretrained weights without touching the network unless downloads are allowed."""
     local = _local_weights(spec)
-    if local is not None or spec.hf_repo is None or _hub_offline():
+    if local is not None or spec.hf_repo is None or hub_offline():
         return local
     try:
         from huggingface_hub import hf_hub_download

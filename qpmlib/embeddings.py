@@ -56,6 +56,7 @@ from .files import (
     read_json_object,
     verify_checksums,
 )
+from .meter import Meter
 
 __all__ = [
     "FORMAT_VERSION",
@@ -346,9 +347,12 @@ def _build(folder, manifest, rows, files, backbone, say, *, image_size, dataset,
         say(f"resuming extraction of {folder.name} at row {start} of {n}")
     patch_mm, cls_mm = arrays
     if start < n:
-        _embed_rows(backbone, files, start, patch_mm, cls_mm, folder, inputs,
-                    image_size=image_size, dataset=dataset, normalisation=normalisation, batch_size=batch_size,
-                    device=device, num_workers=num_workers, verbose=verbose)
+        with Meter(device=_resolve_device(device)) as meter:
+            _embed_rows(backbone, files, start, patch_mm, cls_mm, folder, inputs,
+                        image_size=image_size, dataset=dataset, normalisation=normalisation, batch_size=batch_size,
+                        device=device, num_workers=num_workers, verbose=verbose)
+        # what this process embedded (a resumed run: the rows after `start`), for the book's compute table
+        manifest["extraction"] = {"rows": n - start, "device": str(_resolve_device(device)), **meter.figures()}
     patch_mm.flush()
     cls_mm.flush()
     del patch_mm, cls_mm

@@ -277,9 +277,11 @@ DISCREPANCIES: tuple[tuple[int, str, str, str, str, str], ...] = (
     (5, "optimiser", "schedule-free Adam", "AdamWScheduleFree, averaged weights, no BN recalibration",
      "reference code", "train.recalibrate_bn = False | True"),
     (6, "epochs / batch", "40 / 50, batch 32 / 32", "main YAML 25 / 25, batch 32 / 16",
-     "reference code on `paper`; fewer epochs on demo/smoke", "train.dense_epochs, train.ft_epochs, batch sizes"),
-    (7, "λ_L1-FV", "1", "1 only in qpm/dinov2.yaml, 0 elsewhere", "1 (both agree for DINO-QPM)",
-     "train.ft_l1_fv"),
+     "paper's text on profile `paper`, reference code on `paper_code`; fewer epochs on demo/smoke",
+     "profile paper | paper_code (qpmlib.config.PRESET_FIELDS: train.dense_epochs, train.ft_epochs, batch sizes)"),
+    (7, "λ_L1-FV", "1", "1 only in qpm/dinov2.yaml, 0 elsewhere (the DINO v1 row runs qpm/dino.yaml)",
+     "1 for DINO-QPM on DINOv2; 0 and qpm/dino.yaml's sizes for Table 4's DINO v1 row",
+     "train.ft_l1_fv; qpmlib.runs.methods.BACKBONE_SETTINGS"),
     (8, "FDL scaling vector", "f_d / max f", "the post-dropout feature vector", "reference code",
      "train.fdl_scale = 'features' | 'map_mean'"),
     (9, "Plausibility data", "X_train", "test split", "reference code", "computed on the test split"),
@@ -299,8 +301,7 @@ DISCREPANCIES: tuple[tuple[int, str, str, str, str, str], ...] = (
      "(whole training split); the path runs on the standardised 90 % split", "reference code",
      "qpmlib.sparse.SLDDSettings.lambda_max_source = 'metadata' | 'split'"),
     (17, "Gurobi stopping rule", "–", "MIPGap 5e-3, TimeLimit 10,800 s per optimize() call",
-     "MIPGap 5e-3; TimeLimit = qp.time_limit for the whole solve (paper profile 600 s; 10,800 s with "
-     "qp.time_limit=10800)",
+     "MIPGap 5e-3; TimeLimit = qp.time_limit for the whole solve (10,800 s on the paper profiles)",
      "qp.gurobi = 'reference' | 'exact' (qpmlib.qp.solve_qpm(gurobi=...))"),
 )
 

@@ -43,6 +43,7 @@ __all__ = [
     "QSENNSettings",
     "SLDD",
     "QSENN",
+    "SELECTION_FIELDS",
     "QSENN_SCHEDULES",
     "qsenn_schedule",
 ]
@@ -63,7 +64,7 @@ class SLDDSettings:
     head_dropout: float = 0.1  # dropout before the sparse layer; mu/sigma trainable, W and b frozen (§2.5)
     dense_epochs: int = 40  # reference sizes (§6.3), used when profile.baselines.reference_sizes
     dense_batch_size: int = 32
-    ft_epochs: int = 50
+    ft_epochs: int = 50  # `sldd/dinov2.yaml`; Q-SENN's iterations take 25 each (QSENNSettings)
     ft_batch_size: int = 16
     ft_lr: float = 5e-3
     ft_weight_decay: float = 8e-4
@@ -87,6 +88,7 @@ class QSENNSettings(SLDDSettings):
     """DINO-QSENN (reference_spec §6.4; `configs/models/qsenn/dinov2.yaml`): SLDD's dense stage and selection,
     then ``n_iterations`` rounds of (glm path -> ternary head -> fine-tune)."""
 
+    ft_epochs: int = 25  # per iteration: `qsenn/dinov2.yaml` has finetune.epochs 25 (SLDD's has 50)
     n_iterations: int = 4
     # "reference": every iteration trains the full ft_epochs at ft_lr, because the reference's schedule
     # override is dead code (§6.4, §9 item 5): 4 x 25 epochs there. "qsenn": the intended Q-SENN schedule,
@@ -98,6 +100,9 @@ class QSENNSettings(SLDDSettings):
 
 SLDD = SLDDSettings()
 QSENN = QSENNSettings()
+#: The :class:`SLDDSettings` fields that SLDD's feature selection depends on (DINO-SLDD and DINO-QSENN share it).
+SELECTION_FIELDS: tuple[str, ...] = ("val_frac", "select_alpha", "select_lam_fac", "lambda_max_source", "n_lambdas",
+                                     "lambda_min_ratio", "max_epochs", "tol")
 #: Valid Q-SENN schedules (:func:`qsenn_schedule`).
 QSENN_SCHEDULES = ("reference", "qsenn")
 

@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parent.parent / "qpmlib"
 
 #: Layers, top-down; a module may import from its own layer and from the layers before it.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("config", ("qpmlib", "qpmlib.config", "qpmlib.paths", "qpmlib.paper", "qpmlib.files")),
+    ("config", ("qpmlib", "qpmlib.config", "qpmlib.paths", "qpmlib.paper", "qpmlib.files", "qpmlib.meter")),
     ("data and features", ("qpmlib.data", "qpmlib.backbones", "qpmlib.embeddings")),
     ("core", ("qpmlib.model", "qpmlib.losses", "qpmlib.qp", "qpmlib.train", "qpmlib.glm", "qpmlib.sparse",
               "qpmlib.metrics", "qpmlib.heads", "qpmlib.pretrain")),

@@ -110,3 +110,15 @@ def test_the_baselines_fine_tune_with_the_profiles_training_settings(tmp_path, m
     assert kwargs["device"] == "cpu" and kwargs["recalibrate_bn"] is True
     assert run.stages["dino_sldd"].config["recalibrate_bn"] is True
     assert run.stages["dino_sldd"].config["finetune"]["precision"] == "bf16"
+
+
+def test_qsenn_runs_its_own_epochs_and_dino_v1_its_own_config():
+    paper, smoke = get_profile("paper"), get_profile("smoke")
+    sldd, qsenn = method_profile("dino_sldd", paper), method_profile("dino_qsenn", paper)
+    assert (sldd.train.ft_epochs, qsenn.train.ft_epochs) == (50, 25)  # sldd/ and qsenn/dinov2.yaml: 4 x 25
+    assert sldd.train.dense_epochs == qsenn.train.dense_epochs == 40  # one shared dense stage
+    v1 = methods.backbone_overrides(paper, "dino_vitb16")
+    assert v1 == {"backbone.name": "dino_vitb16", "train.ft_l1_fv": 0.0, "train.dense_epochs": 40,
+                  "train.ft_epochs": 50, "train.dense_batch_size": 32, "train.ft_batch_size": 16}  # qpm/dino.yaml
+    assert methods.backbone_overrides(smoke, "dino_vitb16") == {"backbone.name": "dino_vitb16", "train.ft_l1_fv": 0.0}
+    assert methods.backbone_overrides(paper, "dinov2_vitl14_reg") == {"backbone.name": "dinov2_vitl14_reg"}

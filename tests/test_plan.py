@@ -25,3 +25,12 @@ def test_requests_are_values():
     assert a == RunRequest.of("dino_qpm", (0, 1), {"model.n_layers": 2, "qp.n_selected": 6})
     assert a.overrides == (("model.n_layers", 2), ("qp.n_selected", 6)) and hash(a) == hash(RunRequest.of(
         "dino_qpm", [0, 1], {"model.n_layers": 2, "qp.n_selected": 6}))
+
+
+def test_embedding_profiles_are_each_store_the_book_reads_once():
+    stores = [(p.data.dataset, p.data.n_classes, p.backbone.name) for p in plan.embedding_profiles("paper_shapes")]
+    assert len(stores) == len(set(stores))
+    assert ("synthcars", 196, "dinov2_vitb14_reg") in stores  # Table 1 on the Cars stand-in
+    assert {b for d, _, b in stores if d == "synthbirds"} == {"dinov2_vitb14", *get_profile("paper").sweeps.backbones}
+    assert [(p.data.dataset, p.backbone.name) for p in plan.embedding_profiles("smoke")] == \
+        [("synthbirds", "tiny_vit_test")]

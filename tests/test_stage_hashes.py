@@ -62,6 +62,7 @@ NO_EFFECT = {
     "train.device": "where training runs; CPU and GPU give the same run up to floating-point rounding",
     "seeds": "which seeds a chapter runs; each run's own seed is part of its hash",
     "extra_datasets": "which other datasets the chapters show",
+    "extra_overrides": "the settings of the runs on the other datasets; each such run hashes its own data.* fields",
     **{f"sweeps.{f.name}": "the grids the sweep chapters try; each point is a run of its own"
        for f in dataclasses.fields(SMOKE.sweeps)},
     **{f"baselines.{f.name}": "the other methods' settings: they reach those runs through the fields they override "
@@ -81,6 +82,7 @@ OTHER_VALUE = {
     "train.device": "cuda", "baselines.qsenn_schedule": "qsenn", "baselines.compact": (6, 1),
     "heads.cosine_epochs": 10,
     "cluster.executor": "slurm", "cluster.partition": "gpu", "cluster.account": "proj",
+    "extra_overrides": (("data.n_classes", 7),),
 }
 
 

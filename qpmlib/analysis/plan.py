@@ -22,10 +22,10 @@ from qpmlib.analysis.sweeps import FIGURE_GRIDS, sweep_requests
 from qpmlib.analysis.tables import OPEN_SOLVER_CHECK, table1_requests, table3_requests, table4_requests
 from qpmlib.config import Profile, get_profile
 from qpmlib.runs.executor import resolve_executor
-from qpmlib.runs.methods import RunRequest
+from qpmlib.runs.methods import RunRequest, method_profile
 from qpmlib.runs.tasks import compute_requests
 
-__all__ = ["book_requests", "compute"]
+__all__ = ["book_requests", "embedding_profiles", "compute"]
 
 
 def book_requests(profile: str | Profile, seeds: Sequence[int] | None = None) -> list[RunRequest]:
@@ -47,6 +47,21 @@ def book_requests(profile: str | Profile, seeds: Sequence[int] | None = None) ->
     requests.append(RunRequest.of("dino_qpm", [first], OPEN_SOLVER_CHECK))
     requests += peer_requests(prof, [first])  # the peer heads' chapter (qpmlib.analysis.peers)
     return list(dict.fromkeys(requests))
+
+
+def embedding_profiles(profile: str | Profile, seeds: Sequence[int] | None = None) -> list[Profile]:
+    """One profile per embedding store the book reads: each distinct dataset and backbone of
+    :func:`book_requests` (``data_scripts/extract_embeddings.py --book`` extracts them all ahead).
+
+    Returns:
+        The runs' profiles (method fields and overrides applied), first occurrence of each (data, backbone).
+    """
+    prof = get_profile(profile)
+    found: dict[tuple, Profile] = {}
+    for request in book_requests(prof, seeds):
+        p = method_profile(request.method, prof, dict(request.overrides))
+        found.setdefault((p.data, p.backbone.name, str(p.backbone.weights)), p)
+    return list(found.values())
 
 
 def compute(requests: Sequence[RunRequest], profile: str | Profile, *, executor: str | None = None,

@@ -4,6 +4,7 @@
   uses and the option that switches it) as a table;
 * :func:`profile_differences`: what a profile changes with respect to the paper's setting;
 * :func:`compute_time`: the chapters' run times and the stored training stages' times;
+* :func:`stage_figures`: each stored stage's wall time and peak memory (the meter's provenance fields);
 * :func:`setting_reason` and :func:`reproduction_counts`: why and how far a run can be compared with the paper.
 
 Every number beside the paper's comes from :func:`qpmlib.analysis.summary.gather_beside_paper`.
@@ -23,7 +24,7 @@ from qpmlib.backbones import standin_names
 from qpmlib.config import get_profile
 from qpmlib.paper import DISCREPANCIES, METRICS, claim
 
-__all__ = ["discrepancy_table", "profile_differences", "compute_time", "setting_reason",
+__all__ = ["discrepancy_table", "profile_differences", "compute_time", "stage_figures", "setting_reason",
            "reproduction_counts"]
 
 def discrepancy_table() -> pd.DataFrame:
@@ -36,7 +37,8 @@ def discrepancy_table() -> pd.DataFrame:
 
 
 def profile_differences(profile: Any, *, pretrained: bool | None = None) -> pd.DataFrame:
-    """What the given profile changes with respect to the paper's setting (paper Sec. 9, reference_spec §4.2).
+    """What the given profile changes with respect to the paper's setting: the paper's text (Sec. 9, profile
+    ``paper``), the authors' code (`qpm/dinov2.yaml`, profile ``paper_code``) and this run, side by side.
 
     Args:
         profile: a :class:`qpmlib.config.Profile` or its name.
@@ -44,31 +46,29 @@ def profile_differences(profile: Any, *, pretrained: bool | None = None) -> pd.D
             stand-in (:func:`qpmlib.backbones.standin_names`) is named as such.
 
     Returns:
-        DataFrame with columns ``item``, ``paper`` and ``this run``, and a boolean ``differs``.
+        DataFrame with columns ``item``, ``paper``, ``authors' code`` and ``this run``, and a boolean ``differs``
+        (this run differs from the paper's text).
 
     Raises:
         ValueError: for an unknown profile name.
     """
-    prof, ref = get_profile(profile), get_profile("paper")
-    datasets = lambda p: "+".join((p.data.dataset, *p.extra_datasets))  # noqa: E731
+    prof = get_profile(profile)
     weights = "unknown" if pretrained is None else ("pretrained" if pretrained else "fixed random")
     if pretrained and prof.backbone.name in standin_names():
         weights = "stand-in pretrained here on SynthBirds"
-    rows = [
-        ("dataset", datasets(ref), datasets(prof)),
-        ("backbone", ref.backbone.name, prof.backbone.name),
-        ("backbone weights", "pretrained", weights),
-        ("image size [px]", ref.data.image_size, prof.data.image_size),
-        ("MLP layers", ref.model.n_layers, prof.model.n_layers),
-        ("hidden width", ref.model.hidden_size, prof.model.hidden_size),
-        ("N_f", ref.model.n_features, prof.model.n_features),
-        ("N*_f", ref.qp.n_selected, prof.qp.n_selected),
-        ("N^c_f", ref.qp.n_per_class, prof.qp.n_per_class),
-        ("dense / fine-tune epochs", f"{ref.train.dense_epochs} / {ref.train.ft_epochs}",
-         f"{prof.train.dense_epochs} / {prof.train.ft_epochs}"),
-        ("seeds", len(ref.seeds), len(prof.seeds)),
-    ]
-    df = pd.DataFrame(rows, columns=["item", "paper", "this run"]).astype({"paper": str, "this run": str})
+
+    def column(p: Any, weights: str) -> list[Any]:
+        return ["+".join((p.data.dataset, *p.extra_datasets)), p.backbone.name, weights, p.data.image_size,
+                p.model.n_layers, p.model.hidden_size, p.model.n_features, p.qp.n_selected, p.qp.n_per_class,
+                f"{p.train.dense_epochs} / {p.train.ft_epochs}",
+                f"{p.train.dense_batch_size} / {p.train.ft_batch_size}", len(p.seeds)]
+
+    items = ["dataset", "backbone", "backbone weights", "image size [px]", "MLP layers", "hidden width", "N_f",
+             "N*_f", "N^c_f", "dense / fine-tune epochs", "dense / fine-tune batch", "seeds"]
+    df = pd.DataFrame({"item": items, "paper": column(get_profile("paper"), "pretrained"),
+                       "authors' code": column(get_profile("paper_code"), "pretrained"),
+                       "this run": column(prof, weights)})
+    df = df.astype({"paper": str, "authors' code": str, "this run": str})
     df["differs"] = df["paper"] != df["this run"]
     return df
 
@@ -106,6 +106,43 @@ def compute_time(profile: str, build_root: str | Path, *, results_root: str | Pa
     rows += [{"source": "stored stage", "name": kind, "count": len(v), "seconds": sum(v)}
              for kind, v in sorted(stages.items())]
     return pd.DataFrame(rows, columns=["source", "name", "count", "seconds"])
+
+
+def stage_figures(profile: str, *, results_root: str | Path | None = None) -> pd.DataFrame:
+    """Wall time and peak memory of every stored stage of a profile, per kind of stage.
+
+    Reads the fields :func:`qpmlib.runs.provenance.measured` writes into each ``provenance.json``
+    (``stage_seconds``, ``peak_rss_mib``, ``peak_cuda_mib``); stages stored before the meter existed are skipped.
+    Stacked seeds share one measurement, so they count once.
+
+    Args:
+        profile: profile name.
+        results_root: the results store root (default :func:`qpmlib.paths.results_dir` of the profile).
+
+    Returns:
+        DataFrame with columns ``stage`` (the kind: dense, qp, finetune, sldd_selection ...), ``count``
+        (measurements), ``seconds`` (their sum), ``max_seconds``, ``peak_rss_mib`` and ``peak_cuda_mib`` (the
+        largest; NaN where nothing ran on a GPU); empty when no measured stage is stored.
+    """
+    results_root = Path(results_root) if results_root is not None else paths.results_dir(profile)
+    found: dict[str, dict[tuple, dict]] = {}
+    for prov in sorted(results_root.glob("*/*/provenance.json")):
+        if prov.parent.name.startswith("."):
+            continue
+        record = json.loads(prov.read_text())
+        if not isinstance(record.get("stage_seconds"), (int, float)):
+            continue
+        figures = tuple(record.get(k) for k in ("stage_seconds", "peak_rss_mib", "peak_cuda_mib"))
+        found.setdefault(prov.parent.parent.name, {})[figures] = record  # stacked seeds: one measurement
+
+    def peak(values: list) -> float:
+        numbers = [float(v) for v in values if isinstance(v, (int, float))]
+        return max(numbers) if numbers else math.nan
+
+    rows = [{"stage": kind, "count": len(measured), "seconds": sum(f[0] for f in measured),
+             "max_seconds": max(f[0] for f in measured), "peak_rss_mib": peak([f[1] for f in measured]),
+             "peak_cuda_mib": peak([f[2] for f in measured])} for kind, measured in sorted(found.items())]
+    return pd.DataFrame(rows, columns=["stage", "count", "seconds", "max_seconds", "peak_rss_mib", "peak_cuda_mib"])
 
 
 def setting_reason(profile: Any, *, pretrained: bool, n_seeds: int) -> str:

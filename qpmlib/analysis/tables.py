@@ -36,7 +36,7 @@ from qpmlib.qp import QPMSolution, selection_summary
 from qpmlib.runs.checks import check_profile
 from qpmlib.runs.dino_qpm import run_dino_qpm
 from qpmlib.runs.evaluate import sid_at
-from qpmlib.runs.methods import METHOD_KEYS, METHODS, RunRequest, run_methods, sid_k
+from qpmlib.runs.methods import METHOD_KEYS, METHODS, RunRequest, backbone_overrides, run_methods, sid_k
 from qpmlib.runs.run import Run
 
 __all__ = [
@@ -87,10 +87,10 @@ def dataset_overrides(profile: str | Profile) -> dict[str, dict[str, Any]]:
     """Profile overrides per dataset of Table 1: the profile's dataset, then ``extra_datasets`` (paper: Cars).
 
     Returns:
-        ``{dataset: overrides}``; ``{}`` for the profile's own dataset, ``{"data.dataset": d}`` for the others.
+        ``{dataset: overrides}`` (:meth:`qpmlib.config.Profile.dataset_overrides`): ``{}`` for the profile's own
+        dataset, ``{"data.dataset": d}`` and the profile's ``extra_overrides`` for the others.
     """
-    prof = get_profile(profile)
-    return {prof.data.dataset: {}, **{d: {"data.dataset": d} for d in prof.extra_datasets}}
+    return get_profile(profile).dataset_overrides()
 
 
 def _run(runner: Runner, prof: Profile, request: RunRequest) -> list[Run]:
@@ -246,7 +246,8 @@ def backbone_cosines(profile: str | Profile, backbone: str, split: str = "test")
 
 def table4_requests(profile: str | Profile, seeds: Sequence[int] | None = None, *,
                     backbones: Sequence[str] | None = None) -> list[tuple[str, RunRequest]]:
-    """The runs of Table 4: DINO-QPM on each backbone (default: ``profile.sweeps.backbones``).
+    """The runs of Table 4: DINO-QPM on each backbone (default: ``profile.sweeps.backbones``), each with its own
+    reference config where it has one (DINO v1: `qpm/dino.yaml`, :func:`qpmlib.runs.methods.backbone_overrides`).
 
     Returns:
         ``(backbone, request)`` pairs.
@@ -259,7 +260,7 @@ def table4_requests(profile: str | Profile, seeds: Sequence[int] | None = None, 
     unknown = [b for b in names if b not in BACKBONES]
     if unknown:
         raise ValueError(f"unknown backbone(s) {unknown}; valid: {', '.join(BACKBONES)}")
-    return [(b, RunRequest.of("dino_qpm", _seeds(prof, seeds), {"backbone.name": b})) for b in names]
+    return [(b, RunRequest.of("dino_qpm", _seeds(prof, seeds), backbone_overrides(prof, b))) for b in names]
 
 
 def table4_records(profile: str | Profile, seeds: Sequence[int] | None = None, *,

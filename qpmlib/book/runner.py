@@ -42,6 +42,7 @@ from qpmlib.book.progress import ChapterProgress
 from qpmlib.config import PROFILES, get_profile
 from qpmlib.files import atomic_write, file_lock
 from qpmlib.paths import REPO_ROOT
+from qpmlib.runs.checks import check_ready
 from qpmlib.runs.provenance import device_label, git_commit, package_versions
 
 __all__ = [
@@ -305,7 +306,9 @@ def run_chapters(
         ValueError: unknown profile, chapter or parameter (the message lists valid ones).
         ChapterFailed: a chapter raised; names the chapter and the failing cell.
     """
-    get_profile(profile)  # validates the name
+    prof = get_profile(profile)  # validates the name
+    # a GPU profile without CUDA, missing real data or weights stop here, before the first chapter
+    check_ready(prof, backbones=prof.sweeps.backbones)
     selected = select_chapters(names, chapters())
     parameters = {"profile": profile, **(extra_parameters or {})}
     for chapter in selected:

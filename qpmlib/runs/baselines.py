@@ -11,7 +11,9 @@ Each baseline starts from its own dense stage of :mod:`qpmlib.runs.dino_qpm` (FD
 Both stages are cached in the results store; :func:`method_settings` puts the profile's
 ``baselines.glm_n_lambdas`` and ``baselines.qsenn_schedule`` into the methods' constants. The fine-tune stage
 is the profile's own (:func:`qpmlib.train.stage_config` of ``train``, after the method's overrides), so
-``train.precision``, ``train.fdl_scale``, ``train.device`` and ``train.recalibrate_bn`` act here as in DINO-QPM.
+``train.precision``, ``train.fdl_scale``, ``train.device`` and ``train.recalibrate_bn`` act here as in DINO-QPM;
+the glm paths (selection, SLDD's weights, Q-SENN's iterations) run on ``train.device`` too (float32 on CUDA,
+float64 on the CPU, :func:`qpmlib.glm.glm_device`).
 :mod:`qpmlib.runs.methods` sets the methods' profile fields and calls :func:`run_sparse_head`.
 """
 
@@ -41,10 +43,11 @@ from qpmlib.results import (
     provenance,
 )
 from qpmlib.runs.evaluate import model_metrics, prediction_tensors, split_tokens, test_masks_and_parts
-from qpmlib.runs.provenance import device_label
+from qpmlib.runs.provenance import device_label, measured
 from qpmlib.runs.run import load_dense
 from qpmlib.sparse import (
     QSENN,
+    SELECTION_FIELDS,
     SLDD,
     QSENNSettings,
     SLDDSettings,
@@ -53,7 +56,7 @@ from qpmlib.sparse import (
     sldd_select,
     sldd_weights,
 )
-from qpmlib.train import History, StageConfig, TokenData, extract_features, stage_config, train_dense
+from qpmlib.train import History, StageConfig, TokenData, extract_features, resolve_device, stage_config, train_dense
 
 __all__ = ["SELECTION_KIND", "SPARSE_HEADS", "method_settings", "finetune_sparse", "fit_qsenn", "sparse_head_configs",
            "run_sparse_head"]
@@ -160,7 +163,8 @@ def fit_qsenn(dense: DinoQPM, train: TokenData, selected, n_per_class: int, stag
     feats = feats[:, sel]
     model, histories = None, []
     for i, (epochs, lr) in enumerate(schedule):
-        weight, bias = qsenn_weights(feats, train.labels, n_per_class, seed=seed, settings=settings)
+        weight, bias = qsenn_weights(feats, train.labels, n_per_class, seed=seed, settings=settings,
+                                     device=resolve_device(device))
         mean, std = feats.mean(axis=0), feats.std(axis=0)
         it_stage = dataclasses.replace(stage, epochs=int(epochs), lr=float(lr))
         sub = _subdir(run_dir, f"iteration_{i}")
@@ -204,7 +208,7 @@ def sparse_head_configs(method: str, prof: Profile, dense_config: dict[str, Any]
         qsenn_epochs=settings.qsenn_epochs, lr_decay=settings.qsenn_lr_decay)
     head = {"dropout": settings.head_dropout, "train_normalisation": True, "bias": True}
     common = {"dense": dense_config, "n_selected": q.n_selected,
-              "settings": {f.name: getattr(settings, f.name) for f in dataclasses.fields(SLDDSettings)}}
+              "settings": {name: getattr(settings, name) for name in SELECTION_FIELDS}}
     config = common | {"method": method, "n_per_class": q.n_per_class, "all_settings": dataclasses.asdict(settings),
                        "finetune": dataclasses.asdict(stage_config(t, "finetune")), "head": head,
                        "schedule": [list(s) for s in steps]}
@@ -242,9 +246,11 @@ def run_sparse_head(method: str, prof: Profile, seed: int, dense: Result, *, com
     selection_store = ResultStore.for_profile(prof.name, SELECTION_KIND)
     store = ResultStore.for_profile(prof.name, method)
 
+    device = resolve_device(t.device)  # the glm paths run there too, in float32 on CUDA (qpmlib.glm.glm_device)
+
     def select() -> ResultData:
-        selected = sldd_select(X, y, q.n_selected, seed=seed, settings=settings, verbose=verbose)
-        return ResultData(metrics={}, provenance=provenance(seed=seed, device=device_label("cpu"), pretrained=None),
+        selected = sldd_select(X, y, q.n_selected, seed=seed, settings=settings, device=device, verbose=verbose)
+        return ResultData(metrics={}, provenance=provenance(seed=seed, device=device_label(device), pretrained=None),
                           tensors={SELECTION_FILE: {"selected": selected}})
 
     def fit(selection: Result, work_dir: Path) -> ResultData:
@@ -254,7 +260,7 @@ def run_sparse_head(method: str, prof: Profile, seed: int, dense: Result, *, com
         common_args = {"seed": seed, "eval_data": test, "run_dir": work_dir, "recalibrate_bn": t.recalibrate_bn,
                        "device": t.device, "verbose": verbose}
         if method == "dino_sldd":
-            weight, bias = sldd_weights(X[:, sel], y, q.n_per_class, seed=seed, settings=settings)
+            weight, bias = sldd_weights(X[:, sel], y, q.n_per_class, seed=seed, settings=settings, device=device)
             model, history = finetune_sparse(load_dense(dense), train, sel, weight, bias, stored["mean"].numpy()[sel],
                                              stored["std"].numpy()[sel], stage, dropout=head["dropout"],
                                              train_normalisation=head["train_normalisation"], **common_args)
@@ -285,8 +291,9 @@ def run_sparse_head(method: str, prof: Profile, seed: int, dense: Result, *, com
                                 f"qpmlib.runs.methods.run_method({method!r}, ...)")
     # get_or_run: two processes that miss the same stage compute it once (the second waits, then loads it)
     if found[SELECTION_KIND] is None:
-        found[SELECTION_KIND] = selection_store.get_or_run(common, select)
+        found[SELECTION_KIND] = selection_store.get_or_run(common, lambda: measured(select, device))
     if found[method] is None:
-        found[method] = store.get_or_run(config, lambda: fit(found[SELECTION_KIND], store.work_dir(config)))
+        found[method] = store.get_or_run(
+            config, lambda: measured(lambda: fit(found[SELECTION_KIND], store.work_dir(config)), device))
     return found
 

@@ -1,27 +1,35 @@
-"""``check_profile``: every field of a profile checked before any work starts.
+"""``check_profile``: every field of a profile checked before any work starts; ``check_ready``: this machine can run it.
 
 The valid values of a field live in the module that uses it (backbones in :data:`qpmlib.backbones.BACKBONES`,
 datasets in :data:`qpmlib.data.DATASETS`, solvers in :data:`qpmlib.qp.SOLVERS` ...), so the check sits here, above
 all of them, and every run entry point (:mod:`qpmlib.runs.dino_qpm`, :mod:`qpmlib.runs.methods`) calls it first:
 a misspelt solver fails in a second, not after the dense stage has trained.
+
+:func:`check_ready` asks what only the machine can answer: is there a CUDA device for a GPU profile, are the real
+datasets on disk, are the pretrained weights here when the profile demands them. The pipeline calls it before it
+extracts anything, the book runner before the first chapter (with every backbone the book uses).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
-from qpmlib.backbones import BACKBONES
+import torch
+
+from qpmlib.backbones import BACKBONES, hub_offline, pretrained_available
 from qpmlib.config import Profile, StageResources
-from qpmlib.data import DATASETS
+from qpmlib.data import DATASETS, prepare
 from qpmlib.data.images import NORMALISATIONS
 from qpmlib.model import POOLINGS
-from qpmlib import qp
+from qpmlib import paths, qp
 from qpmlib.runs.executor import EXECUTORS
 from qpmlib.sparse import QSENN_SCHEDULES
 from qpmlib.train import stage_config
 
-__all__ = ["R_MODES", "WEIGHTS", "check_profile"]
+__all__ = ["R_MODES", "WEIGHTS", "check_profile", "NotReady", "check_ready"]
 
 #: Valid ``qp.r_mode`` values: the R threshold of DINO-QPM, of the original QPM, or no R penalty (§1.6).
 R_MODES = (*qp.R_MODES, "none")
@@ -166,3 +174,63 @@ def check_profile(profile: Profile, n_classes: int | None = None) -> None:
     _check_baselines_and_seeds(profile)
     _check_heads(profile)
     _check_cluster(profile)
+
+
+class NotReady(RuntimeError):
+    """This machine cannot run the profile yet (no CUDA for a GPU profile, missing data or weights)."""
+
+
+def _device_problem(prof: Profile) -> str | None:
+    device = str(prof.train.device)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        return (f"profile {prof.name!r} trains on CUDA (train.device = {device!r}) but this machine has no CUDA "
+                "device; run it on a GPU machine, or override train.device=auto (or cpu) to run it here, slowly")
+    return None
+
+
+def _data_problems(prof: Profile) -> list[str]:
+    problems = []
+    for dataset in prof.dataset_overrides():
+        if DATASETS[dataset].generated:  # generated on first use
+            continue
+        try:
+            prepare(dataclasses.replace(prof.data, dataset=dataset), verbose=False)
+        except FileNotFoundError as exc:
+            problems.append(f"dataset {dataset!r}: {exc}")
+    return problems
+
+
+def _weights_problems(prof: Profile, backbones: Sequence[str]) -> list[str]:
+    if str(prof.backbone.weights) != "pretrained" or not hub_offline():  # online: timm downloads them
+        return []
+    folder = paths.home() / "weights"
+    problems = []
+    for name in dict.fromkeys((prof.backbone.name, *backbones)):
+        spec = BACKBONES[name]
+        if not pretrained_available(name, "pretrained"):
+            fixes = [f"put the official {spec.official_file} into {folder}"] if spec.official_file else []
+            fixes += [f"allow one download of {spec.hf_repo} from the Hugging Face hub (HF_HUB_OFFLINE=0, with "
+                      "internet)"] if spec.hf_repo else []
+            problems.append(f"backbone {name!r} has no pretrained weights here (backbone.weights = 'pretrained'): "
+                            + (" or ".join(fixes) or "it has none; use backbone.weights=random"))
+    return problems
+
+
+def check_ready(profile: Profile, *, backbones: Sequence[str] = ()) -> None:
+    """Check that this machine can run a profile, before anything is extracted or trained.
+
+    Args:
+        profile: the profile (checked first with :func:`check_profile`).
+        backbones: further backbones the run will use (the book runner passes every backbone of the book).
+
+    Raises:
+        ValueError: see :func:`check_profile`.
+        NotReady: listing every problem and how to fix it: a CUDA profile on a machine without CUDA, a real
+            dataset (CUB-200-2011, Stanford Cars) that is not on disk (with the command that fetches it),
+            pretrained weights that are demanded (``backbone.weights = "pretrained"``) but not here.
+    """
+    check_profile(profile)
+    problems = [p for p in (_device_problem(profile),) if p]
+    problems += _data_problems(profile) + _weights_problems(profile, backbones)
+    if problems:
+        raise NotReady(f"profile {profile.name!r} cannot run on this machine yet:\n- " + "\n- ".join(problems))

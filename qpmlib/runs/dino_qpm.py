@@ -50,10 +50,10 @@ from qpmlib.results import (
     ResultStore,
     provenance,
 )
-from qpmlib.runs.checks import check_profile
+from qpmlib.runs.checks import check_profile, check_ready
 from qpmlib.runs.executor import resolve_executor
 from qpmlib.runs.evaluate import model_metrics, prediction_tensors, test_masks_and_parts
-from qpmlib.runs.provenance import device_label
+from qpmlib.runs.provenance import device_label, measured
 from qpmlib.runs.run import Run
 from qpmlib.train import TokenData, resolve_device, stage_config, train_dense, train_finetune
 
@@ -235,10 +235,11 @@ def run_stages(
         ValueError: for invalid settings, or an empty or repeated seed list.
         FileNotFoundError: with ``compute=False``, when a stage has not been computed yet.
     """
-    check_profile(prof)
+    check_ready(prof)  # the fields, then CUDA, data and weights: before anything is extracted
     seeds = [int(s) for s in (prof.seeds if seeds is None else seeds)]
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be a non-empty list of distinct integers, got {seeds}")
+    device = resolve_device(prof.train.device)
     train_store, test_store = get_store(prof, "train", verbose=verbose), get_store(prof, "test", verbose=verbose)
     train, test = TokenData.from_store(train_store), TokenData.from_store(test_store)
     n_classes = max(train.n_classes, test.n_classes)
@@ -248,7 +249,7 @@ def run_stages(
     stores = {kind: ResultStore.for_profile(prof.name, kind) for kind in KINDS}
     ctx = _Context(prof, train, test, n_classes, bool(train_store.pretrained), verbose)
     if stack is None:
-        stack = resolve_device(prof.train.device).type == "cuda"
+        stack = device.type == "cuda"
 
     def stage(kind: str, fn, todo: Sequence[int]) -> dict[int, Result]:
         """The stored results of ``kind`` for ``todo``; ``fn(missing seeds, work_dir)`` computes the rest."""
@@ -270,7 +271,7 @@ def run_stages(
                     continue
                 # one seed resumes from its own folder; a stacked group from a folder of the whole group
                 key = cfgs[group[0]][kind] if len(group) == 1 else {"stacked": [cfgs[s][kind] for s in group]}
-                for seed, data in zip(group, fn(group, stores[kind].work_dir(key))):
+                for seed, data in zip(group, measured(lambda: fn(group, stores[kind].work_dir(key)), device)):
                     found[seed] = stores[kind].put(cfgs[seed][kind], data)
         return found
 

@@ -43,7 +43,7 @@ from qpmlib.runs.dino_qpm import run_stages
 from qpmlib.runs.executor import resolve_executor
 from qpmlib.runs.peer_heads import PEER_HEADS, run_peer_head
 from qpmlib.runs.run import Run
-from qpmlib.sparse import SLDD
+from qpmlib.sparse import QSENN, SLDD, SLDDSettings
 
 __all__ = [
     "Method",
@@ -52,6 +52,9 @@ __all__ = [
     "PEER_KEYS",
     "HEADS",
     "PROBE_REFERENCE_EPOCHS",
+    "BACKBONE_SETTINGS",
+    "BACKBONE_SIZES",
+    "backbone_overrides",
     "linear_probe_overrides",
     "sldd_overrides",
     "compact_sizes",
@@ -89,14 +92,16 @@ def linear_probe_overrides(prof: Profile) -> dict[str, Any]:
     }
 
 
-def sldd_overrides(prof: Profile) -> dict[str, Any]:
-    """The fields of the DINO-SLDD and DINO-QSENN runs (reference_spec §6.3, §10 row 14; :data:`qpmlib.sparse.SLDD`).
+def sldd_overrides(prof: Profile, settings: SLDDSettings = SLDD) -> dict[str, Any]:
+    """The fields of the DINO-SLDD (``settings=SLDD``) and DINO-QSENN (``QSENN``) runs (reference_spec §6.3-6.4,
+    §10 row 14).
 
     Dense stage as DINO-QPM's but with FDL 0.196; fine-tune with FDL 0.196, no L1 losses, the reference's lr
-    and weight decay. Epochs and batch sizes: the reference's (40 dense, 50 fine-tune, batch 32 / 16) with
-    ``baselines.reference_sizes``, else the profile's.
+    and weight decay. Epochs and batch sizes: the reference's with ``baselines.reference_sizes`` (40 dense epochs
+    at batch 32, both methods; fine-tune batch 16; 50 fine-tune epochs for SLDD, `sldd/dinov2.yaml`, and 25 per
+    Q-SENN iteration, `qsenn/dinov2.yaml`), else the profile's. The two share their dense stage either way.
     """
-    s, t, ref = SLDD, prof.train, prof.baselines.reference_sizes
+    s, t, ref = settings, prof.train, prof.baselines.reference_sizes
     return {
         "model.pooling": "avg_pooling",
         "train.dense_fdl": s.fdl,
@@ -110,6 +115,25 @@ def sldd_overrides(prof: Profile) -> dict[str, Any]:
         "train.ft_lr": s.ft_lr,
         "train.ft_weight_decay": s.ft_weight_decay,
     }
+
+
+#: The reference's own config of a backbone whose runs do not use `qpm/dinov2.yaml`: DINO v1 ViT-B/16, Table 4,
+#: runs `qpm/dino.yaml` (reference_spec §4.2, §8.3): λ_L1-FV = 0 always, and with ``baselines.reference_sizes``
+#: its sizes (40 dense / 50 fine-tune epochs, fine-tune batch 16) on both paper presets.
+BACKBONE_SETTINGS: dict[str, dict[str, Any]] = {
+    "dino_vitb16": {"train.ft_l1_fv": 0.0},
+}
+BACKBONE_SIZES: dict[str, dict[str, int]] = {
+    "dino_vitb16": {"train.dense_epochs": 40, "train.ft_epochs": 50, "train.dense_batch_size": 32,
+                    "train.ft_batch_size": 16},
+}
+
+
+def backbone_overrides(prof: Profile, backbone: str) -> dict[str, Any]:
+    """The fields of a DINO-QPM run on ``backbone`` (Table 4): the backbone, and its own reference config where
+    it has one (:data:`BACKBONE_SETTINGS`; :data:`BACKBONE_SIZES` with ``baselines.reference_sizes``)."""
+    sizes = BACKBONE_SIZES.get(backbone, {}) if prof.baselines.reference_sizes else {}
+    return {"backbone.name": backbone, **BACKBONE_SETTINGS.get(backbone, {}), **sizes}
 
 
 def compact_sizes(profile: str | Profile, n_classes: int | None = None) -> tuple[int, int]:
@@ -175,7 +199,7 @@ METHODS: dict[str, Method] = {m.key: m for m in (
     Method("linear_probe", "dense", linear_probe_overrides),
     Method("dense", "dense", lambda prof: {}),
     Method("dino_sldd", "dino_sldd", sldd_overrides),
-    Method("dino_qsenn", "dino_qsenn", sldd_overrides),
+    Method("dino_qsenn", "dino_qsenn", lambda prof: sldd_overrides(prof, QSENN)),
     Method("dino_qpm", "qpm", lambda prof: {}),
     Method("dino_qpm_compact", "qpm", compact_overrides),
     *(Method(head, head, lambda prof: {}) for head in PEER_HEADS),

@@ -2,21 +2,28 @@
 
 The chapters' provenance line (:mod:`qpmlib.book.chapter`), the book's run record (:mod:`qpmlib.book.runner`)
 and the results store's provenance of each stage (:mod:`qpmlib.runs.dino_qpm`, :mod:`qpmlib.runs.baselines`)
-all describe the machine with these functions.
+all describe the machine with these functions; :func:`measured` adds each stage's wall time and peak memory
+(:class:`qpmlib.meter.Meter`).
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Callable
 from importlib import metadata
+from typing import Any
 
 import torch
 
+from qpmlib.meter import Meter
 from qpmlib.paths import REPO_ROOT
 from qpmlib.train import resolve_device
 
-__all__ = ["git_commit", "device_label", "package_versions"]
+__all__ = ["git_commit", "device_label", "package_versions", "STAGE_FIGURES", "measured"]
+
+#: The provenance fields :func:`measured` writes: the stage's wall time and peak memory in this process.
+STAGE_FIGURES = ("stage_seconds", "peak_rss_mib", "peak_cuda_mib")
 
 
 def git_commit(*, short: bool = True, mark_changes: bool = False) -> str | None:
@@ -66,3 +73,14 @@ def package_versions(names: tuple[str, ...]) -> dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[name] = "not installed"
     return versions
+
+
+def measured(compute: Callable[[], Any], device: str | torch.device | None = None) -> Any:
+    """Run ``compute()`` (returning a ``ResultData`` or a list of them) under a :class:`~qpmlib.meter.Meter` and add
+    :data:`STAGE_FIGURES` to the provenance of each result (stacked seeds share one measurement)."""
+    with Meter(device=device) as meter:
+        out = compute()
+    figures = dict(zip(STAGE_FIGURES, (meter.seconds, meter.peak_rss_mib, meter.peak_cuda_mib)))
+    for data in out if isinstance(out, list) else [out]:
+        data.provenance.update(figures)
+    return out
