@@ -208,7 +208,7 @@ def test_get_store_uses_the_profile_and_the_cache(dataset, tmp_path, monkeypatch
     train = get_store(profile, "train", verbose=False)
     test = get_store(profile, "test", verbose=False)
     assert (len(train), len(test), train.grid) == (7, 3, 4)
-    assert train.manifest["inputs"]["backbone"] == "tiny_vit_test"
+    assert train.manifest["inputs"]["backbone"] == smoke.backbone.name
     assert train.path.parent == tmp_path / "home" / "cache"
     assert get_store(profile, "train", verbose=False).path == train.path
 

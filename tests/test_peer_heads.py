@@ -1,7 +1,6 @@
 """qpmlib.runs.peer_heads: ProtoS-ViT, ProtoFM and KLC as methods of the registry, stored once, checked first."""
 
 import dataclasses
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -39,8 +38,8 @@ def test_head_config_takes_the_profiles_heads_section():
 
 
 def _key(prof, method, seed=0, k=2):
-    store = SimpleNamespace(manifest={"inputs": {"root": "/data", "weights_id": "w", "pretrained": False}})
-    return config_hash(peer_config(prof, method, seed, store, store, k=k))
+    inputs = {"root": "/data", "weights_id": "w", "pretrained": False}
+    return config_hash(peer_config(prof, method, seed, inputs, inputs, k=k))
 
 
 @pytest.mark.parametrize("field", [f.name for f in dataclasses.fields(SMOKE.heads)])

@@ -33,4 +33,4 @@ def test_embedding_profiles_are_each_store_the_book_reads_once():
     assert ("synthcars", 196, "dinov2_vitb14_reg") in stores  # Table 1 on the Cars stand-in
     assert {b for d, _, b in stores if d == "synthbirds"} == {"dinov2_vitb14", *get_profile("paper").sweeps.backbones}
     assert [(p.data.dataset, p.backbone.name) for p in plan.embedding_profiles("smoke")] == \
-        [("synthbirds", "tiny_vit_test")]
+        [("synthbirds", "standin_t14_reg"), ("synthbirds", "standin_t14")]  # Table 3's twin without registers

@@ -77,7 +77,7 @@ NO_EFFECT = {
 #: Valid other values for fields whose type alone does not give one.
 OTHER_VALUE = {
     "name": "demo", "description": "another", "data.dataset": "cub", "data.normalisation": "imagenet",
-    "backbone.name": "dinov2_vits14", "backbone.weights": "auto", "model.pooling": "cls", "qp.r_mode": "qpm",
+    "backbone.name": "dinov2_vits14", "backbone.weights": "random", "model.pooling": "cls", "qp.r_mode": "qpm",
     "qp.solver": "open", "qp.gurobi": "exact", "train.fdl_scale": "map_mean", "train.precision": "bf16",
     "train.device": "cuda", "baselines.qsenn_schedule": "qsenn", "baselines.compact": (6, 1),
     "heads.cosine_epochs": 10,

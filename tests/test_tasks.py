@@ -13,7 +13,7 @@ import pytest
 import torch
 from slurm_cluster import slurm_cluster  # noqa: F401  (the session fixture)
 
-from qpmlib.config import get_profile
+from qpmlib.config import apply_overrides, get_profile
 from qpmlib.results import CONFIG_FILE, METRICS_FILE
 from qpmlib.runs import tasks
 from qpmlib.runs.executor import RunReport, resolve_executor
@@ -78,11 +78,13 @@ def test_dry_run_lists_each_store_and_run_once_with_closed_form_estimates(home):
     assert not (home / "results").exists()  # a dry run computes and stores nothing
 
     # paper figures: a run costs run_overhead_s plus the epochs of each stage it is the first to need
-    paper = get_profile("paper")
+    # the paper profile demands pretrained weights, which this machine lacks (the dry run would say so): "auto"
+    # plans with the fixed random weights instead, at the same sizes
+    paper = apply_overrides("paper", {"backbone.weights": "auto"})
     c, t = paper.cluster, paper.train
     probe, qpm, l1 = (RunRequest.of("linear_probe", [0]), RunRequest.of("dino_qpm", [0]),
                       RunRequest.of("dino_qpm", [0], {"train.ft_l1_fm": 0.0}))
-    run_plan, _ = tasks.plan_requests([probe, qpm, l1], "paper")
+    run_plan, _ = tasks.plan_requests([probe, qpm, l1], paper)
     hours = {j.task.name.split("/")[0] + ("+l1" if "ft_l1_fm" in j.task.name else ""): j.gpu_hours
              for j in run_plan.jobs}
     assert hours["linear_probe"] == pytest.approx((c.run_overhead_s + 40 * c.probe_seconds_per_epoch) / 3600)

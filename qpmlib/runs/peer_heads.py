@@ -106,14 +106,17 @@ def head_config(prof: Profile, method: str, seed: int = 0) -> ProtoSViTConfig | 
     raise ValueError(f"unknown peer head {method!r}; valid: {', '.join(PEER_HEADS)}")
 
 
-def peer_config(prof: Profile, method: str, seed: int, train_store: Any, test_store: Any, *, k: int) -> dict[str, Any]:
+def peer_config(prof: Profile, method: str, seed: int, train_inputs: dict[str, Any], test_inputs: dict[str, Any], *,
+                k: int) -> dict[str, Any]:
     """The hashed configuration of a peer head's stage: the tokens' key, the head's settings and the SID k.
+
+    ``train_inputs`` and ``test_inputs`` are the ``inputs`` of the two embedding-store manifests (as in
+    :func:`qpmlib.runs.dino_qpm.base_config`).
 
     ``device`` is left out, as in every stage of the book: CPU and GPU give the same run up to rounding.
     """
     settings = {k_: v for k_, v in dataclasses.asdict(head_config(prof, method, seed)).items() if k_ != "device"}
-    base = base_config(prof, seed, train_store.manifest["inputs"], test_store.manifest["inputs"])
-    return base | {"head": method, "settings": settings, "sid_k": k}
+    return base_config(prof, seed, train_inputs, test_inputs) | {"head": method, "settings": settings, "sid_k": k}
 
 
 def _model_spec(method: str, cfg: Any, in_dim: int, n_classes: int) -> dict[str, Any]:
@@ -180,7 +183,7 @@ def run_peer_head(method: str, prof: Profile, seed: int, *, k: int, compute: boo
         check_protosvit_config(cfg, n_patches=train.n_patches, n_train=len(train))
     else:
         check_protofm_config(cfg, n_patches=train.n_patches, n_train=len(train))
-    config = peer_config(prof, method, seed, train_store, test_store, k=k)
+    config = peer_config(prof, method, seed, train_store.manifest["inputs"], test_store.manifest["inputs"], k=k)
     store = ResultStore.for_profile(prof.name, method)
     found = store.get(config)
     if found is None and not compute:

@@ -44,7 +44,8 @@ from qpmlib.runs.baselines import SELECTION_KIND, SPARSE_HEADS, sparse_head_conf
 from qpmlib.runs.checks import check_profile
 from qpmlib.runs.dino_qpm import stage_configs
 from qpmlib.runs.executor import Resources, RunPlan, RunReport, StoreKey, Task, compute, plan, resolve_executor
-from qpmlib.runs.methods import METHODS, RunRequest, method_profile, run_methods
+from qpmlib.runs.methods import METHODS, RunRequest, method_profile, run_methods, sid_k
+from qpmlib.runs.peer_heads import PEER_HEADS, peer_config
 
 __all__ = [
     "EMBED_STAGE",
@@ -165,6 +166,8 @@ def run_stage_configs(method: str, prof: Profile, seed: int, train_inputs: Mappi
     if head in SPARSE_HEADS:
         selection, own = sparse_head_configs(head, prof, cfgs["dense"])
         return {"dense": cfgs["dense"], SELECTION_KIND: selection, head: own}
+    if head in PEER_HEADS:
+        return {method: peer_config(prof, method, seed, dict(train_inputs), dict(test_inputs), k=sid_k(prof))}
     raise ValueError(f"no stage list for head {head!r} of method {method!r}; add it to "
                      "qpmlib.runs.tasks.run_stage_configs")
 
@@ -280,6 +283,8 @@ def _stage_seconds(kind: str, prof: Profile) -> float:
         if kind in SPARSE_HEADS:
             epochs = sum(e for e, _ in sparse_head_configs(kind, prof, {})[1]["schedule"]) or t.ft_epochs
         return epochs * _epoch_seconds(prof, c.seconds_per_epoch)
+    if kind in PEER_HEADS and kind != "klc":  # KLC trains nothing: its prototype bank is in the overhead
+        return prof.heads.epochs * _epoch_seconds(prof, c.seconds_per_epoch)
     return 0.0  # the QP and SLDD's selection: in the per-run overhead
 
 
