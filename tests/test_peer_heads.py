@@ -121,4 +121,5 @@ def test_a_peer_head_is_stored_once_and_reloads(method, tmp_path, monkeypatch):
         ev = evaluate_head(again.model(), test, head_config(again.profile, method))
         assert m["n_parameters"] == sum(p.numel() for p in again.model().parameters() if p.requires_grad)
     assert np.array_equal(ev.predictions, stored)
+    assert np.array_equal(again.predictions()["pred"].to_numpy(), stored) and again.stage_metrics() == {method: m}
     assert np.mean(ev.predictions == test.labels) == pytest.approx(m["accuracy"])

@@ -144,8 +144,9 @@ class Run:
 
     def stage_metrics(self) -> dict[str, dict[str, Any]]:
         """``{"dense": ..., <method>: ...}``: the dense stage's metrics and, when the method has a stage of its
-        own after it, that stage's (a DINO-QPM run with ``model.n_layers == 0`` has only "dense")."""
-        out = {"dense": self.stages["dense"].metrics}
+        own after it, that stage's (a DINO-QPM run with ``model.n_layers == 0`` has only "dense"; a peer head,
+        which has no dense stage, only its own)."""
+        out = {"dense": self.stages["dense"].metrics} if "dense" in self.stages else {}
         if self.last != "dense":
             out[self.method] = self.metrics
         return out
@@ -193,15 +194,18 @@ class Run:
         return {k: v.numpy() for k, v in self._stage(stage).tensors(FEATURES_FILE).items()}
 
     def predictions(self) -> pd.DataFrame:
-        """Per test sample: ``image_id``, ``label``, ``dense_pred`` and ``pred`` (the last stage's model).
+        """Per test sample: ``image_id``, ``label``, ``dense_pred`` (absent for a peer head, which has no dense
+        stage) and ``pred`` (the last stage's model).
 
         Raises:
             FileNotFoundError: when the last stage stored no predictions.
         """
-        dense = self.stages["dense"].tensors(PREDICTIONS_FILE)
-        own = dense if self.last == "dense" else self.stages[self.last].tensors(PREDICTIONS_FILE)
-        return pd.DataFrame({"image_id": dense["image_ids"].numpy(), "label": dense["labels"].numpy(),
-                             "dense_pred": dense["pred"].numpy(), "pred": own["pred"].numpy()})
+        own = self.stages[self.last].tensors(PREDICTIONS_FILE)
+        dense = self.stages["dense"].tensors(PREDICTIONS_FILE) if "dense" in self.stages else None
+        frame = pd.DataFrame({"image_id": own["image_ids"].numpy(), "label": own["labels"].numpy()})
+        if dense is not None:
+            frame["dense_pred"] = dense["pred"].numpy()
+        return frame.assign(pred=own["pred"].numpy())
 
     def history(self, stage: str | None = None) -> pd.DataFrame:
         """Per-epoch training log of ``stage`` (default: the last; Q-SENN: its iterations one after another)."""
