@@ -12,6 +12,7 @@ included: a lower bound on what the stage needs on a machine of its own is the d
 Usage::
 
     python benchmarks/bench_stage_meter.py --profile paper_shapes --methods dino_qpm,dino_sldd
+    python benchmarks/bench_stage_meter.py --profile paper_shapes --device cuda --methods dino_qpm
     python benchmarks/bench_stage_meter.py --profile paper --methods dino_qpm     # on a GPU, with the data
 """
 
@@ -40,23 +41,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="paper_shapes")
     parser.add_argument("--methods", default="dino_qpm", help="comma-separated keys of qpmlib.runs.methods.METHODS")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default=None, help="auto | cpu | cuda (default: the profile's train.device)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args(argv)
 
     import torch
 
     from qpmlib.analysis.report import stage_figures
-    from qpmlib.config import get_profile
+    from qpmlib.config import apply_overrides
     from qpmlib.embeddings import get_store
     from qpmlib.meter import rss_mib
-    from qpmlib.runs.checks import check_ready
+    from qpmlib.runs.checks import NotReady, check_ready
     from qpmlib.runs.methods import method_profile, run_method
     from qpmlib.runs.provenance import device_label
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    prof = get_profile(args.profile)
-    check_ready(prof)  # no CUDA for a GPU profile, missing data or weights: stop before any work
+    prof = apply_overrides(args.profile, {} if args.device is None else {"train.device": args.device})
+    try:
+        check_ready(prof)  # no CUDA for a GPU profile, missing data or weights: stop before any work
+    except NotReady as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     base = rss_mib()
     t0 = time.perf_counter()

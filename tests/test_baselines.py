@@ -52,3 +52,20 @@ def test_fit_qsenn_gives_ternary_weights_and_one_history_per_iteration():
     assert (w != 0).sum() <= 3  # N_c * n_per_class kept
     with pytest.raises(ValueError, match="schedule"):
         fit_qsenn(tiny_dense(), data, [0, 2], 1, stage, [], seed=0, settings=FAST_QSENN)
+
+
+def test_fit_qsenn_runs_its_glm_paths_on_the_training_device(monkeypatch):
+    from qpmlib.runs import baselines
+
+    seen, real = [], baselines.qsenn_weights
+
+    def spy(*args, device=None, **kwargs):
+        seen.append(device)
+        return real(*args, device=device, **kwargs)
+
+    monkeypatch.setattr(baselines, "qsenn_weights", spy)
+    data = class_tokens(n_per_class=10)
+    stage = StageConfig("finetune", epochs=1, batch_size=10, lr=1e-2, weight_decay=0.0, fdl=0.196)
+    fit_qsenn(tiny_dense(), data, [0, 2, 3, 5], 1, stage, [(1, 1e-2), (1, 1e-2)], seed=0, settings=FAST_QSENN,
+              device="cpu")
+    assert seen == [torch.device("cpu")] * 2  # one glm path per iteration, where the fine-tune trains

@@ -209,3 +209,13 @@ def test_selection_lambda_max_source(monkeypatch, source):
         assert abs(value - raw_score / 0.8) > 0.1 * value  # the sources really differ on this data
     with pytest.raises(ValueError, match="lambda_max_source must be 'metadata' or 'split'"):
         sldd_selection_order(X, y, 2, settings=dataclasses.replace(FAST, lambda_max_source="raw"))
+
+
+def test_sldd_and_qsenn_differ_in_epochs_but_share_the_selection_fields():
+    import dataclasses
+
+    from qpmlib.sparse import QSENN, SELECTION_FIELDS, SLDD, SLDDSettings
+
+    assert set(SELECTION_FIELDS) <= {f.name for f in dataclasses.fields(SLDDSettings)}
+    assert {f: getattr(SLDD, f) for f in SELECTION_FIELDS} == {f: getattr(QSENN, f) for f in SELECTION_FIELDS}
+    assert (SLDD.ft_epochs, QSENN.ft_epochs, QSENN.n_iterations) == (50, 25, 4)  # sldd/ and qsenn/dinov2.yaml

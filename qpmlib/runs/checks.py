@@ -176,6 +176,10 @@ def check_profile(profile: Profile, n_classes: int | None = None) -> None:
     _check_cluster(profile)
 
 
+#: (profile, backbones, data folder, home folder) that passed :func:`check_ready` in this process.
+_READY: set[tuple[Profile, tuple[str, ...], str, str]] = set()
+
+
 class NotReady(RuntimeError):
     """This machine cannot run the profile yet (no CUDA for a GPU profile, missing data or weights)."""
 
@@ -227,10 +231,15 @@ def check_ready(profile: Profile, *, backbones: Sequence[str] = ()) -> None:
         ValueError: see :func:`check_profile`.
         NotReady: listing every problem and how to fix it: a CUDA profile on a machine without CUDA, a real
             dataset (CUB-200-2011, Stanford Cars) that is not on disk (with the command that fetches it),
-            pretrained weights that are demanded (``backbone.weights = "pretrained"``) but not here.
+            pretrained weights that are demanded (``backbone.weights = "pretrained"``) but neither here nor
+            downloadable (``HF_HUB_OFFLINE`` set).
     """
     check_profile(profile)
+    key = (profile, tuple(backbones), str(paths.data_dir()), str(paths.home()))
+    if key in _READY:  # passed in this process already, with the same folders (the data check stats every image)
+        return
     problems = [p for p in (_device_problem(profile),) if p]
     problems += _data_problems(profile) + _weights_problems(profile, backbones)
     if problems:
         raise NotReady(f"profile {profile.name!r} cannot run on this machine yet:\n- " + "\n- ".join(problems))
+    _READY.add(key)
