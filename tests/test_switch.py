@@ -173,56 +173,21 @@ def page_url(tmp_path_factory):
     httpd.shutdown()
 
 
-DRAWN = "(() => { const f = document.querySelectorAll('.qpm-switch-figure'); " \
-        "return f.length > 0 && Array.from(f).every(g => g._fullLayout); })()"
 VISIBLE = "Array.from(document.querySelectorAll('.qpm-switch-figure')[{k}].data).map(t => t.visible === true)"
-CENTRE = "(e => {{ const r = e.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; }})"
-
-
-def _becomes(b: browser.Browser, expression: str, expected) -> None:
-    """Wait (plotly animates its controls) until ``expression`` has the value ``expected``."""
-    try:
-        b.wait_for(f"JSON.stringify({expression}) === {json.dumps(json.dumps(expected, ensure_ascii=False))}",
-                   timeout=10)
-    except browser.BrowserError:
-        assert b.evaluate(expression) == expected
-
-
-def _settled(b: browser.Browser, expression: str):
-    """The value of ``expression`` once it stops changing (a drop-down slides open before it can be clicked)."""
-    last = b.evaluate(expression)
-    for _ in range(50):
-        b.pump(0.1)
-        now = b.evaluate(expression)
-        if now == last:
-            return now
-        last = now
-    raise AssertionError(f"{expression} kept changing")
 
 
 @pytest.mark.browser
 def test_clicking_the_controls_changes_the_figure(page_url):
     with browser.Browser(timeout=30) as b:
-        log = b.open(page_url, ready=DRAWN)
+        log = b.open(page_url, ready=browser.SWITCHES_DRAWN)
         assert not log.errors, log.errors
         assert all(u.startswith("http://127.0.0.1:") or u.startswith("data:") for u in log.requests), log.requests
         assert b.evaluate(VISIBLE.format(k=0)) == [True, False, False]
-        # the drop-down: open it, then pick "blue"
-        b.click(*b.evaluate(CENTRE.format() + "(document.querySelector('.updatemenu-header-group'))"))
-        buttons = _settled(b, "Array.from(document.querySelectorAll('.updatemenu-dropdown-button'))"
-                              ".map(e => [e.textContent, " + CENTRE.format() + "(e)])")
-        assert [text for text, _ in buttons] == ["red", "green", "blue", "none"]
-        b.click(*buttons[2][1])
-        _becomes(b, VISIBLE.format(k=0), [False, False, True])
-        # the slider: click the third tick's label
-        ticks = b.evaluate("Array.from(document.querySelectorAll('.slider-label-group'))"
-                           ".map(e => " + CENTRE.format() + "(e))")
-        assert len(ticks) == 4
-        b.click(*ticks[2])
-        _becomes(b, VISIBLE.format(k=1), [False, False, True, False, True])
-        second = "document.querySelectorAll('.qpm-switch-figure')[1]"
-        assert b.evaluate(f"{second}.layout.title.text") == "caption 2"
-        assert b.evaluate(f"{second}.data[4].cells.values") == [["2"]]
+        before, after = browser.move_switch(b, 0)  # the drop-down's second entry: "green"
+        assert before != after and b.evaluate(VISIBLE.format(k=0)) == [False, True, False]
+        before, after = browser.move_switch(b, 1)  # the slider's last step
+        assert json.loads(before) == [[True, False, False, False, True], "caption 0", [[["0"]]]]
+        assert json.loads(after) == [[False, False, False, True, True], "caption 3", [[["3"]]]]
         assert not b.log.errors, b.log.errors
 
 
@@ -267,3 +232,23 @@ def test_the_served_plotly_js_is_the_version_plotly_draws_for():
     assert f"plotly.js v{plotly.offline.get_plotlyjs_version()}" in head, (
         f"{served} is not plotly.js {plotly.offline.get_plotlyjs_version()}: update PLOTLY_PKG in the Makefile")
     assert np.isfinite(served.stat().st_size)
+
+
+def test_every_live_widget_in_a_chapter_has_a_static_twin_in_the_book():
+    """The rendered book runs no kernel: a widget's output is hidden there, and the next cell draws its twin."""
+    from qpmlib.book.runner import chapters
+
+    makers = ("widgets.interact(", "_widget(", "figure_widget(")
+    found = 0
+    for chapter in chapters():
+        cells = [c for c in json.loads(chapter.source.read_text())["cells"] if c["cell_type"] == "code"]
+        for k, cell in enumerate(cells):
+            source = "".join(cell["source"])
+            if not any(m in source for m in makers):
+                continue
+            found += 1
+            tags = cell.get("metadata", {}).get("tags", [])
+            assert "remove-output" in tags, f"{chapter.name}: the widget cell {source[:60]!r} is not remove-output"
+            twin = "".join(cells[k + 1]["source"]) if k + 1 < len(cells) else ""
+            assert "_switch(" in twin or "switch_view(" in twin, f"{chapter.name}: no static twin after {source[:60]!r}"
+    assert found >= 9, f"found only {found} widget cells; the chapters hold at least 9"
