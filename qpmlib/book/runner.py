@@ -40,6 +40,7 @@ import yaml
 from qpmlib import backbones
 from qpmlib.book.progress import ChapterProgress
 from qpmlib.config import PROFILES, get_profile
+from qpmlib.figures.switch import PLOTLY_MIME
 from qpmlib.files import atomic_write, file_lock
 from qpmlib.paths import REPO_ROOT
 from qpmlib.runs.provenance import device_label, git_commit, package_versions
@@ -59,6 +60,7 @@ __all__ = [
     "build_dir",
     "parse_parameters",
     "drop_hidden_widget_state",
+    "drop_plotly_figures",
     "main",
 ]
 
@@ -249,6 +251,24 @@ def drop_hidden_widget_state(nb: dict) -> dict:
     return nb
 
 
+def drop_plotly_figures(nb: dict) -> dict:
+    """Remove the Plotly figures of an executed notebook's outputs that also hold HTML.
+
+    A static twin's output holds its pictures twice: as the Plotly figure JupyterLab draws and in the HTML the
+    book draws (with the book's own plotly.js). The book needs the HTML only; the figure would double the size
+    of the page's downloadable notebook, and Sphinx has no renderer for it. Running the notebook brings it back.
+
+    Returns:
+        ``nb`` itself, changed in place.
+    """
+    for cell in nb.get("cells", []):
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            if PLOTLY_MIME in data and "text/html" in data:
+                del data[PLOTLY_MIME]
+    return nb
+
+
 def _failing_cell(nb_path: Path) -> str:
     """Describe the first cell of an executed notebook that holds an error output.
 
@@ -370,7 +390,7 @@ def _execute(profile: str, selected: list[Chapter], parameters: dict, *, force: 
                     f"  earlier chapters are kept; re-run with --chapters {chapter.name} after fixing"
                 ) from exc
             seconds = time.perf_counter() - start
-            nb = drop_hidden_widget_state(_notebook(partial))
+            nb = drop_plotly_figures(drop_hidden_widget_state(_notebook(partial)))
             nb["metadata"][KEY_METADATA] = key
             nb["metadata"]["qpmlib_seconds"] = round(seconds, 2)
             atomic_write(target, json.dumps(nb, indent=1))

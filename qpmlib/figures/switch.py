@@ -28,8 +28,10 @@ import plotly.graph_objects as go
 from matplotlib.figure import Figure
 from PIL import Image
 
-__all__ = ["Picture", "State", "picture", "tile", "as_state", "switch_figure"]
+__all__ = ["Picture", "State", "picture", "tile", "as_state", "switch_figure", "PLOTLY_MIME"]
 
+#: The MIME type under which JupyterLab (with plotly's extension) draws a Plotly figure.
+PLOTLY_MIME = "application/vnd.plotly.v1+json"
 #: Resolution of the embedded pictures (what the book's PNG figures use).
 DPI = 72
 #: Height in pixels of the table under a state's picture, per row (header included) and at least.
