@@ -168,9 +168,11 @@ class Browser:
     def open(self, url: str, *, ready: str = "document.readyState === 'complete'", settle: float = 0.3) -> PageLog:
         """Load ``url`` and wait until the JavaScript expression ``ready`` holds; returns the page's log."""
         self.log = PageLog(url)
+        # the old document answers until a new one replaces it: mark it, and wait for a document without the mark
+        # (the new page, or the page it redirects to)
+        self.evaluate("window.__qpmOldPage = true")
         self.send("Page.navigate", url=url)
-        # the old document answers until the new one replaces it: wait for the new one first
-        self.wait_for(f"location.href === {json.dumps(url)} && document.readyState === 'complete'")
+        self.wait_for("!window.__qpmOldPage && document.readyState === 'complete'")
         self.wait_for(ready)
         self.pump(settle)
         return self.log
@@ -253,6 +255,11 @@ _FIGURE = "document.querySelectorAll('.qpm-switch-figure')[{k}]"
 SHOWN = ("(g => JSON.stringify([g.data.map(t => t.visible !== false), g.layout.title && g.layout.title.text, "
          "g.data.filter(t => t.type === 'table').map(t => t.cells.values)]))(" + _FIGURE + ")")
 _CENTRE = "(e => { const r = e.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; })"
+
+
+#: How many states switch figure k holds (entries of its drop-down or steps of its slider).
+STATES = ("(g => ((g.layout.updatemenus || []).length ? g.layout.updatemenus[0].buttons : g.layout.sliders[0].steps)"
+          ".length)(" + _FIGURE + ")")
 
 
 def settled(b: Browser, expression: str, *, tries: int = 50):
