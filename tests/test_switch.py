@@ -29,7 +29,8 @@ import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from qpmlib.book.views import PLOTLY_MIME, gallery_indices, switch_view  # noqa: E402
-from qpmlib.figures.switch import Picture, State, as_state, picture, switch_figure, tile  # noqa: E402
+from qpmlib.figures.switch import (  # noqa: E402
+    TABLE_MIN_PX, TABLE_ROW_PX, Picture, State, as_state, picture, switch_figure, table_height, tile)
 from tests import browser  # noqa: E402
 
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"  # the version plotly.py draws for
@@ -82,6 +83,15 @@ def test_as_state_accepts_what_chapters_have():
     table = pd.DataFrame({"a": [1]})
     state = as_state(State(_png((1, 2, 3)), table, "cap"), fmt="jpeg")
     assert state.picture.format == "jpeg" and state.table is table and state.caption == "cap"
+
+
+def test_table_height_grows_with_rows_and_wrapped_cells():
+    assert table_height(None, 600) == 0
+    assert table_height(pd.DataFrame({"a": [1]}), 600) == TABLE_MIN_PX  # two short lines
+    # 2 columns of 200 px wrap at (200 - 16) // 7 = 26 characters: a 60-character cell takes 3 lines
+    frame = pd.DataFrame({"name": ["x" * 60, "y"], "value": [1.0, 2.0]})
+    assert table_height(frame, 400) == TABLE_ROW_PX * (1 + 3 + 1)
+    assert table_height(frame, 1000) == max(TABLE_MIN_PX, TABLE_ROW_PX * 3)  # no wrapping when wide
 
 
 # --------------------------------------------------------------------------------------------- the figure

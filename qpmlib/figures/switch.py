@@ -28,14 +28,18 @@ import plotly.graph_objects as go
 from matplotlib.figure import Figure
 from PIL import Image
 
-__all__ = ["Picture", "State", "picture", "tile", "as_state", "switch_figure", "PLOTLY_MIME"]
+__all__ = ["Picture", "State", "picture", "tile", "as_state", "table_height", "switch_figure", "PLOTLY_MIME"]
 
 #: The MIME type under which JupyterLab (with plotly's extension) draws a Plotly figure.
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
 #: Resolution of the embedded pictures (what the book's PNG figures use).
 DPI = 72
-#: Height in pixels of the table under a state's picture, per row (header included) and at least.
+#: Height in pixels of one line of a table row (plotly wraps long cells onto more lines), and of a table at least.
 TABLE_ROW_PX, TABLE_MIN_PX = 26, 80
+#: Width in pixels of a character in a table cell, and a cell's padding, to estimate where plotly wraps.
+CHAR_PX, CELL_PAD_PX = 7, 16
+#: Width in pixels of the rendered book's text column, where a figure is drawn as wide as the column allows.
+TEXT_COLUMN_PX = 640
 #: Room above the picture for the drop-down and the caption, and below it for the slider.
 TOP_PX, SLIDER_PX = 80, 90
 
@@ -175,6 +179,21 @@ def _table_columns(table: pd.DataFrame | None) -> tuple[list[str], list[list[str
     return [str(c) for c in table.columns], [[_cell_text(v) for v in table[c]] for c in table.columns]
 
 
+def table_height(table: pd.DataFrame | None, width: int) -> int:
+    """The height in pixels a plotly Table needs for ``table`` in a figure ``width`` pixels wide (0 for None).
+
+    Each row is as tall as its most wrapped cell: columns share the width equally, a cell wraps at about
+    ``(column width - padding) / CHAR_PX`` characters.
+    """
+    if table is None:
+        return 0
+    header, cells = _table_columns(table)
+    per_line = max(1, (width / max(1, len(header)) - CELL_PAD_PX) // CHAR_PX)
+    rows = [header] + [list(row) for row in zip(*cells)]
+    lines = sum(max([-(-len(text) // per_line) for text in row] + [1]) for row in rows)
+    return int(max(TABLE_MIN_PX, TABLE_ROW_PX * lines))
+
+
 def switch_figure(states: Mapping[str, StateLike], *, control: Literal["dropdown", "slider"] = "dropdown",
                   label: str = "", ncols: int | None = None, fmt: Literal["png", "webp", "jpeg"] = "png",
                   empty: str = "Nothing to show here.", width: int | None = None) -> go.Figure:
@@ -208,9 +227,9 @@ def switch_figure(states: Mapping[str, StateLike], *, control: Literal["dropdown
     pictures = [s.picture for s in made.values() if s.picture is not None]
     pic_h = max((p.height for p in pictures), default=0)
     pic_w = max((p.width for p in pictures), default=0)
-    table_h = max((max(TABLE_MIN_PX, TABLE_ROW_PX * (len(s.table) + 1)) for s in made.values()
-                   if s.table is not None), default=0)
     width = width or max(600, pic_w)
+    # the book's text column is narrower than most pictures: estimate the wrapping there
+    table_h = max((table_height(s.table, min(width, TEXT_COLUMN_PX)) for s in made.values()), default=0)
     shown_h = pic_h * min(1.0, width / pic_w) if pic_w else 0
     bottom = SLIDER_PX if control == "slider" else 10
     height = int(TOP_PX + shown_h + table_h + bottom) + (20 if not pictures else 0)
