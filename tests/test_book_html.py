@@ -221,3 +221,29 @@ def test_every_page_loads_offline_and_every_static_control_changes_its_figure(se
             assert not errors, f"{page.name}: {errors}"
     assert twins >= 9, f"only {twins} static controls in the whole book; every chapter widget has one"
     assert switched >= twins - 2, f"only {switched} of {twins} static controls have more than one state"
+
+
+def test_results_page_pastes_only_keys_that_its_chapters_glue():
+    """book/results.md pastes numbers from the chapters; a key no chapter glues would fail the build late."""
+    import json
+    import re
+
+    from qpmlib.paths import REPO_ROOT
+
+    text = (REPO_ROOT / "book" / "results.md").read_text()
+    wanted = set(re.findall(r"\{glue:text\}`/chapters/(\w+)\.ipynb::(\w+):[^`]*`", text))
+    wanted |= {(doc, key) for key, doc in re.findall(r"```\{glue\} (\w+)\n:doc: \.\./chapters/(\w+)\.ipynb", text)}
+    assert len(wanted) >= 20
+    for doc, key in sorted(wanted):
+        source = "".join("".join(c["source"]) for c in json.loads(
+            (REPO_ROOT / "chapters" / f"{doc}.ipynb").read_text())["cells"] if c["cell_type"] == "code")
+        assert re.search(rf"glue\(\s*f?[\"']{key}[\"']", source) or (
+            key.startswith("share_") and 'glue(f"share_{cat}"' in source), f"{doc} glues no {key!r}"
+
+
+def test_results_page_shows_this_runs_numbers():
+    _require_book()
+    page = (HTML / "book" / "results.html").read_text(errors="replace")
+    assert f"<strong>{PROFILE}</strong>" in page or f">{PROFILE}<" in page, "the profile is not on the results page"
+    assert page.count("<table") >= 4, "the Table 1 summary or a verdict table is missing"
+    assert page.count("_images/") >= 2 or page.count("<img") >= 2, "the radar figures are missing"
