@@ -247,3 +247,12 @@ def test_results_page_shows_this_runs_numbers():
     assert f"<strong>{PROFILE}</strong>" in page or f">{PROFILE}<" in page, "the profile is not on the results page"
     assert page.count("<table") >= 4, "the Table 1 summary or a verdict table is missing"
     assert page.count("_images/") >= 2 or page.count("<img") >= 2, "the radar figures are missing"
+
+
+def test_every_chapter_page_says_how_to_run_it_and_offers_its_notebook():
+    _require_book()
+    for chapter in chapters():
+        page = (HTML / "chapters" / f"{chapter.name}.html").read_text(errors="replace")
+        assert "Run it yourself." in page and f"--chapters {chapter.name}" in page, f"{chapter.name}: no run note"
+        assert f"_sources/chapters/{chapter.name}.ipynb" in page, f"{chapter.name}: no notebook download"
+        assert (HTML / "_sources" / "chapters" / f"{chapter.name}.ipynb").exists()
