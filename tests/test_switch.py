@@ -262,3 +262,14 @@ def test_every_live_widget_in_a_chapter_has_a_static_twin_in_the_book():
             twin = "".join(cells[k + 1]["source"]) if k + 1 < len(cells) else ""
             assert "_switch(" in twin or "switch_view(" in twin, f"{chapter.name}: no static twin after {source[:60]!r}"
     assert found >= 9, f"found only {found} widget cells; the chapters hold at least 9"
+
+
+def test_a_wide_picture_fits_the_text_column_without_empty_space():
+    from qpmlib.figures.switch import CAPTION_PX, SLIDER_PX, TEXT_COLUMN_PX, TOP_PX
+
+    wide = _png((0, 0, 0), size=(2 * TEXT_COLUMN_PX, TEXT_COLUMN_PX))
+    menu = switch_figure({"a": wide, "b": wide})
+    assert menu.layout.width == TEXT_COLUMN_PX  # shown at half size...
+    assert menu.layout.height == TOP_PX + TEXT_COLUMN_PX // 2 + 10  # ...and the height follows
+    slider = switch_figure({"a": wide, "b": wide}, control="slider")
+    assert slider.layout.height == CAPTION_PX + TEXT_COLUMN_PX // 2 + SLIDER_PX

@@ -42,6 +42,8 @@ CHAR_PX, CELL_PAD_PX = 7, 16
 TEXT_COLUMN_PX = 640
 #: Room above the picture for the drop-down and the caption, and below it for the slider.
 TOP_PX, SLIDER_PX = 80, 90
+#: Room above the picture for the caption alone (a slider's figure has no drop-down there).
+CAPTION_PX = 40
 
 
 @dataclass(frozen=True)
@@ -211,7 +213,8 @@ def switch_figure(states: Mapping[str, StateLike], *, control: Literal["dropdown
         ncols: pictures per row when a state is a list of figures.
         fmt: picture format ("webp" or "jpeg" make photographs several times smaller).
         empty: caption of a state without a picture.
-        width: figure width in pixels (default: the widest picture, at least 600).
+        width: figure width in pixels (default: the widest picture, at least 600 and at most
+            :data:`TEXT_COLUMN_PX`, where a wider picture is shown smaller).
 
     Returns:
         the figure; its layout has one ``updatemenus`` or ``sliders`` entry with one step per state.
@@ -227,13 +230,16 @@ def switch_figure(states: Mapping[str, StateLike], *, control: Literal["dropdown
     pictures = [s.picture for s in made.values() if s.picture is not None]
     pic_h = max((p.height for p in pictures), default=0)
     pic_w = max((p.width for p in pictures), default=0)
-    width = width or max(600, pic_w)
+    # as wide as the widest picture, but no wider than the book's text column: the page would shrink the picture
+    # and leave the height computed for it empty
+    width = width or max(600, min(pic_w, TEXT_COLUMN_PX))
     # the book's text column is narrower than most pictures: estimate the wrapping there
     table_h = max((table_height(s.table, min(width, TEXT_COLUMN_PX)) for s in made.values()), default=0)
     shown_h = pic_h * min(1.0, width / pic_w) if pic_w else 0
     bottom = SLIDER_PX if control == "slider" else 10
-    height = int(TOP_PX + shown_h + table_h + bottom) + (20 if not pictures else 0)
-    plot_h = height - TOP_PX - bottom
+    top = CAPTION_PX if control == "slider" else TOP_PX
+    height = int(top + shown_h + table_h + bottom) + (20 if not pictures else 0)
+    plot_h = height - top - bottom
     split = table_h / plot_h if plot_h else 0.0  # fraction of the plotting area given to the table
     fig = go.Figure(layout={"template": "none"})  # no theme: plotly's default one would add 10 kB to every figure
     owners: list[int] = []  # state index of every picture trace, in trace order
@@ -267,7 +273,7 @@ def switch_figure(states: Mapping[str, StateLike], *, control: Literal["dropdown
              for k, (name, state) in enumerate(made.items())]
     first = next(iter(made.values()))
     fig.update_layout(
-        width=width, height=height, margin={"l": 10, "r": 10, "t": TOP_PX, "b": bottom},
+        width=width, height=height, margin={"l": 10, "r": 10, "t": top, "b": bottom},
         title={"text": first.caption, "x": 0.0, "xanchor": "left", "xref": "paper", "y": 1.0, "yref": "paper",
                "yanchor": "bottom", "pad": {"b": 6}, "font": {"size": 13}},
         plot_bgcolor="white", paper_bgcolor="white",
