@@ -14,7 +14,7 @@ export PYTHONUNBUFFERED := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 # npm packages that let the HTML render offline (pinned; fetched once with `npm pack`). plotly.js must be the
-# version the plotly Python package draws for (tests/test_runner.py checks it).
+# version the plotly Python package draws for (tests/test_switch.py checks it).
 MATHJAX_PKG      := mathjax@3.2.2
 HTMLMANAGER_PKG  := @jupyter-widgets/html-manager@1.0.15
 REQUIREJS_PKG    := requirejs@2.3.7

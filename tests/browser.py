@@ -168,9 +168,11 @@ class Browser:
     def open(self, url: str, *, ready: str = "document.readyState === 'complete'", settle: float = 0.3) -> PageLog:
         """Load ``url`` and wait until the JavaScript expression ``ready`` holds; returns the page's log."""
         self.log = PageLog(url)
+        # the old document answers until a new one replaces it: mark it, and wait for a document without the mark
+        # (the new page, or the page it redirects to)
+        self.evaluate("window.__qpmOldPage = true")
         self.send("Page.navigate", url=url)
-        # the old document answers until the new one replaces it: wait for the new one first
-        self.wait_for(f"location.href === {json.dumps(url)} && document.readyState === 'complete'")
+        self.wait_for("!window.__qpmOldPage && document.readyState === 'complete'")
         self.wait_for(ready)
         self.pump(settle)
         return self.log
@@ -225,10 +227,76 @@ class Browser:
                     self._proc.wait()
             if not self._loop.is_closed():
                 self._loop.close()
-            self._profile.cleanup()
+            self._remove_profile()
+
+    def _remove_profile(self) -> None:
+        # Chromium's helper processes can still write into the profile for a moment after the browser has exited
+        for _ in range(20):
+            try:
+                self._profile.cleanup()
+                return
+            except OSError:
+                time.sleep(0.25)
+        shutil.rmtree(self._profile.name, ignore_errors=True)
 
     def __enter__(self) -> Browser:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+# --------------------------------------------------------------------------- the book's static twins of widgets
+#: True once every switch figure on the page (qpmlib.figures.switch) has been drawn by plotly.js.
+SWITCHES_DRAWN = ("(() => { const f = document.querySelectorAll('.qpm-switch-figure'); "
+                  "return f.length > 0 && Array.from(f).every(g => g._fullLayout); })()")
+_FIGURE = "document.querySelectorAll('.qpm-switch-figure')[{k}]"
+#: What figure k shows: which traces are visible, its caption, and its table's cells.
+SHOWN = ("(g => JSON.stringify([g.data.map(t => t.visible !== false), g.layout.title && g.layout.title.text, "
+         "g.data.filter(t => t.type === 'table').map(t => t.cells.values)]))(" + _FIGURE + ")")
+_CENTRE = "(e => { const r = e.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; })"
+
+
+#: How many states switch figure k holds (entries of its drop-down or steps of its slider).
+STATES = ("(g => ((g.layout.updatemenus || []).length ? g.layout.updatemenus[0].buttons : g.layout.sliders[0].steps)"
+          ".length)(" + _FIGURE + ")")
+
+
+def settled(b: Browser, expression: str, *, tries: int = 50):
+    """The value of ``expression`` once it stops changing (plotly slides a drop-down open before it can be used)."""
+    last = b.evaluate(expression)
+    for _ in range(tries):
+        b.pump(0.1)
+        now = b.evaluate(expression)
+        if now == last:
+            return now
+        last = now
+    raise BrowserError(f"{expression[:80]!r} kept changing")
+
+
+def move_switch(b: Browser, k: int, *, timeout: float = 10.0) -> tuple[str, str]:
+    """Operate the control of switch figure ``k`` with the mouse: pick the second entry of its drop-down, or the
+    last step of its slider.
+
+    Returns:
+        what the figure showed before and after (:data:`SHOWN`); they differ when the control works.
+    """
+    figure = _FIGURE.format(k=k)
+    b.evaluate(f"{figure}.scrollIntoView({{block: 'start'}})")
+    before = settled(b, SHOWN.format(k=k))
+    if b.evaluate(f"!!{figure}.querySelector('.updatemenu-header-group')"):
+        b.click(*settled(b, f"{_CENTRE}({figure}.querySelector('.updatemenu-header-group'))"))
+        buttons = settled(b, f"Array.from({figure}.querySelectorAll('.updatemenu-dropdown-button')).map({_CENTRE})")
+        if len(buttons) < 2:
+            raise BrowserError(f"switch figure {k}: the drop-down did not open ({len(buttons)} entries)")
+        b.click(*buttons[1])
+    else:
+        labels = settled(b, f"Array.from({figure}.querySelectorAll('.slider-label-group')).map({_CENTRE})")
+        if len(labels) < 2:
+            raise BrowserError(f"switch figure {k}: a slider with {len(labels)} steps")
+        b.click(*labels[-1])
+    try:
+        b.wait_for(f"{SHOWN.format(k=k)} !== {json.dumps(before)}", timeout=timeout)
+    except BrowserError:
+        pass  # the caller compares
+    return before, b.evaluate(SHOWN.format(k=k))

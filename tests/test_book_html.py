@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import http.server
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -180,3 +181,79 @@ def test_figures_present_in_the_book():
     _require_book()
     images = [url for page in _pages() for tag, url in _parse(page).refs if tag == "img"]
     assert any("_images/" in url for url in images), "the built book contains no figure output"
+
+
+#: Console errors of the theme itself, not of this book: sphinx-thebe's configuration script is added twice to
+#: every page under jupyter-book 1.0.4 (a second `const THEBE_JS_URL`), and the pydata theme complains about an
+#: empty stored colour mode in a fresh browser profile. Neither touches the book's content.
+THEME_ERRORS = ("Identifier 'THEBE_JS_URL' has already been declared", "Got invalid theme mode: . Resetting to auto.",
+                "favicon.ico")
+
+
+def _offsite(url: str, server: str) -> bool:
+    """A request that leaves the loopback server (data: and blob: URLs are not requests)."""
+    return not (url.startswith(server) or url.startswith(("data:", "blob:", "about:")))
+
+
+@pytest.mark.browser
+def test_every_page_loads_offline_and_every_static_control_changes_its_figure(server):
+    """Each twin of a widget (qpmlib.book.views.switch_view) is drawn and answers a real click; no page asks for
+    anything beyond 127.0.0.1 or logs an error."""
+    from tests.browser import STATES, SWITCHES_DRAWN, Browser, move_switch
+
+    pages = [p for p in _pages() if p.name not in ("search.html", "genindex.html")]
+    twins = switched = 0
+    with Browser(timeout=60) as b:
+        for page in pages:
+            url = f"{server}/{page.relative_to(HTML).as_posix()}"
+            has_switch = "qpm-switch-figure" in page.read_text(errors="replace")
+            log = b.open(url, ready=SWITCHES_DRAWN if has_switch else "document.readyState === 'complete'")
+            if has_switch:
+                for k in range(b.evaluate("document.querySelectorAll('.qpm-switch-figure').length")):
+                    twins += 1
+                    if b.evaluate(STATES.format(k=k)) < 2:
+                        continue  # e.g. one backbone on a small profile: nothing to switch
+                    before, after = move_switch(b, k)
+                    assert before != after, f"{page.name}: control {k + 1} did not change its figure"
+                    switched += 1
+            offsite = [u for u in log.requests if _offsite(u, server)]
+            assert not offsite, f"{page.name} requested {offsite}"
+            errors = [e for e in log.errors if not any(known in e for known in THEME_ERRORS)]
+            assert not errors, f"{page.name}: {errors}"
+    assert twins >= 9, f"only {twins} static controls in the whole book; every chapter widget has one"
+    assert switched >= twins - 2, f"only {switched} of {twins} static controls have more than one state"
+
+
+def test_results_page_pastes_only_keys_that_its_chapters_glue():
+    """book/results.md pastes numbers from the chapters; a key no chapter glues would fail the build late."""
+    import json
+
+    from qpmlib.paths import REPO_ROOT
+
+    text = (REPO_ROOT / "book" / "results.md").read_text()
+    wanted = set(re.findall(r"\{glue:text\}`/chapters/(\w+)\.ipynb::(\w+):[^`]*`", text))
+    wanted |= {(doc, key) for key, doc in re.findall(r"```\{glue\} (\w+)\n:doc: \.\./chapters/(\w+)\.ipynb", text)}
+    assert len(wanted) >= 20
+    for doc, key in sorted(wanted):
+        source = "".join("".join(c["source"]) for c in json.loads(
+            (REPO_ROOT / "chapters" / f"{doc}.ipynb").read_text())["cells"] if c["cell_type"] == "code")
+        assert re.search(rf"glue\(\s*f?[\"']{key}[\"']", source) or (
+            key.startswith("share_") and 'glue(f"share_{cat}"' in source), f"{doc} glues no {key!r}"
+
+
+def test_results_page_shows_this_runs_numbers():
+    _require_book()
+    page = (HTML / "book" / "results.html").read_text(errors="replace")
+    assert f"<strong>{PROFILE}</strong>" in page or f">{PROFILE}<" in page, "the profile is not on the results page"
+    assert page.count("<table") >= 4, "the Table 1 summary or a verdict table is missing"
+    assert page.count("_images/") >= 2 or page.count("<img") >= 2, "the radar figures are missing"
+
+
+def test_every_chapter_page_says_how_to_run_it_and_offers_its_notebook():
+    _require_book()
+    for chapter in chapters():
+        page = (HTML / "chapters" / f"{chapter.name}.html").read_text(errors="replace")
+        text = " ".join(re.sub(r"<[^>]+>", " ", page).split())  # code spans split the command into spans
+        assert "Run it yourself." in text and f"--chapters {chapter.name}" in text, f"{chapter.name}: no run note"
+        assert f"_sources/chapters/{chapter.name}.ipynb" in page, f"{chapter.name}: no notebook download"
+        assert (HTML / "_sources" / "chapters" / f"{chapter.name}.ipynb").exists()

@@ -301,3 +301,23 @@ def test_widget_state_is_dropped_only_when_no_widget_is_shown():
         assert "widgets" not in bookrunner.drop_hidden_widget_state(nb(hidden))["metadata"]
     for shown in ([], ["remove-input"]):
         assert "widgets" in bookrunner.drop_hidden_widget_state(nb(shown))["metadata"]
+
+
+def test_plotly_figures_are_dropped_only_beside_html():
+    twin = {"output_type": "display_data", "data": {bookrunner.PLOTLY_MIME: {"data": []}, "text/html": "<div>"}}
+    alone = {"output_type": "display_data", "data": {bookrunner.PLOTLY_MIME: {"data": []}}}
+    nb = {"cells": [{"cell_type": "markdown", "source": ""},
+                    {"cell_type": "code", "outputs": [twin, alone, {"output_type": "stream", "text": "x"}]}]}
+    outputs = bookrunner.drop_plotly_figures(nb)["cells"][1]["outputs"]
+    assert outputs[0]["data"] == {"text/html": "<div>"}
+    assert bookrunner.PLOTLY_MIME in outputs[1]["data"]  # nothing else would show it
+
+
+def test_run_note_opens_each_executed_chapter_once():
+    nb = {"cells": [{"cell_type": "markdown", "source": "# Title"}, {"cell_type": "code", "source": "x = 1"}]}
+    for _ in range(2):  # a second pass replaces the note instead of adding another
+        bookrunner.add_run_note(nb, "02_main_results", "smoke")
+    assert [c["cell_type"] for c in nb["cells"]] == ["markdown", "markdown", "code"]
+    note = nb["cells"][1]["source"]
+    assert "executed on the `smoke` profile" in note
+    assert "--chapters 02_main_results" in note and all(f"`{p}`" in note for p in PROFILES)

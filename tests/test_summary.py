@@ -226,3 +226,23 @@ def test_paper_dataset_map_and_lookups():
     assert math.isnan(tables.beside_value(beside, "dino_qpm", "accuracy", "cars"))
     assert set(tables.table_rows(beside, "table1")["dataset"]) == {"cub"}
 
+
+
+def test_headline_table_is_ours_beside_the_paper_per_method_and_metric():
+    from qpmlib import paper
+    from qpmlib.analysis.summary import MISSING, headline_table
+
+    beside = pd.DataFrame([
+        # row, dataset, metric, ours, paper
+        ("dino_qpm", "cub", "accuracy", 71.26, 88.6),
+        ("dino_qpm", "cub", "plausibility", 40.0, float("nan")),
+        ("dino_qpm", "cars", "accuracy", 50.0, 91.0),
+        ("dense", "cub", "accuracy", 60.04, 77.0),
+        ("resnet50", "cub", "accuracy", float("nan"), 86.0),  # reported only: not ours
+        ("dense", "cub", "seconds_per_epoch", 1.0, 2.0),  # not asked for
+    ], columns=["row", "dataset", "metric", "ours_mean", "paper_value"])
+    table = headline_table(beside, ["plausibility", "accuracy"], dataset="cub")
+    assert list(table.index) == [paper.method_display("dino_qpm"), paper.method_display("dense")]
+    assert list(table.columns) == [paper.metric_display("plausibility"), paper.metric_display("accuracy")]
+    assert table.iloc[0].tolist() == ["40.0 (−)", "71.3 (88.6)"]
+    assert table.iloc[1].tolist() == [MISSING, "60.0 (77.0)"]

@@ -22,14 +22,14 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import plotly  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from qpmlib.book.views import PLOTLY_MIME, gallery_indices, switch_view  # noqa: E402
-from qpmlib.figures.switch import Picture, State, as_state, picture, switch_figure, tile  # noqa: E402
+from qpmlib.figures.switch import (  # noqa: E402
+    TABLE_MIN_PX, TABLE_ROW_PX, Picture, State, as_state, picture, switch_figure, table_height, tile)
 from tests import browser  # noqa: E402
 
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"  # the version plotly.py draws for
@@ -82,6 +82,15 @@ def test_as_state_accepts_what_chapters_have():
     table = pd.DataFrame({"a": [1]})
     state = as_state(State(_png((1, 2, 3)), table, "cap"), fmt="jpeg")
     assert state.picture.format == "jpeg" and state.table is table and state.caption == "cap"
+
+
+def test_table_height_grows_with_rows_and_wrapped_cells():
+    assert table_height(None, 600) == 0
+    assert table_height(pd.DataFrame({"a": [1]}), 600) == TABLE_MIN_PX  # two short lines
+    # 2 columns of 200 px wrap at (200 - 16) // 7 = 26 characters: a 60-character cell takes 3 lines
+    frame = pd.DataFrame({"name": ["x" * 60, "y"], "value": [1.0, 2.0]})
+    assert table_height(frame, 400) == TABLE_ROW_PX * (1 + 3 + 1)
+    assert table_height(frame, 1000) == max(TABLE_MIN_PX, TABLE_ROW_PX * 3)  # no wrapping when wide
 
 
 # --------------------------------------------------------------------------------------------- the figure
@@ -173,56 +182,21 @@ def page_url(tmp_path_factory):
     httpd.shutdown()
 
 
-DRAWN = "(() => { const f = document.querySelectorAll('.qpm-switch-figure'); " \
-        "return f.length > 0 && Array.from(f).every(g => g._fullLayout); })()"
 VISIBLE = "Array.from(document.querySelectorAll('.qpm-switch-figure')[{k}].data).map(t => t.visible === true)"
-CENTRE = "(e => {{ const r = e.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; }})"
-
-
-def _becomes(b: browser.Browser, expression: str, expected) -> None:
-    """Wait (plotly animates its controls) until ``expression`` has the value ``expected``."""
-    try:
-        b.wait_for(f"JSON.stringify({expression}) === {json.dumps(json.dumps(expected, ensure_ascii=False))}",
-                   timeout=10)
-    except browser.BrowserError:
-        assert b.evaluate(expression) == expected
-
-
-def _settled(b: browser.Browser, expression: str):
-    """The value of ``expression`` once it stops changing (a drop-down slides open before it can be clicked)."""
-    last = b.evaluate(expression)
-    for _ in range(50):
-        b.pump(0.1)
-        now = b.evaluate(expression)
-        if now == last:
-            return now
-        last = now
-    raise AssertionError(f"{expression} kept changing")
 
 
 @pytest.mark.browser
 def test_clicking_the_controls_changes_the_figure(page_url):
     with browser.Browser(timeout=30) as b:
-        log = b.open(page_url, ready=DRAWN)
+        log = b.open(page_url, ready=browser.SWITCHES_DRAWN)
         assert not log.errors, log.errors
         assert all(u.startswith("http://127.0.0.1:") or u.startswith("data:") for u in log.requests), log.requests
         assert b.evaluate(VISIBLE.format(k=0)) == [True, False, False]
-        # the drop-down: open it, then pick "blue"
-        b.click(*b.evaluate(CENTRE.format() + "(document.querySelector('.updatemenu-header-group'))"))
-        buttons = _settled(b, "Array.from(document.querySelectorAll('.updatemenu-dropdown-button'))"
-                              ".map(e => [e.textContent, " + CENTRE.format() + "(e)])")
-        assert [text for text, _ in buttons] == ["red", "green", "blue", "none"]
-        b.click(*buttons[2][1])
-        _becomes(b, VISIBLE.format(k=0), [False, False, True])
-        # the slider: click the third tick's label
-        ticks = b.evaluate("Array.from(document.querySelectorAll('.slider-label-group'))"
-                           ".map(e => " + CENTRE.format() + "(e))")
-        assert len(ticks) == 4
-        b.click(*ticks[2])
-        _becomes(b, VISIBLE.format(k=1), [False, False, True, False, True])
-        second = "document.querySelectorAll('.qpm-switch-figure')[1]"
-        assert b.evaluate(f"{second}.layout.title.text") == "caption 2"
-        assert b.evaluate(f"{second}.data[4].cells.values") == [["2"]]
+        before, after = browser.move_switch(b, 0)  # the drop-down's second entry: "green"
+        assert before != after and b.evaluate(VISIBLE.format(k=0)) == [False, True, False]
+        before, after = browser.move_switch(b, 1)  # the slider's last step
+        assert json.loads(before) == [[True, False, False, False, True], "caption 0", [[["0"]]]]
+        assert json.loads(after) == [[False, False, False, True, True], "caption 3", [[["3"]]]]
         assert not b.log.errors, b.log.errors
 
 
@@ -266,4 +240,34 @@ def test_the_served_plotly_js_is_the_version_plotly_draws_for():
     head = served.read_text(errors="replace")[:200]
     assert f"plotly.js v{plotly.offline.get_plotlyjs_version()}" in head, (
         f"{served} is not plotly.js {plotly.offline.get_plotlyjs_version()}: update PLOTLY_PKG in the Makefile")
-    assert np.isfinite(served.stat().st_size)
+
+
+def test_every_live_widget_in_a_chapter_has_a_static_twin_in_the_book():
+    """The rendered book runs no kernel: a widget's output is hidden there, and the next cell draws its twin."""
+    from qpmlib.book.runner import chapters
+
+    makers = ("widgets.interact(", "_widget(", "figure_widget(")
+    found = 0
+    for chapter in chapters():
+        cells = [c for c in json.loads(chapter.source.read_text())["cells"] if c["cell_type"] == "code"]
+        for k, cell in enumerate(cells):
+            source = "".join(cell["source"])
+            if not any(m in source for m in makers):
+                continue
+            found += 1
+            tags = cell.get("metadata", {}).get("tags", [])
+            assert "remove-output" in tags, f"{chapter.name}: the widget cell {source[:60]!r} is not remove-output"
+            twin = "".join(cells[k + 1]["source"]) if k + 1 < len(cells) else ""
+            assert "_switch(" in twin or "switch_view(" in twin, f"{chapter.name}: no static twin after {source[:60]!r}"
+    assert found >= 9, f"found only {found} widget cells; the chapters hold at least 9"
+
+
+def test_a_wide_picture_fits_the_text_column_without_empty_space():
+    from qpmlib.figures.switch import CAPTION_PX, SLIDER_PX, TEXT_COLUMN_PX, TOP_PX
+
+    wide = _png((0, 0, 0), size=(2 * TEXT_COLUMN_PX, TEXT_COLUMN_PX))
+    menu = switch_figure({"a": wide, "b": wide})
+    assert menu.layout.width == TEXT_COLUMN_PX  # shown at half size...
+    assert menu.layout.height == TOP_PX + TEXT_COLUMN_PX // 2 + 10  # ...and the height follows
+    slider = switch_figure({"a": wide, "b": wide}, control="slider")
+    assert slider.layout.height == CAPTION_PX + TEXT_COLUMN_PX // 2 + SLIDER_PX

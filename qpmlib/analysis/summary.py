@@ -14,7 +14,7 @@ Public names: ``mean_std``, ``format_mean_std``, ``summarise`` (mean ± std over
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -23,7 +23,7 @@ from qpmlib.paper import METHODS, METRICS, TABLES, method_display, metric_displa
 
 __all__ = ["MISSING", "METRIC_REASONS", "mean_std", "format_mean_std", "summarise", "wide_table", "paper_table",
            "method_gap", "paper_dataset_map", "beside_paper", "gather_beside_paper", "table_rows", "beside_value",
-           "reproduction_verdict", "styled"]
+           "reproduction_verdict", "styled", "headline_table"]
 
 MISSING = "n/a"  # what a table shows instead of "nan"
 
@@ -418,3 +418,34 @@ def styled(beside: pd.DataFrame, *, tolerance: float = 1.0):
 
     return (view.style.format({"difference": lambda v: MISSING if _missing(v) else f"{v:+.1f}"})
             .map(colour, subset=["difference"]).hide(axis="index"))
+
+
+def headline_table(beside: pd.DataFrame, metrics: Sequence[str], *, dataset: str | None = None,
+                   digits: int = 1) -> pd.DataFrame:
+    """The short form of a :func:`beside_paper` table: one row per method we ran, one column per metric.
+
+    Args:
+        beside: a :func:`beside_paper` (or one table of a :func:`gather_beside_paper`) table.
+        metrics: metric keys, in column order (those we did not run are left out).
+        dataset: keep this dataset only (after ``dataset_map``; None: all rows, which must then be one dataset).
+        digits: decimals.
+
+    Returns:
+        Cells "ours (paper)", e.g. "71.3 (88.6)", "−" for a missing paper value and :data:`MISSING` for a
+        metric not run for a method; rows in the table's order, named by :func:`~qpmlib.paper.method_display`,
+        columns by :func:`~qpmlib.paper.metric_display`.
+    """
+    part = beside[beside["metric"].isin(metrics) & beside["ours_mean"].notna()]
+    if dataset is not None:
+        part = part[part["dataset"] == dataset]
+
+    def text(value: float) -> str:
+        return "−" if _missing(value) else f"{value:.{digits}f}"
+
+    cells = [f"{text(o)} ({text(p)})" for o, p in zip(part["ours_mean"], part["paper_value"])]
+    wide = part.assign(cell=cells).pivot_table(index="row", columns="metric", values="cell", aggfunc="first",
+                                               sort=False)
+    wide = wide.reindex(columns=[m for m in metrics if m in wide.columns]).fillna(MISSING)
+    wide.index = pd.Index([method_display(r) for r in wide.index], name="method")
+    wide.columns = pd.Index([metric_display(m) for m in wide.columns], name=None)
+    return wide

@@ -40,6 +40,7 @@ import yaml
 from qpmlib import backbones
 from qpmlib.book.progress import ChapterProgress
 from qpmlib.config import PROFILES, get_profile
+from qpmlib.figures.switch import PLOTLY_MIME
 from qpmlib.files import atomic_write, file_lock
 from qpmlib.paths import REPO_ROOT
 from qpmlib.runs.checks import check_ready
@@ -60,6 +61,9 @@ __all__ = [
     "build_dir",
     "parse_parameters",
     "drop_hidden_widget_state",
+    "drop_plotly_figures",
+    "run_note",
+    "add_run_note",
     "main",
 ]
 
@@ -250,6 +254,48 @@ def drop_hidden_widget_state(nb: dict) -> dict:
     return nb
 
 
+def run_note(chapter: str, profile: str) -> str:
+    """The lines that open an executed chapter in the book: which profile ran it, and how to run it yourself."""
+    others = ", ".join(f"`{p}`" for p in PROFILES)
+    return (
+        f"> **Run it yourself.** This page was executed on the `{profile}` profile. Download its notebook (the ⤓ "
+        f"button at the top of the page), set `profile` in its first code cell ({others}) and run it in Jupyter; "
+        f"or, in a clone of the repository, run `python -m qpmlib.book.runner run --profile demo --chapters "
+        f"{chapter}` (this chapter) or `make book PROFILE=demo` (the whole book)."
+    )
+
+
+def add_run_note(nb: dict, chapter: str, profile: str) -> dict:
+    """Insert :func:`run_note` as a Markdown cell after the chapter's first cell (its title and introduction).
+
+    Returns:
+        ``nb`` itself, changed in place.
+    """
+    cell = {"cell_type": "markdown", "metadata": {"tags": ["qpmlib-run-note"]}, "source": run_note(chapter, profile),
+            "id": "qpmlib-run-note"}
+    nb["cells"] = [c for c in nb["cells"] if c.get("id") != cell["id"]]
+    nb["cells"].insert(min(1, len(nb["cells"])), cell)
+    return nb
+
+
+def drop_plotly_figures(nb: dict) -> dict:
+    """Remove the Plotly figures of an executed notebook's outputs that also hold HTML.
+
+    A static twin's output holds its pictures twice: as the Plotly figure JupyterLab draws and in the HTML the
+    book draws (with the book's own plotly.js). The book needs the HTML only; the figure would double the size
+    of the page's downloadable notebook, and Sphinx has no renderer for it. Running the notebook brings it back.
+
+    Returns:
+        ``nb`` itself, changed in place.
+    """
+    for cell in nb.get("cells", []):
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            if PLOTLY_MIME in data and "text/html" in data:
+                del data[PLOTLY_MIME]
+    return nb
+
+
 def _failing_cell(nb_path: Path) -> str:
     """Describe the first cell of an executed notebook that holds an error output.
 
@@ -373,7 +419,7 @@ def _execute(profile: str, selected: list[Chapter], parameters: dict, *, force: 
                     f"  earlier chapters are kept; re-run with --chapters {chapter.name} after fixing"
                 ) from exc
             seconds = time.perf_counter() - start
-            nb = drop_hidden_widget_state(_notebook(partial))
+            nb = add_run_note(drop_plotly_figures(drop_hidden_widget_state(_notebook(partial))), chapter.name, profile)
             nb["metadata"][KEY_METADATA] = key
             nb["metadata"]["qpmlib_seconds"] = round(seconds, 2)
             atomic_write(target, json.dumps(nb, indent=1))

@@ -43,15 +43,13 @@ from qpmlib.figures.explanations import class_pair_figure, top_patches_figure
 from qpmlib.figures.failures import failure_figure
 from qpmlib.analysis.summary import table_rows
 from qpmlib.figures.plots import bar_beside_paper, figure_png
-from qpmlib.figures.switch import State, StateLike, picture, switch_figure
+from qpmlib.figures.switch import PLOTLY_MIME, State, StateLike, picture, switch_figure
 from qpmlib.paper import method_display, metric_display
 
 __all__ = ["figure_widget", "pair_view", "show_pair", "pair_widget", "show_failure_category", "failure_widget",
            "beside_paper_view", "beside_bars_widget", "StaticView", "switch_view", "figure_switch", "pair_switch",
            "failure_switch", "beside_bars_switch", "gallery_indices", "PLOTLY_MIME"]
 
-#: The MIME type under which JupyterLab (with plotly's extension) draws a Plotly figure.
-PLOTLY_MIME = "application/vnd.plotly.v1+json"
 #: Where the live version of a control runs, said next to its static twin in the book.
 LIVE_DEFAULT = ("the live control, with every value, is the widget in the cell above: it runs in Jupyter (download "
                 "this page's notebook with the download button at the top of the page, then run it)")
@@ -143,7 +141,7 @@ def pair_switch(ins: RunInspection, pairs: Sequence[tuple[int, int]]) -> StaticV
     states = {}
     for pair in pairs:
         fig, table = pair_view(ins, pair)
-        states[_pair_label(ins, pair)] = State(picture(fig), table)
+        states[_pair_label(ins, pair)] = State(picture(fig, fmt="webp"), table)
     return switch_view(states, label="pair", what=f"the {len(pairs)} class pairs of the widget")
 
 
@@ -173,7 +171,7 @@ def failure_widget(data: FailureData, picks: pd.DataFrame) -> widgets.VBox:
 def failure_switch(data: FailureData, picks: pd.DataFrame) -> StaticView:
     """The static twin of :func:`failure_widget`: the rows of every failure category, drawn now."""
     return figure_switch([(FAILURE_TITLES[c], c) for c in FAILURE_CATEGORIES],
-                         lambda category: _category_figure(data, picks, category), label="category",
+                         lambda category: _category_figure(data, picks, category), label="category", fmt="webp",
                          empty="No test image is in this category for this run.")
 
 

@@ -28,14 +28,22 @@ import plotly.graph_objects as go
 from matplotlib.figure import Figure
 from PIL import Image
 
-__all__ = ["Picture", "State", "picture", "tile", "as_state", "switch_figure"]
+__all__ = ["Picture", "State", "picture", "tile", "as_state", "table_height", "switch_figure", "PLOTLY_MIME"]
 
+#: The MIME type under which JupyterLab (with plotly's extension) draws a Plotly figure.
+PLOTLY_MIME = "application/vnd.plotly.v1+json"
 #: Resolution of the embedded pictures (what the book's PNG figures use).
 DPI = 72
-#: Height in pixels of the table under a state's picture, per row (header included) and at least.
+#: Height in pixels of one line of a table row (plotly wraps long cells onto more lines), and of a table at least.
 TABLE_ROW_PX, TABLE_MIN_PX = 26, 80
+#: Width in pixels of a character in a table cell, and a cell's padding, to estimate where plotly wraps.
+CHAR_PX, CELL_PAD_PX = 7, 16
+#: Width in pixels of the rendered book's text column, where a figure is drawn as wide as the column allows.
+TEXT_COLUMN_PX = 640
 #: Room above the picture for the drop-down and the caption, and below it for the slider.
 TOP_PX, SLIDER_PX = 80, 90
+#: Room above the picture for the caption alone (a slider's figure has no drop-down there).
+CAPTION_PX = 40
 
 
 @dataclass(frozen=True)
@@ -173,6 +181,21 @@ def _table_columns(table: pd.DataFrame | None) -> tuple[list[str], list[list[str
     return [str(c) for c in table.columns], [[_cell_text(v) for v in table[c]] for c in table.columns]
 
 
+def table_height(table: pd.DataFrame | None, width: int) -> int:
+    """The height in pixels a plotly Table needs for ``table`` in a figure ``width`` pixels wide (0 for None).
+
+    Each row is as tall as its most wrapped cell: columns share the width equally, a cell wraps at about
+    ``(column width - padding) / CHAR_PX`` characters.
+    """
+    if table is None:
+        return 0
+    header, cells = _table_columns(table)
+    per_line = max(1, (width / max(1, len(header)) - CELL_PAD_PX) // CHAR_PX)
+    rows = [header] + [list(row) for row in zip(*cells)]
+    lines = sum(max([-(-len(text) // per_line) for text in row] + [1]) for row in rows)
+    return int(max(TABLE_MIN_PX, TABLE_ROW_PX * lines))
+
+
 def switch_figure(states: Mapping[str, StateLike], *, control: Literal["dropdown", "slider"] = "dropdown",
                   label: str = "", ncols: int | None = None, fmt: Literal["png", "webp", "jpeg"] = "png",
                   empty: str = "Nothing to show here.", width: int | None = None) -> go.Figure:
@@ -190,7 +213,8 @@ def switch_figure(states: Mapping[str, StateLike], *, control: Literal["dropdown
         ncols: pictures per row when a state is a list of figures.
         fmt: picture format ("webp" or "jpeg" make photographs several times smaller).
         empty: caption of a state without a picture.
-        width: figure width in pixels (default: the widest picture, at least 600).
+        width: figure width in pixels (default: the widest picture, at least 600 and at most
+            :data:`TEXT_COLUMN_PX`, where a wider picture is shown smaller).
 
     Returns:
         the figure; its layout has one ``updatemenus`` or ``sliders`` entry with one step per state.
@@ -206,13 +230,16 @@ def switch_figure(states: Mapping[str, StateLike], *, control: Literal["dropdown
     pictures = [s.picture for s in made.values() if s.picture is not None]
     pic_h = max((p.height for p in pictures), default=0)
     pic_w = max((p.width for p in pictures), default=0)
-    table_h = max((max(TABLE_MIN_PX, TABLE_ROW_PX * (len(s.table) + 1)) for s in made.values()
-                   if s.table is not None), default=0)
-    width = width or max(600, pic_w)
+    # as wide as the widest picture, but no wider than the book's text column: the page would shrink the picture
+    # and leave the height computed for it empty
+    width = width or max(600, min(pic_w, TEXT_COLUMN_PX))
+    # the book's text column is narrower than most pictures: estimate the wrapping there
+    table_h = max((table_height(s.table, min(width, TEXT_COLUMN_PX)) for s in made.values()), default=0)
     shown_h = pic_h * min(1.0, width / pic_w) if pic_w else 0
     bottom = SLIDER_PX if control == "slider" else 10
-    height = int(TOP_PX + shown_h + table_h + bottom) + (20 if not pictures else 0)
-    plot_h = height - TOP_PX - bottom
+    top = CAPTION_PX if control == "slider" else TOP_PX
+    height = int(top + shown_h + table_h + bottom) + (20 if not pictures else 0)
+    plot_h = height - top - bottom
     split = table_h / plot_h if plot_h else 0.0  # fraction of the plotting area given to the table
     fig = go.Figure(layout={"template": "none"})  # no theme: plotly's default one would add 10 kB to every figure
     owners: list[int] = []  # state index of every picture trace, in trace order
@@ -246,7 +273,7 @@ def switch_figure(states: Mapping[str, StateLike], *, control: Literal["dropdown
              for k, (name, state) in enumerate(made.items())]
     first = next(iter(made.values()))
     fig.update_layout(
-        width=width, height=height, margin={"l": 10, "r": 10, "t": TOP_PX, "b": bottom},
+        width=width, height=height, margin={"l": 10, "r": 10, "t": top, "b": bottom},
         title={"text": first.caption, "x": 0.0, "xanchor": "left", "xref": "paper", "y": 1.0, "yref": "paper",
                "yanchor": "bottom", "pad": {"b": 6}, "font": {"size": 13}},
         plot_bgcolor="white", paper_bgcolor="white",
