@@ -23,3 +23,18 @@ def test_requests_are_values():
     assert a == RunRequest.of("dino_qpm", (0, 1), {"model.n_layers": 2, "qp.n_selected": 6})
     assert a.overrides == (("model.n_layers", 2), ("qp.n_selected", 6)) and hash(a) == hash(RunRequest.of(
         "dino_qpm", [0, 1], {"model.n_layers": 2, "qp.n_selected": 6}))
+
+
+def test_compute_runs_requests_here_or_hands_them_to_the_cluster_executor(monkeypatch):
+    calls = []
+    monkeypatch.setattr(RunRequest, "run", lambda self, prof, **kw: calls.append(("run", self.method, kw)))
+    monkeypatch.setattr(plan, "compute_requests", lambda reqs, prof, **kw: calls.append(("jobs", len(reqs), kw)))
+    requests = [RunRequest.of("dense", [0]), RunRequest.of("dino_qpm", [0, 1])]
+    monkeypatch.delenv("QPMLIB_EXECUTOR", raising=False)
+    plan.compute(requests, "smoke", verbose=False)
+    assert calls == [("run", "dense", {"executor": "local", "verbose": False}),
+                     ("run", "dino_qpm", {"executor": "local", "verbose": False})]
+    calls.clear()
+    monkeypatch.setenv("QPMLIB_EXECUTOR", "slurm")  # all requests at once, so that their jobs run side by side
+    plan.compute(requests, "smoke", verbose=False)
+    assert calls == [("jobs", 2, {"executor": "slurm", "verbose": False})]

@@ -204,3 +204,20 @@ def test_export_then_import_elsewhere_loads_every_run_without_computing(home, tm
     assert stores == sorted(embeddings.store_path("smoke", split).name for split in ("train", "test"))
     assert tasks.import_runs(tmp_path / "runs.tar", verbose=False).added != []  # the stores moved: found again
     assert sorted(p.name for p in (tmp_path / "laptop" / "cache").iterdir() if not p.name.startswith(".")) == stores
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_a_chapter_with_the_slurm_executor_gets_its_runs_from_jobs(slurm_cluster, tmp_path, monkeypatch):
+    from qpmlib.runs.methods import run_methods
+
+    monkeypatch.setenv("QPMLIB_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("QPMLIB_EXECUTOR", "slurm")
+    overrides = {"train.dense_epochs": 1, "train.ft_epochs": 1}
+    runs = run_methods("dino_qpm_compact", "smoke", [2, 3], overrides=overrides)  # what a table's runner calls
+    jobs = [r.stages[kind].provenance["slurm_job_id"] for r in runs for kind in ("dense", "qp", "qpm")]
+    assert all(jobs) and len(set(jobs)) == 2  # one job per (method, seed, setting) computed all its stages
+    assert all(r.stages["qpm"].provenance["executor"] == "slurm" for r in runs)
+    assert [r.seed for r in runs] == [2, 3] and all(0.0 <= r.metrics["accuracy"] <= 1.0 for r in runs)
+    again = run_methods("dino_qpm_compact", "smoke", [2, 3], overrides=overrides, compute=False)
+    assert [r.metrics for r in again] == [r.metrics for r in runs]
