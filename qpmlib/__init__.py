@@ -52,7 +52,7 @@ CHAPTER_API: dict[str, tuple[str, ...]] = {
     "qpmlib.analysis.failures": ("FAILURE_CATEGORIES", "category_counts", "confusing_features_table",
                                  "failure_data", "failure_examples"),
     "qpmlib.analysis.report": ("compute_time", "discrepancy_table", "profile_differences", "reproduction_counts",
-                               "setting_reason"),
+                               "setting_reason", "stage_origins", "origins_summary"),
     "qpmlib.figures.plots": ("bar_beside_paper", "cosine_histogram", "depth_plot", "lambda_sweep_plot",
                              "radar_plot", "sweep_heatmap"),
     "qpmlib.figures.explanations": ("explanation_figure", "sweep_maps_figure"),

@@ -7,12 +7,14 @@ The ``slurm``-marked test runs real smoke runs as jobs on the one-node cluster o
 import dataclasses
 import json
 import os
+import socket
 from pathlib import Path
 
 import pytest
 import torch
 from slurm_cluster import slurm_cluster  # noqa: F401  (the session fixture)
 
+from qpmlib.analysis.report import origins_summary, stage_origins
 from qpmlib.config import get_profile
 from qpmlib.results import CONFIG_FILE, METRICS_FILE
 from qpmlib.runs import tasks
@@ -156,6 +158,10 @@ def test_slurm_runs_store_what_local_runs_store(slurm_cluster, tmp_path, monkeyp
         entries = tasks.spec_entries(specs)
         found[executor] = ({p.relative_to(tmp_path / executor) for p in entries}, reports[1].jobs,
                            [p for p in entries if p.parent.parent.name == "smoke"])
+        origins = stage_origins("smoke")
+        assert len(origins) == 1 and origins.stages[0] == 4  # dense, qp, qpm of DINO-QPM; the probe's dense
+        assert origins.slurm_jobs[0] == (2 if executor == "slurm" else 0)
+        assert origins.origin[0].startswith("Slurm jobs on " if executor == "slurm" else "in-process on ")
     (local_names, _, local_stages), (slurm_names, jobs, slurm_stages) = found["local"], found["slurm"]
     assert local_names == slurm_names  # the same embedding stores and stages, under the same hashes
     for a, b in zip(local_stages, slurm_stages):
@@ -180,6 +186,10 @@ def test_export_then_import_elsewhere_loads_every_run_without_computing(home, tm
                 RunRequest.of("dino_sldd", [0], {"train.dense_epochs": 1, "train.ft_epochs": 1})]
     tasks.compute_requests(requests, "smoke", executor="local", verbose=False)
     before = [run.metrics for r in requests for run in r.run("smoke", compute=False)]
+    here = stage_origins("smoke")
+    assert list(here.origin) == [f"in-process on {socket.gethostname()}"] and here.slurm_jobs.tolist() == [0]
+    n_stages = int(here.stages.sum())
+    assert n_stages == 6 and "0 imported, 0 computed as Slurm jobs, 6 computed in-process" in origins_summary(here)
     manifest = tasks.export_runs(tmp_path / "runs.tar", requests, "smoke", verbose=False)
     assert manifest["produced_by"]["profile"] == "smoke" and manifest["produced_by"]["runs"] == 2
     assert len(manifest["produced_by"]["embedding_stores"]) == 2  # both splits of the one store the runs read
@@ -200,6 +210,10 @@ def test_export_then_import_elsewhere_loads_every_run_without_computing(home, tm
                          (embeddings, "_build")):
         monkeypatch.setattr(module, name, no_work)
     assert [run.metrics for r in requests for run in r.run("smoke")] == before
+    there = stage_origins("smoke")  # the provenance page of the book rendered from the archive
+    assert len(there) == 1 and there.origin[0].startswith("imported from runs.tar") and there.stages[0] == n_stages
+    assert origins_summary(there) == f"All {n_stages} stored stages were imported from archives: this book " \
+        "trained nothing itself."
     stores = sorted(p.name for p in (tmp_path / "laptop" / "cache").iterdir() if not p.name.startswith("."))
     assert stores == sorted(embeddings.store_path("smoke", split).name for split in ("train", "test"))
     assert tasks.import_runs(tmp_path / "runs.tar", verbose=False).added != []  # the stores moved: found again
