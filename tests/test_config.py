@@ -43,3 +43,14 @@ def test_profiles_differ_by_fields_not_by_name():
 def test_unknown_profile_lists_the_valid_ones():
     with pytest.raises(ValueError, match=", ".join(PROFILES)):
         get_profile("small")
+
+
+def test_overrides_read_back_from_json_and_nested_sections():
+    # a run spec's overrides come back from JSON: lists become the tuples the fields hold
+    assert apply_overrides("smoke", {"baselines.compact": [6, 1]}).baselines.compact == (6, 1)
+    prof = apply_overrides("smoke", {"cluster.train": {"gpus": 2, "time_min": 30}, "cluster.setup": ["module load x"]})
+    assert (prof.cluster.train.gpus, prof.cluster.train.time_min, prof.cluster.train.cpus) == \
+        (2, 30, SMOKE.cluster.train.cpus)
+    assert prof.cluster.setup == ("module load x",) and prof.cluster.embed == SMOKE.cluster.embed
+    with pytest.raises(ValueError, match="takes a mapping of gpus, cpus, mem_gb, time_min"):
+        apply_overrides("smoke", {"cluster.train": {"gpu": 2}})

@@ -39,6 +39,11 @@ def test_a_spec_names_only_what_differs_and_gives_back_the_run():
                     "overrides": {"train.ft_l1_fm": 0.0, "qp.n_selected": 6}}
     assert tasks.spec_profile(spec) == method_profile("dino_qpm", "smoke", {"train.ft_l1_fm": 0.0,
                                                                             "qp.n_selected": 6})
+    # a job reads its spec back from JSON: tuples come back as lists, and must give the same run
+    spec = tasks.run_spec("dino_qpm_compact", "smoke", 0, {"baselines.compact": (6, 1)})
+    assert spec["overrides"] == {"baselines.compact": [6, 1]}
+    assert tasks.spec_profile(json.loads(json.dumps(spec))) == \
+        method_profile("dino_qpm_compact", "smoke", {"baselines.compact": (6, 1)})
     # an override equal to the profile's value, or to what the method sets itself, is not repeated
     smoke = get_profile("smoke")
     assert tasks.run_spec("dino_qpm", "smoke", 0, {"qp.n_selected": smoke.qp.n_selected})["overrides"] == {}
