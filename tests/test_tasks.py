@@ -17,6 +17,7 @@ from slurm_cluster import slurm_cluster  # noqa: F401  (the session fixture)
 from qpmlib.analysis.report import origins_summary, stage_origins
 from qpmlib.config import get_profile
 from qpmlib.results import CONFIG_FILE, METRICS_FILE
+from qpmlib.runs import executor as ex
 from qpmlib.runs import tasks
 from qpmlib.runs.executor import RunReport, resolve_executor
 from qpmlib.runs.methods import RunRequest, method_profile
@@ -109,6 +110,9 @@ def test_executor_choice_argument_then_environment_then_profile(monkeypatch):
     monkeypatch.setenv("QPMLIB_EXECUTOR", "ray")
     with pytest.raises(ValueError, match=r"unknown executor 'ray' \(from \$QPMLIB_EXECUTOR\)"):
         resolve_executor(None, "smoke")
+    # run_methods and run_seeds reach the tasks through a name (this module builds on theirs); nothing for local
+    assert ex._load(ex.ENSURE_RUNS) is tasks.ensure_method_runs
+    assert ex.cluster_runs("dino_qpm", [0], "smoke", executor="local") is None
 
 
 # ---------------------------------------------------------------------------------------------- local runs

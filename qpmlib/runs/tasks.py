@@ -63,6 +63,7 @@ __all__ = [
     "plan_requests",
     "compute_requests",
     "ensure_runs",
+    "ensure_method_runs",
     "spec_entries",
     "export_runs",
     "import_runs",
@@ -375,6 +376,14 @@ def ensure_runs(requests: Sequence[RunRequest], profile: str | Profile, *, execu
     if resolve_executor(executor, profile) == "local":
         return None
     return compute_requests(requests, profile, executor=executor, verbose=verbose)
+
+
+def ensure_method_runs(method: str, seeds: Sequence[int], profile: str | Profile, *,
+                       overrides: Mapping[str, Any] | None = None, executor: str | None = None,
+                       verbose: bool = True) -> list[RunReport] | None:
+    """:func:`ensure_runs` of one method over seeds (what :func:`qpmlib.runs.executor.cluster_runs` runs)."""
+    return ensure_runs([RunRequest.of(method, seeds, dict(overrides or {}))], profile, executor=executor,
+                       verbose=verbose)
 
 
 # ---------------------------------------------------------------------------------------------- export, import
