@@ -90,6 +90,9 @@ clean:
 .PHONY: runs export import
 EXECUTOR ?=
 DRY_RUN  ?=
+ifneq ($(EXECUTOR),)
+export QPMLIB_EXECUTOR := $(EXECUTOR)   # also for the chapters of `make book EXECUTOR=slurm`
+endif
 ARCHIVE  ?= results-$(PROFILE).tar
 
 runs: env $(if $(filter 1,$(DRY_RUN)),,data)

@@ -2,10 +2,12 @@
 
 Builds ``--tasks`` tasks shaped like the ``paper`` grid (stages ``embed``, ``train``, ``sweep``; entry paths in a
 temporary results store, a fifth of them already stored) and times three things separately: importing
-``qpmlib.runs.executor``, building the tasks, and :func:`qpmlib.runs.executor.plan` + printing it. Computing real
-configuration hashes (phase 2) adds the cost of ``qpmlib.results.config_hash`` per task, not measured here.
+``qpmlib.runs.executor``, building the tasks, and :func:`qpmlib.runs.executor.plan` + printing it. Then times the
+real dry run of ``make runs PROFILE=paper DRY_RUN=1``: importing the book's planning modules, and
+:func:`qpmlib.runs.tasks.plan_requests` of :func:`qpmlib.analysis.plan.book_requests` (every run's specs, stage
+hashes and estimates) + printing it, in an empty ``$QPMLIB_HOME`` (set ``HF_HUB_OFFLINE=1``: no weight download).
 
-Usage: ``python benchmarks/bench_dry_run.py [--tasks 2000]``.
+Usage: ``python benchmarks/bench_dry_run.py [--tasks 2000] [--profile paper]``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=2000)
+    parser.add_argument("--profile", default="paper")
     args = parser.parse_args()
 
     t0 = time.perf_counter()
@@ -50,6 +53,27 @@ def main() -> None:
         t_plan = time.perf_counter() - t2
     print(f"{args.tasks} tasks: import {t_import:.2f} s, build {t_build:.2f} s, plan + print {t_plan:.2f} s "
           f"({len(out.getvalue().splitlines())} lines)")
+    print(out.getvalue().splitlines()[-1])
+    _book_dry_run(args.profile)
+
+
+def _book_dry_run(profile: str) -> None:
+    import os
+
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["QPMLIB_HOME"] = tmp
+        t0 = time.perf_counter()
+        from qpmlib.analysis.plan import book_requests
+        from qpmlib.runs.tasks import plan_requests
+
+        t_import = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        run_plan, _ = plan_requests(book_requests(profile), profile)
+        with redirect_stdout(io.StringIO()) as out:
+            print(run_plan)
+        t_plan = time.perf_counter() - t1
+    print(f"book dry run of {profile}: import {t_import:.2f} s, plan + print {t_plan:.2f} s "
+          f"({len(run_plan.jobs)} jobs)")
     print(out.getvalue().splitlines()[-1])
 
 

@@ -61,7 +61,7 @@ CHAPTER_API: dict[str, tuple[str, ...]] = {
     "qpmlib.analysis.standin": ("artefact_table", "artefacts_appear", "calibration_table", "card_table",
                                 "probe_headlines", "probe_table", "register_twins", "shown_standins", "token_norms_of"),
     "qpmlib.analysis.report": ("compute_time", "discrepancy_table", "profile_differences", "reproduction_counts",
-                               "setting_reason"),
+                               "setting_reason", "stage_origins", "origins_summary"),
     "qpmlib.figures.plots": ("bar_beside_paper", "cosine_histogram", "depth_plot", "lambda_sweep_plot",
                              "radar_plot", "sweep_heatmap"),
     "qpmlib.figures.explanations": ("explanation_figure", "peer_explanations_figure", "sweep_maps_figure"),

@@ -400,7 +400,7 @@ def apply_overrides(profile: str | Profile, overrides: dict[str, Any] | None = N
     """Apply flat dotted overrides such as ``{"train.ft_l1_fm": 0.0, "qp.n_selected": 40}`` to a profile.
 
     Numbers are converted to the type of the field they replace (so ``5`` and ``5.0`` give the same run), lists
-    to tuples where the field holds a tuple (values read back from JSON), and a mapping replaces fields of a
+    to tuples (values read back from JSON), and a mapping replaces fields of a
     field that is itself a dataclass (``{"cluster.train": {"gpus": 2}}``).
 
     Args:
@@ -424,7 +424,7 @@ def apply_overrides(profile: str | Profile, overrides: dict[str, Any] | None = N
         if name not in fields:
             raise ValueError(f"unknown field {key!r}; valid fields of {section}: {', '.join(fields)}")
         old = getattr(part, name)
-        if isinstance(value, list) and isinstance(old, tuple):
+        if isinstance(value, list):  # profiles hold tuples (frozen, hashable); JSON gives lists back
             value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
         if dataclasses.is_dataclass(old) and isinstance(value, dict):
             try:

@@ -23,7 +23,11 @@ def test_the_book_profiles_pass(name):
      ("backbone.weights", "/no/such/file.pth", "auto, pretrained, random"), ("backbone.batch_size", 0, "batch"),
      ("train.device", "tpu", "train.device"), ("train.precision", "fp16", "bf16"),
      ("baselines.qsenn_schedule", "fast", "reference, qsenn"), ("baselines.compact", (4, 5), "baselines.compact"),
-     ("baselines.glm_n_lambdas", 1, "glm_n_lambdas"), ("data.n_classes", 0, "data.n_classes")],
+     ("baselines.glm_n_lambdas", 1, "glm_n_lambdas"), ("data.n_classes", 0, "data.n_classes"),
+     ("cluster.executor", "ray", "cluster.executor must be one of local, slurm"),
+     ("cluster.train", {"cpus": 0}, "cluster.train.cpus"), ("cluster.embed", {"mem_gb": 0.0}, "cluster.embed.mem_gb"),
+     ("cluster.partition", " ", "cluster.partition"), ("cluster.poll_s", 0.0, "cluster.poll_s"),
+     ("cluster.run_overhead_s", -1.0, "cluster.run_overhead_s")],
 )
 def test_check_profile_names_the_field(key, value, match):
     with pytest.raises(ValueError, match=match):

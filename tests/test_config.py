@@ -77,3 +77,14 @@ def test_paper_grids_can_judge_the_sweep_claims():
     assert max(sweeps.hidden_size) == 4096 and 2048 in sweeps.hidden_size  # Fig. 13: past the paper's choice
     assert {(50, 5), (40, 4)} <= set(sweeps.sparsity) and len(sweeps.sparsity) == 25  # Fig. 8
     assert min(len(g) for g in (sweeps.l1_fm, sweeps.fdl, sweeps.l1_fv, sweeps.n_layers, sweeps.n_features)) >= 4
+
+
+def test_overrides_read_back_from_json_and_nested_sections():
+    # a run spec's overrides come back from JSON: lists become the tuples the fields hold
+    assert apply_overrides("smoke", {"baselines.compact": [6, 1]}).baselines.compact == (6, 1)
+    prof = apply_overrides("smoke", {"cluster.train": {"gpus": 2, "time_min": 30}, "cluster.setup": ["module load x"]})
+    assert (prof.cluster.train.gpus, prof.cluster.train.time_min, prof.cluster.train.cpus) == \
+        (2, 30, SMOKE.cluster.train.cpus)
+    assert prof.cluster.setup == ("module load x",) and prof.cluster.embed == SMOKE.cluster.embed
+    with pytest.raises(ValueError, match="takes a mapping of gpus, cpus, mem_gb, time_min"):
+        apply_overrides("smoke", {"cluster.train": {"gpu": 2}})

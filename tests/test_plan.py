@@ -34,3 +34,18 @@ def test_embedding_profiles_are_each_store_the_book_reads_once():
     assert {b for d, _, b in stores if d == "synthbirds"} == {"dinov2_vitb14", *get_profile("paper").sweeps.backbones}
     assert [(p.data.dataset, p.backbone.name) for p in plan.embedding_profiles("smoke")] == \
         [("synthbirds", "standin_t14_reg"), ("synthbirds", "standin_t14")]  # Table 3's twin without registers
+
+
+def test_compute_runs_requests_here_or_hands_them_to_the_cluster_executor(monkeypatch):
+    calls = []
+    monkeypatch.setattr(RunRequest, "run", lambda self, prof, **kw: calls.append(("run", self.method, kw)))
+    monkeypatch.setattr(plan, "compute_requests", lambda reqs, prof, **kw: calls.append(("jobs", len(reqs), kw)))
+    requests = [RunRequest.of("dense", [0]), RunRequest.of("dino_qpm", [0, 1])]
+    monkeypatch.delenv("QPMLIB_EXECUTOR", raising=False)
+    plan.compute(requests, "smoke", verbose=False)
+    assert calls == [("run", "dense", {"executor": "local", "verbose": False}),
+                     ("run", "dino_qpm", {"executor": "local", "verbose": False})]
+    calls.clear()
+    monkeypatch.setenv("QPMLIB_EXECUTOR", "slurm")  # all requests at once, so that their jobs run side by side
+    plan.compute(requests, "smoke", verbose=False)
+    assert calls == [("jobs", 2, {"executor": "slurm", "verbose": False})]

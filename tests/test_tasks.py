@@ -7,14 +7,17 @@ The ``slurm``-marked test runs real smoke runs as jobs on the one-node cluster o
 import dataclasses
 import json
 import os
+import socket
 from pathlib import Path
 
 import pytest
 import torch
 from slurm_cluster import slurm_cluster  # noqa: F401  (the session fixture)
 
+from qpmlib.analysis.report import origins_summary, stage_origins
 from qpmlib.config import apply_overrides, get_profile
 from qpmlib.results import CONFIG_FILE, METRICS_FILE
+from qpmlib.runs import executor as ex
 from qpmlib.runs import tasks
 from qpmlib.runs.executor import RunReport, resolve_executor
 from qpmlib.runs.methods import RunRequest, method_profile
@@ -37,6 +40,11 @@ def test_a_spec_names_only_what_differs_and_gives_back_the_run():
                     "overrides": {"train.ft_l1_fm": 0.0, "qp.n_selected": 6}}
     assert tasks.spec_profile(spec) == method_profile("dino_qpm", "smoke", {"train.ft_l1_fm": 0.0,
                                                                             "qp.n_selected": 6})
+    # a job reads its spec back from JSON: tuples come back as lists, and must give the same run
+    spec = tasks.run_spec("dino_qpm_compact", "smoke", 0, {"baselines.compact": (6, 1)})
+    assert spec["overrides"] == {"baselines.compact": [6, 1]}
+    assert tasks.spec_profile(json.loads(json.dumps(spec))) == \
+        method_profile("dino_qpm_compact", "smoke", {"baselines.compact": (6, 1)})
     # an override equal to the profile's value, or to what the method sets itself, is not repeated
     smoke = get_profile("smoke")
     assert tasks.run_spec("dino_qpm", "smoke", 0, {"qp.n_selected": smoke.qp.n_selected})["overrides"] == {}
@@ -104,6 +112,9 @@ def test_executor_choice_argument_then_environment_then_profile(monkeypatch):
     monkeypatch.setenv("QPMLIB_EXECUTOR", "ray")
     with pytest.raises(ValueError, match=r"unknown executor 'ray' \(from \$QPMLIB_EXECUTOR\)"):
         resolve_executor(None, "smoke")
+    # run_methods and run_seeds reach the tasks through a name (this module builds on theirs); nothing for local
+    assert ex._load(ex.ENSURE_RUNS) is tasks.ensure_method_runs
+    assert ex.cluster_runs("dino_qpm", [0], "smoke", executor="local") is None
 
 
 # ---------------------------------------------------------------------------------------------- local runs
@@ -158,6 +169,10 @@ def test_slurm_runs_store_what_local_runs_store(slurm_cluster, tmp_path, monkeyp
         entries = tasks.spec_entries(specs)
         found[executor] = ({p.relative_to(tmp_path / executor) for p in entries}, reports[1].jobs,
                            [p for p in entries if p.parent.parent.name == "smoke"])
+        origins = stage_origins("smoke")
+        assert len(origins) == 1 and origins.stages[0] == 4  # dense, qp, qpm of DINO-QPM; the probe's dense
+        assert origins.slurm_jobs[0] == (2 if executor == "slurm" else 0)
+        assert origins.origin[0].startswith("Slurm jobs on " if executor == "slurm" else "in-process on ")
     (local_names, _, local_stages), (slurm_names, jobs, slurm_stages) = found["local"], found["slurm"]
     assert local_names == slurm_names  # the same embedding stores and stages, under the same hashes
     for a, b in zip(local_stages, slurm_stages):
@@ -182,6 +197,10 @@ def test_export_then_import_elsewhere_loads_every_run_without_computing(home, tm
                 RunRequest.of("dino_sldd", [0], {"train.dense_epochs": 1, "train.ft_epochs": 1})]
     tasks.compute_requests(requests, "smoke", executor="local", verbose=False)
     before = [run.metrics for r in requests for run in r.run("smoke", compute=False)]
+    here = stage_origins("smoke")
+    assert list(here.origin) == [f"in-process on {socket.gethostname()}"] and here.slurm_jobs.tolist() == [0]
+    n_stages = int(here.stages.sum())
+    assert n_stages == 6 and "0 imported, 0 computed as Slurm jobs, 6 computed in-process" in origins_summary(here)
     manifest = tasks.export_runs(tmp_path / "runs.tar", requests, "smoke", verbose=False)
     assert manifest["produced_by"]["profile"] == "smoke" and manifest["produced_by"]["runs"] == 2
     assert len(manifest["produced_by"]["embedding_stores"]) == 2  # both splits of the one store the runs read
@@ -202,7 +221,28 @@ def test_export_then_import_elsewhere_loads_every_run_without_computing(home, tm
                          (embeddings, "_build")):
         monkeypatch.setattr(module, name, no_work)
     assert [run.metrics for r in requests for run in r.run("smoke")] == before
+    there = stage_origins("smoke")  # the provenance page of the book rendered from the archive
+    assert len(there) == 1 and there.origin[0].startswith("imported from runs.tar") and there.stages[0] == n_stages
+    assert origins_summary(there) == f"All {n_stages} stored stages were imported from archives: this book " \
+        "trained nothing itself."
     stores = sorted(p.name for p in (tmp_path / "laptop" / "cache").iterdir() if not p.name.startswith("."))
     assert stores == sorted(embeddings.store_path("smoke", split).name for split in ("train", "test"))
     assert tasks.import_runs(tmp_path / "runs.tar", verbose=False).added != []  # the stores moved: found again
     assert sorted(p.name for p in (tmp_path / "laptop" / "cache").iterdir() if not p.name.startswith(".")) == stores
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_a_chapter_with_the_slurm_executor_gets_its_runs_from_jobs(slurm_cluster, tmp_path, monkeypatch):
+    from qpmlib.runs.methods import run_methods
+
+    monkeypatch.setenv("QPMLIB_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("QPMLIB_EXECUTOR", "slurm")
+    overrides = {"train.dense_epochs": 1, "train.ft_epochs": 1}
+    runs = run_methods("dino_qpm_compact", "smoke", [2, 3], overrides=overrides)  # what a table's runner calls
+    jobs = [r.stages[kind].provenance["slurm_job_id"] for r in runs for kind in ("dense", "qp", "qpm")]
+    assert all(jobs) and len(set(jobs)) == 2  # one job per (method, seed, setting) computed all its stages
+    assert all(r.stages["qpm"].provenance["executor"] == "slurm" for r in runs)
+    assert [r.seed for r in runs] == [2, 3] and all(0.0 <= r.metrics["accuracy"] <= 1.0 for r in runs)
+    again = run_methods("dino_qpm_compact", "smoke", [2, 3], overrides=overrides, compute=False)
+    assert [r.metrics for r in again] == [r.metrics for r in runs]

@@ -24,7 +24,8 @@ from qpmlib.backbones import standin_names
 from qpmlib.config import get_profile
 from qpmlib.paper import DISCREPANCIES, METRICS, claim
 
-__all__ = ["discrepancy_table", "profile_differences", "compute_time", "stage_figures", "setting_reason",
+__all__ = ["discrepancy_table", "profile_differences", "compute_time", "stage_figures", "stage_origins",
+           "origins_summary", "setting_reason",
            "reproduction_counts"]
 
 def discrepancy_table() -> pd.DataFrame:
@@ -143,6 +144,66 @@ def stage_figures(profile: str, *, results_root: str | Path | None = None) -> pd
              "max_seconds": max(f[0] for f in measured), "peak_rss_mib": peak([f[1] for f in measured]),
              "peak_cuda_mib": peak([f[2] for f in measured])} for kind, measured in sorted(found.items())]
     return pd.DataFrame(rows, columns=["stage", "count", "seconds", "max_seconds", "peak_rss_mib", "peak_cuda_mib"])
+
+
+def stage_origins(profile: str, *, home: str | Path | None = None) -> pd.DataFrame:
+    """Where the stored stages of a profile were computed: in-process or as Slurm jobs, on which host, or imported.
+
+    Reads the ``executor`` and ``host`` of every stage's ``provenance.json`` in the profile's results store, and the
+    record of imported archives (``<home>/imports.json``, written by :func:`qpmlib.runs.tasks.import_runs`); a stage
+    that came in an archive counts as imported, whoever computed it first.
+
+    Args:
+        profile: profile name.
+        home: the folder holding ``results/`` and ``imports.json`` (default :func:`qpmlib.paths.home`).
+
+    Returns:
+        DataFrame with columns ``origin`` (e.g. "in-process on node1", "Slurm jobs on gpu07", "imported from
+        paper.tar"), ``stages``, ``slurm_jobs`` (distinct job ids) and ``seconds`` (their training time), most stages
+        first; empty when nothing is stored.
+    """
+    home = Path(home) if home is not None else paths.home()
+    imported: dict[str, str] = {}
+    try:
+        records = json.loads((home / "imports.json").read_text())
+    except (OSError, ValueError):
+        records = []
+    for record in records if isinstance(records, list) else []:
+        commit = (record.get("produced_by") or {}).get("exported_from_commit")
+        label = f"imported from {record.get('archive')}" + (f" (exported at commit {commit[:10]})" if commit else "")
+        imported.update({entry: label for entry in record.get("entries", [])})
+    groups: dict[str, dict[str, Any]] = {}
+    for prov in sorted((home / "results" / profile).glob("*/*/provenance.json")):
+        if prov.parent.name.startswith(".") or prov.parent.parent.name.startswith("."):
+            continue
+        info = json.loads(prov.read_text())
+        entry = prov.parent.relative_to(home).as_posix()
+        executor, host = info.get("executor"), info.get("host") or "an unknown host"
+        origin = imported.get(entry) or {"slurm": f"Slurm jobs on {host}", "local": f"in-process on {host}"}.get(
+            executor, "not recorded (stored before executors were recorded)")
+        group = groups.setdefault(origin, {"stages": 0, "jobs": set(), "seconds": 0.0})
+        group["stages"] += 1
+        if info.get("slurm_job_id"):
+            group["jobs"].add(info["slurm_job_id"])
+        if isinstance(info.get("total_seconds"), (int, float)):
+            group["seconds"] += float(info["total_seconds"])
+    rows = [{"origin": o, "stages": g["stages"], "slurm_jobs": len(g["jobs"]), "seconds": g["seconds"]}
+            for o, g in groups.items()]
+    frame = pd.DataFrame(rows, columns=["origin", "stages", "slurm_jobs", "seconds"])
+    return frame.sort_values(["stages", "origin"], ascending=[False, True], ignore_index=True)
+
+
+def origins_summary(origins: pd.DataFrame) -> str:
+    """One sentence on :func:`stage_origins`: how many stored stages, how many imported, how many computed here."""
+    total = int(origins["stages"].sum())
+    if total == 0:
+        return "No stage is stored yet."
+    imported = int(origins.loc[origins["origin"].str.startswith("imported"), "stages"].sum())
+    jobs = int(origins.loc[origins["origin"].str.startswith("Slurm"), "stages"].sum())
+    if imported == total:
+        return f"All {total} stored stages were imported from archives: this book trained nothing itself."
+    return (f"{total} stored stages: {imported} imported, {jobs} computed as Slurm jobs, "
+            f"{total - imported - jobs} computed in-process (or not recorded).")
 
 
 def setting_reason(profile: Any, *, pretrained: bool, n_seeds: int) -> str:

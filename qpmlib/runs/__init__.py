@@ -9,6 +9,10 @@ Modules, bottom-up:
 * :mod:`~qpmlib.runs.dino_qpm`: the dense, QP and fine-tune stages (``run_dino_qpm``, ``run_seeds``).
 * :mod:`~qpmlib.runs.baselines`: the DINO-SLDD and DINO-QSENN stages.
 * :mod:`~qpmlib.runs.methods`: the methods of Table 1 as a registry (``METHODS``, ``run_methods``, ``run_method``).
+* :mod:`~qpmlib.runs.executor`: tasks with store keys, computed in-process or as Slurm jobs (``compute``, ``plan``).
+* :mod:`~qpmlib.runs.archive`: export and import of finished entries (one checksummed tar).
+* :mod:`~qpmlib.runs.tasks`: the book's runs as executor tasks (``compute_requests``, ``plan_requests``,
+  ``export_runs``, ``import_runs``).
 
 Results live in the content-addressed store of :mod:`qpmlib.results`.
 """

@@ -51,7 +51,7 @@ from qpmlib.results import (
     provenance,
 )
 from qpmlib.runs.checks import check_profile, check_ready
-from qpmlib.runs.executor import resolve_executor
+from qpmlib.runs.executor import cluster_runs, resolve_executor
 from qpmlib.runs.evaluate import model_metrics, prediction_tensors, test_masks_and_parts
 from qpmlib.runs.provenance import device_label, measured
 from qpmlib.runs.run import Run
@@ -192,11 +192,8 @@ def run_seeds(
     prof = apply_overrides(profile, overrides)
     compute = resolve_executor(None, profile) == "local"
     if not compute:  # computed as jobs first, then only loaded here (see qpmlib.runs.methods.run_methods)
-        from qpmlib.runs.methods import RunRequest
-        from qpmlib.runs.tasks import ensure_runs
-
-        ensure_runs([RunRequest.of("dense" if dense_only else "dino_qpm", prof.seeds if seeds is None else seeds,
-                                   overrides)], get_profile(profile), verbose=verbose)
+        cluster_runs("dense" if dense_only else "dino_qpm", prof.seeds if seeds is None else seeds,
+                     get_profile(profile), overrides=overrides, verbose=verbose)
     found = run_stages(prof, seeds, compute=compute, dense_only=dense_only, stack=stack, verbose=verbose)
     return [Run("dino_qpm", prof, seed, stages) for seed, stages in found.items()]
 

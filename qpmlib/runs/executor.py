@@ -46,6 +46,8 @@ from submitit.core.utils import FailedJobError, JobPaths
 from tqdm import tqdm
 
 from qpmlib import paths
+from qpmlib.config import get_profile
+from qpmlib.embeddings import open_store
 from qpmlib.files import atomic_write, file_lock
 from qpmlib.results import ResultData, ResultStore, is_served, provenance, slurm_job_id
 
@@ -61,6 +63,7 @@ __all__ = [
     "PlannedJob",
     "RunPlan",
     "compute",
+    "cluster_runs",
     "resolve_executor",
     "run_task",
     "slurm_job_id",
@@ -83,6 +86,9 @@ TASK_FUNCTIONS: dict[str, str] = {
     "extract": "qpmlib.runs.tasks:extract_split",  # one embedding store: (dataset, split, backbone)
     "run": "qpmlib.runs.tasks:compute_run",  # one run: (profile + overrides, method, seed, dataset)
 }
+
+#: The function :func:`cluster_runs` runs (``module:function``).
+ENSURE_RUNS = "qpmlib.runs.tasks:ensure_method_runs"
 
 _LOCK_FOLDER = ".locks"  # beside the entries, like the results store's own locks (hidden: listings skip it)
 _LEDGER_FILE = "ledger.json"
@@ -109,8 +115,6 @@ def resolve_executor(executor: str | None = None, profile: Any = None) -> str:
     elif os.environ.get(ENV_EXECUTOR):
         name, origin = os.environ[ENV_EXECUTOR], f"${ENV_EXECUTOR}"
     elif profile is not None:
-        from qpmlib.config import get_profile
-
         name, origin = get_profile(profile).cluster.executor, "the profile's cluster.executor"
     else:
         name, origin = "local", "default"
@@ -127,8 +131,33 @@ def resolve_function(name: str) -> Callable[..., Any]:
     """
     if name not in TASK_FUNCTIONS:
         raise ValueError(f"unknown task function {name!r}; registered: {', '.join(sorted(TASK_FUNCTIONS))}")
-    module, attr = TASK_FUNCTIONS[name].split(":")
+    return _load(TASK_FUNCTIONS[name])
+
+
+def _load(target: str) -> Callable[..., Any]:
+    module, attr = target.split(":")
     return getattr(importlib.import_module(module), attr)
+
+
+def cluster_runs(method: str, seeds: Sequence[int], profile: Any, *, overrides: Mapping[str, Any] | None = None,
+                 executor: str | None = None, verbose: bool = True) -> list[RunReport] | None:
+    """Have a cluster executor compute the missing runs of one method over seeds and wait; nothing with ``local``.
+
+    What :func:`qpmlib.runs.methods.run_methods` and :func:`qpmlib.runs.dino_qpm.run_seeds` call before they load.
+    It runs :data:`ENSURE_RUNS` (:func:`qpmlib.runs.tasks.ensure_method_runs`), named like the task functions
+    because that module builds its tasks from the methods and stages of the very modules that call this one.
+
+    Args:
+        method: a key of :data:`qpmlib.runs.methods.METHODS`.
+        seeds: the run seeds.
+        profile: a registered profile, by name or object.
+        overrides: the caller's dotted overrides.
+        executor: see :func:`resolve_executor`.
+        verbose: show the jobs queued, running and done.
+    """
+    if resolve_executor(executor, profile) == "local":
+        return None
+    return _load(ENSURE_RUNS)(method, seeds, profile, overrides=overrides, executor=executor, verbose=verbose)
 
 
 @dataclass(frozen=True)
@@ -185,8 +214,6 @@ class StoreKey:
 
 
 def _embeddings_intact(folder: Path) -> bool:
-    from qpmlib.embeddings import open_store  # imported here: the embedding module pulls in the backbones
-
     if not (folder / "manifest.json").is_file():
         return False
     try:

@@ -40,7 +40,7 @@ from qpmlib.config import Profile, apply_overrides, get_profile
 from qpmlib.runs.baselines import SPARSE_HEADS, run_sparse_head
 from qpmlib.runs.checks import check_profile
 from qpmlib.runs.dino_qpm import run_stages
-from qpmlib.runs.executor import resolve_executor
+from qpmlib.runs.executor import cluster_runs, resolve_executor
 from qpmlib.runs.peer_heads import PEER_HEADS, run_peer_head
 from qpmlib.runs.run import Run
 from qpmlib.sparse import QSENN, SLDD, SLDDSettings
@@ -267,17 +267,14 @@ def run_methods(
     """
     m = _method(method)
     prof = method_profile(method, profile, overrides)
+    if compute and resolve_executor(executor, profile) != "local":  # computed as jobs first, then only loaded
+        cluster_runs(method, prof.seeds if seeds is None else seeds, get_profile(profile), overrides=overrides,
+                     executor=executor, verbose=verbose)
+        compute = False
     if m.head in PEER_HEADS:
         seeds = [int(s) for s in (prof.seeds if seeds is None else seeds)]
         return [Run(method, prof, seed, run_peer_head(m.head, prof, seed, k=sid_k(prof), compute=compute,
                                                       verbose=verbose)) for seed in seeds]
-    if compute and resolve_executor(executor, profile) != "local":
-        from qpmlib.runs.tasks import ensure_runs  # above this module: it turns requests into tasks
-
-        base = get_profile(profile)
-        ensure_runs([RunRequest.of(method, prof.seeds if seeds is None else seeds, overrides)], base,
-                    executor=executor, verbose=verbose)
-        compute = False
     found = run_stages(prof, seeds, compute=compute, dense_only=m.head != "qpm", stack=stack, verbose=verbose)
     runs = []
     for seed, stages in found.items():

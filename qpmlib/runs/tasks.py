@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from qpmlib import paths
 from qpmlib.config import PROFILES, SECTIONS, Profile, apply_overrides, get_profile
 from qpmlib.data import n_images
 from qpmlib.embeddings import SPLITS, get_store, relocate, store_path, stored_inputs
+from qpmlib.files import atomic_write_json, file_lock
 from qpmlib.results import ResultStore, canonical_json
 from qpmlib.runs.archive import ImportReport, export_archive, import_archive
 from qpmlib.runs.baselines import SELECTION_KIND, SPARSE_HEADS, sparse_head_configs
@@ -62,9 +64,11 @@ __all__ = [
     "plan_requests",
     "compute_requests",
     "ensure_runs",
+    "ensure_method_runs",
     "spec_entries",
     "export_runs",
     "import_runs",
+    "IMPORTS_FILE",
     "compute_run",
     "extract_split",
 ]
@@ -73,6 +77,9 @@ __all__ = [
 EMBED_STAGE, TRAIN_STAGE = "embed", "train"
 #: Profile sections that define a run (``cluster`` says only where it is computed).
 RUN_SECTIONS = tuple(s for s in SECTIONS if s != "cluster")
+#: The record of every archive :func:`import_runs` installed, in :func:`qpmlib.paths.home` (a JSON list).
+IMPORTS_FILE = "imports.json"
+_LOCKS = ".locks"
 _CUB_TRAIN_IMAGES = 5994  # the images of the paper's per-epoch times (ClusterConfig.seconds_per_epoch)
 
 
@@ -376,6 +383,14 @@ def ensure_runs(requests: Sequence[RunRequest], profile: str | Profile, *, execu
     return compute_requests(requests, profile, executor=executor, verbose=verbose)
 
 
+def ensure_method_runs(method: str, seeds: Sequence[int], profile: str | Profile, *,
+                       overrides: Mapping[str, Any] | None = None, executor: str | None = None,
+                       verbose: bool = True) -> list[RunReport] | None:
+    """:func:`ensure_runs` of one method over seeds (what :func:`qpmlib.runs.executor.cluster_runs` runs)."""
+    return ensure_runs([RunRequest.of(method, seeds, dict(overrides or {}))], profile, executor=executor,
+                       verbose=verbose)
+
+
 # ---------------------------------------------------------------------------------------------- export, import
 def export_runs(archive: str | Path, requests: Sequence[RunRequest], profile: str | Profile, *,
                 verbose: bool = True) -> dict[str, Any]:
@@ -411,7 +426,8 @@ def import_runs(archive: str | Path, *, verbose: bool = True) -> ImportReport:
 
     Embedding stores are then renamed to where this machine looks for them (their folder name depends on the
     dataset folder, see :func:`qpmlib.embeddings.relocate`); a store that is already there is kept and the copy
-    just unpacked removed.
+    just unpacked removed. The import is recorded in ``<home>/imports.json`` (archive, time, what produced it, the
+    entries), which :func:`qpmlib.analysis.report.stage_origins` reads.
 
     Raises:
         qpmlib.runs.archive.ArchiveError: for a damaged, altered or unsafe archive (nothing is installed).
@@ -427,6 +443,16 @@ def import_runs(archive: str | Path, *, verbose: bool = True) -> ImportReport:
         target = relocate(folder, _store_profile(spec), spec["split"])
         if target != folder and folder.exists():  # the same store was already where this machine looks
             shutil.rmtree(folder)
+    record = {"archive": Path(archive).name, "imported": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+              "produced_by": report.manifest.get("produced_by", {}), "entries": report.manifest.get("entries", []),
+              "added": len(report.added)}
+    log_file = home / IMPORTS_FILE
+    with file_lock(home / _LOCKS / f"{IMPORTS_FILE}.lock", what="the import record"):
+        try:
+            records = json.loads(log_file.read_text())
+        except (OSError, ValueError):
+            records = []
+        atomic_write_json(log_file, [*(records if isinstance(records, list) else []), record], indent=1)
     return report
 
 

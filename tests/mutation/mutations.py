@@ -35,6 +35,7 @@ AREA_TESTS = {
     "book runner": ["tests/test_runner.py"],
     "locks and loading": ["tests/test_files.py", "tests/test_train.py", "tests/test_results.py",
                           "tests/test_concurrency.py"],
+    "executor tasks": ["tests/test_tasks.py", "tests/test_book_store.py"],
 }
 
 M = Mutation
@@ -200,4 +201,21 @@ MUTATIONS = [
       "        if True:\n            found = None\n", "get_or_run computes without the lock and recheck"),
     M("S04", "locks and loading", "qpmlib/files.py", "            os.fsync(fh.fileno())\n        os.replace(tmp, path)",
       "        os.replace(tmp, path)", "atomic write without fsync"),
+    # ------------------------------------------------------------------ the book's runs as executor tasks
+    M("X01", "executor tasks", "qpmlib/runs/tasks.py",
+      'out.setdefault(key.path, (Task(_spec_name(spec), "run", dict(spec), key, TRAIN_STAGE), bool(pending)))',
+      'out[_spec_name(spec)] = (Task(_spec_name(spec), "run", dict(spec), key, TRAIN_STAGE), bool(pending))',
+      "two requests that end in one run give two tasks for one entry"),
+    M("X02", "executor tasks", "qpmlib/runs/executor.py",
+      "        if not all(is_served(p) for p in self.requires):\n            return False\n", "",
+      "a run counts as done while an earlier stage of it is missing or damaged"),
+    M("X03", "executor tasks", "qpmlib/runs/tasks.py",
+      "if path not in seen and not StoreKey(path, verify=\"result\").exists():",
+      "if not StoreKey(path, verify=\"result\").exists():",
+      "a stage shared by two runs counts twice in the GPU-hour estimate"),
+    M("X04", "executor tasks", "qpmlib/embeddings.py", "    os.rename(folder, target)\n    return target",
+      "    return folder", "imported embedding stores stay under the exporting machine's folder name"),
+    M("X05", "executor tasks", "qpmlib/runs/tasks.py",
+      '"entries": report.manifest.get("entries", []),', '"entries": [],',
+      "imported stages are reported as computed on this machine"),
 ]
