@@ -40,7 +40,7 @@ def standins(weights_dir, monkeypatch, tmp_path):
 
 
 def test_profile_standins():
-    assert standin.profile_standins("demo") == ["standin_t14_reg", "standin_s14", "standin_s14_reg"]
+    assert standin.profile_standins("demo") == ["standin_t14", "standin_s14", "standin_s14_reg"]
     assert standin.profile_standins("smoke") == ["standin_t14", "standin_t14_reg"]
     assert standin.profile_standins("paper") == []
     prof, names, note = standin.shown_standins("paper")  # the paper profile reads DINOv2: the demo's are shown
