@@ -541,8 +541,14 @@ def _sha(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
-@functools.lru_cache(maxsize=2)
 def _profile_backbone(name: str, weights: str, image_size: int) -> FrozenBackbone:
+    """The backbone a profile extracts with, built once per process for each checkpoint (the weights' id is part
+    of the key, so a rebuilt or replaced weights file is never served from the cache)."""
+    return _built_backbone(name, weights, image_size, weights_id(name, weights))
+
+
+@functools.lru_cache(maxsize=2)
+def _built_backbone(name: str, weights: str, image_size: int, wid: str) -> FrozenBackbone:
     return build_backbone(name, weights=weights, image_size=image_size)
 
 

@@ -289,6 +289,19 @@ def _fake_standin(folder, name="standin_t14_reg", seed=0):
     return vit, path
 
 
+def test_extraction_backbone_is_rebuilt_when_its_weights_file_changes(tmp_path, monkeypatch):
+    from qpmlib import embeddings
+
+    monkeypatch.setattr(backbones, "WEIGHTS_DIR", tmp_path)
+    _fake_standin(tmp_path, seed=0)
+    first = embeddings._profile_backbone("standin_t14_reg", "auto", 56)
+    assert embeddings._profile_backbone("standin_t14_reg", "auto", 56) is first  # built once per checkpoint
+    _fake_standin(tmp_path, seed=1)  # e.g. `make weights` rebuilt it: the cached model must not be served
+    second = embeddings._profile_backbone("standin_t14_reg", "auto", 56)
+    assert second.weights_id != first.weights_id
+    assert second.weights_id == backbones.weights_id("standin_t14_reg", "auto")
+
+
 def test_standin_weights_load_after_the_hash_check(tmp_path, monkeypatch):
     monkeypatch.setattr(backbones, "WEIGHTS_DIR", tmp_path)
     vit, path = _fake_standin(tmp_path)
