@@ -150,11 +150,13 @@ def plain_value(value):
     return value
 
 
-def glue(name: str, value) -> None:
-    """Store ``value`` under ``name`` for ``{glue:text}`` in the chapter's prose, without displaying it.
+def glue(name: str, value, *, display: bool = False) -> None:
+    """Store ``value`` under ``name`` for ``{glue:text}`` in the chapter's prose (and other pages).
 
-    numpy scalars are converted first: ``{glue:text}`name:.1f``` cannot format ``np.float64(…)``.
+    numpy scalars are converted first: ``{glue:text}`name:.1f``` cannot format ``np.float64(…)``. A figure that
+    another page pastes must be glued with ``display=True``: the chapter then shows that very output, whose image
+    file the pasting page links to (a figure drawn twice may differ by a byte and leave the link broken).
     """
     from myst_nb import glue as _glue
 
-    _glue(name, plain_value(value), display=False)
+    _glue(name, plain_value(value), display=display)

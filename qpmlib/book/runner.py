@@ -531,6 +531,8 @@ def stage_book(profile: str) -> Path:
     if book_src.exists():
         shutil.rmtree(book_src)
     shutil.copytree(REPO_ROOT / "book", book_src, ignore=shutil.ignore_patterns("_build", "_vendor"))
+    for page in book_src.rglob("*.md"):  # pages paste values and figures from the chapters (the results page):
+        page.touch()  # a new mtime makes Sphinx read them again, or they would show an earlier run's figures
     missing = [c.name for c in chapters() if not (src / "chapters" / c.source.name).exists()]
     if missing:
         raise FileNotFoundError(
