@@ -6,9 +6,9 @@ Five profiles exist:
   CPU cores (CI, nbval).
 * ``demo`` (default): SynthBirds at 224 px and the project's stand-in for DINOv2, ``standin_s14``: a miniature
   DINOv2 that the project pretrained itself on SynthBirds images disjoint from the demo's classes
-  (``qpmlib.pretrain``; chapters say so in a banner), without registers because at this scale its patch tokens
-  serve DINO-QPM better than those of its twin with registers (chapter 03 measures both). The real DINOv2 stays
-  selectable by name.
+  (``qpmlib.pretrain``; chapters say so in a banner), without registers because on its patch tokens the dense
+  model is more accurate than on those of its twin with registers (chapter 03 measures both). The real DINOv2
+  stays selectable by name.
 * ``paper``: CUB-200-2011 and Stanford Cars with pretrained DINOv2 ViT-B/14-reg, 5 seeds, and the **paper's
   text** where it and the authors' code disagree on a hyperparameter (Sec. 9: 40 dense / 50 fine-tune epochs,
   batch 32 in both stages); meant for a GPU and the real data.
@@ -300,8 +300,8 @@ DEMO = Profile(
     name="demo",
     description="SynthBirds at 224 px with the project's stand-in, a miniature DINOv2 pretrained on SynthBirds",
     data=DataConfig(dataset="synthbirds", image_size=224, n_classes=25, n_train=24, n_test=16, seed=0),
-    # the stand-in without registers: at this scale its patch tokens serve DINO-QPM better than its twin's with
-    # registers (chapter 03 measures both; the paper's backbone has registers, see chapter 01b)
+    # the stand-in without registers: on its patch tokens the dense model is about ten points more accurate than on
+    # its twin's with registers (chapter 03 measures both; the paper's backbone has registers, see chapter 01b)
     backbone=BackboneConfig(name="standin_s14", weights="auto", batch_size=32),
     model=ModelConfig(n_layers=4, hidden_size=128, n_features=64),
     qp=QPConfig(n_selected=20, n_per_class=5, time_limit=30.0),
