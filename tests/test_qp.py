@@ -336,3 +336,18 @@ def test_qpm_mode_penalises_at_least_as_many_pairs():
 def test_r_threshold_rejects_unknown_mode():
     with pytest.raises(ValueError, match="valid modes"):
         r_threshold(np.eye(5), 3, mode="clamped")
+
+
+def test_gurobi_out_of_time_returns_its_feasible_start():
+    # no time at all (a busy machine, a short qp.time_limit) still ends with the greedy start, never with none
+    ok, reason = gurobi_usable()
+    if not ok:
+        pytest.skip(reason)
+    a, r = medium_instance(0, n_features=30, n_classes=12)
+    with pytest.warns(UserWarning, match="greedy start is used"):
+        grb = solve_qpm(a, r, 8, 3, solver="gurobi", time_limit=1e-9)
+    assert len(grb.selected) == 8 and np.all(grb.assignment.sum(axis=1) == 3)
+    assert not has_duplicate_rows(grb.assignment) and grb.bound is None and grb.gap is None  # no bound: unknown gap
+    assert grb.objective == pytest.approx(qpm_objective(a, r, grb.selected, grb.assignment))
+    exact = solve_qpm(a, r, 8, 3, solver="gurobi", gurobi="exact")
+    assert 0.5 * exact.objective < grb.objective <= exact.objective + 1e-9

@@ -16,12 +16,14 @@ certifies the optimum to round-off, as this book did before it followed the refe
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
 
-from .local_search import Instance
+from .assignment import best_distinct_assignment
+from .local_search import Instance, greedy_start
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,7 @@ def gurobi_fits(n_vars: int, n_cons: int) -> tuple[bool, str]:
 
 
 def solve_gurobi(inst: Instance, *, settings: str | GurobiSettings = "reference", time_limit: float | None = None,
-                 seed: int = 0, verbose: bool = False) -> tuple[np.ndarray, np.ndarray, float, float, dict]:
+                 seed: int = 0, verbose: bool = False) -> tuple[np.ndarray, np.ndarray, float, float | None, dict]:
     """Solve the linearised model with Gurobi (raises ``gurobipy.GurobiError`` if the licence is too small).
 
     Args:
@@ -104,7 +106,9 @@ def solve_gurobi(inst: Instance, *, settings: str | GurobiSettings = "reference"
 
     Returns:
         ``(selected, assignment, objective, bound, params)``: numpy arrays, floats, and the ``MIPGap`` and
-        ``TimeLimit`` read back from the solved model (Gurobi reports "no limit" as ``inf``).
+        ``TimeLimit`` read back from the solved model (Gurobi reports "no limit" as ``inf``). When the time limit
+        ends the solve before any solution, the feasible greedy start is returned with ``bound`` None (a warning
+        says so).
     """
     import gurobipy as gp
     from gurobipy import GRB
@@ -131,6 +135,14 @@ def solve_gurobi(inst: Instance, *, settings: str | GurobiSettings = "reference"
             m.Params.LazyConstraints = 1
             if chosen.time_limit is not None:
                 m.Params.TimeLimit = chosen.time_limit
+            # a feasible start (the open solver's greedy selection, its exact distinct assignment): a time limit
+            # then always ends with a solution, never with none (a busy machine or a short limit)
+            start = greedy_start(inst)
+            start_assignment, start_sum = best_distinct_assignment(inst.a[start].T, k)
+            s_start, e_start = np.zeros(n_f), np.zeros((n_f, n_c))
+            s_start[start] = 1.0
+            e_start[start] = start_assignment.T
+            s.Start, e.Start = s_start, e_start
 
             def add_cuts(model, where):
                 if where != GRB.Callback.MIPSOL:
@@ -147,9 +159,12 @@ def solve_gurobi(inst: Instance, *, settings: str | GurobiSettings = "reference"
                         groups[key] = c
 
             m.optimize(add_cuts)
-            if m.SolCount == 0:
-                raise RuntimeError(f"Gurobi found no feasible solution (status {m.Status}); raise time_limit")
+            params = {"MIPGap": float(m.Params.MIPGap), "TimeLimit": float(m.Params.TimeLimit)}
+            if m.SolCount == 0:  # stopped before it read even the start: the start is the answer, with no bound
+                warnings.warn(f"Gurobi stopped (status {m.Status}) before it found a solution: the greedy start is "
+                              "used, with no bound; raise qp.time_limit for a solved QP", stacklevel=2)
+                value = start_sum + inst.b[start].sum() - np.triu(inst.p[np.ix_(start, start)], k=1).sum()
+                return start, start_assignment, float(value), None, params
             sel = np.flatnonzero(s.X > 0.5)
             assignment = (e.X[sel] > 0.5).T  # (N_c, n)
-            params = {"MIPGap": float(m.Params.MIPGap), "TimeLimit": float(m.Params.TimeLimit)}
             return sel, assignment, float(m.ObjVal), float(m.ObjBound), params
