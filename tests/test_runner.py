@@ -133,6 +133,23 @@ def test_run_reuses_up_to_date_chapters_and_keeps_earlier_ones_on_failure(fake_b
     assert record["profile"] == "smoke" and set(record["chapters"]) == {"01_a", "02_b"}
 
 
+@pytest.mark.slow
+def test_a_cell_past_its_limit_runs_the_chapter_once_more(fake_book, monkeypatch, capsys):
+    monkeypatch.setitem(bookrunner.CELL_TIMEOUT_S, "smoke", 3)
+    stalls_once = ("import os, time\nif not os.path.exists('stalled'):\n    open('stalled', 'w').close()\n"
+                   "    time.sleep(30)\nprint('b done')")
+    _write_notebook(fake_book / "chapters" / "02_b.ipynb", [("profile = 'demo'", ["parameters"]), (stalls_once, [])])
+    timings = bookrunner.run_chapters("smoke", verbose=False)
+    assert not timings["02_b"]["reused"] and "running the chapter once more" in capsys.readouterr().err
+    executed = fake_book / "book" / "_build" / "smoke" / "src" / "chapters" / "02_b.ipynb"
+    assert "b done" in executed.read_text()
+
+    stalls = "import time\ntime.sleep(30)"  # twice past the limit: the chapter fails, and says where
+    _write_notebook(fake_book / "chapters" / "02_b.ipynb", [("profile = 'demo'", ["parameters"]), (stalls, [])])
+    with pytest.raises(ChapterFailed, match="02_b failed at code cell 2"):
+        bookrunner.run_chapters("smoke", verbose=False)
+
+
 def test_provenance_page_lists_the_run():
     record = {
         "profile": "smoke", "profile_description": "tiny", "dataset": "synthbirds", "extra_datasets": [],
