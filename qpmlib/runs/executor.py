@@ -398,6 +398,9 @@ class _Job(submitit.helpers.Checkpointable):
 
     def __call__(self, task: Task) -> str:
         os.environ[ENV_EXECUTOR] = "local"  # the job computes its task itself, never through another job
+        cpus = os.environ.get("SLURM_CPUS_PER_TASK", "")
+        if cpus.isdigit() and int(cpus) > 0:  # exactly the cores it asked for: not more (a shared node), and the
+            torch.set_num_threads(int(cpus))  # same float reduction order as a local run on as many threads
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
         log.info("task %s on %s (job %s)", task.name, socket.gethostname(), slurm_job_id())
         outcome = run_task(task)
