@@ -158,6 +158,7 @@ def test_slurm_runs_store_what_local_runs_store(slurm_cluster, tmp_path, monkeyp
                 RunRequest.of("linear_probe", [1], {"train.dense_epochs": 1})]
     specs = tasks.request_specs(requests, "smoke")
     monkeypatch.delenv("QPMLIB_EXECUTOR", raising=False)
+    monkeypatch.setenv("QPMLIB_DATA", str(tmp_path / "data"))  # one dataset folder: the stores' keys hash its path
     torch.set_num_threads(1)
     found = {}
     for executor in ("local", "slurm"):

@@ -55,6 +55,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
 
 from qpmlib.data.cub import read_index
+from qpmlib.files import file_lock
 
 __all__ = [
     "GENERATOR_VERSION",
@@ -493,25 +494,28 @@ def generate(
     root = Path(root)
     args = generator_args(n_classes=n_classes, n_train=n_train, n_test=n_test, image_size=image_size,
                           seed=seed, shortcut=shortcut, layout=layout, exclude=excluded)
-    if root.exists():
-        if is_complete(root, args):
-            return root
-        raise FileExistsError(
-            f"{root} exists but is not a complete SynthBirds folder made with {args}; delete it or pick another root"
-        )
-    root.parent.mkdir(parents=True, exist_ok=True)
-    for stale in root.parent.glob(f".{root.name}.partial-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = root.parent / f".{root.name}.partial-{os.getpid()}"
-    tmp.mkdir()
-    try:
-        (_write_cars_folder if layout == "cars" else _write_folder)(tmp, args, excluded, verbose=verbose)
-        (tmp / COMPLETE_MARKER).write_text(json.dumps(args, sort_keys=True))
-        os.replace(tmp, root)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return root
+    if not root.exists():
+        root.parent.mkdir(parents=True, exist_ok=True)
+        # one generator per folder at a time: a second process waits, then finds the folder complete; the partial
+        # folders left by killed generators can only be removed safely while holding the lock
+        with file_lock(root.parent / f".{root.name}.lock", what=f"SynthBirds folder {root}"):
+            if not root.exists():
+                for stale in root.parent.glob(f".{root.name}.partial-*"):
+                    shutil.rmtree(stale, ignore_errors=True)
+                tmp = root.parent / f".{root.name}.partial-{os.getpid()}"
+                tmp.mkdir()
+                try:
+                    (_write_cars_folder if layout == "cars" else _write_folder)(tmp, args, excluded, verbose=verbose)
+                    (tmp / COMPLETE_MARKER).write_text(json.dumps(args, sort_keys=True))
+                    os.replace(tmp, root)
+                finally:
+                    if tmp.exists():
+                        shutil.rmtree(tmp, ignore_errors=True)
+    if is_complete(root, args):
+        return root
+    raise FileExistsError(
+        f"{root} exists but is not a complete SynthBirds folder made with {args}; delete it or pick another root"
+    )
 
 
 def _render_sample(args: dict, classes: list[_Class], cls: _Class, k: int) -> tuple[np.ndarray, ...]:
