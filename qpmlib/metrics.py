@@ -13,7 +13,8 @@ done in chunks of samples, so a CUB-size test set (5,794 x 50 x 16 x 16) takes s
 Where the authors' code and the paper differ (reference_spec §10 rows 9-12), the reference-code behaviour is the
 default and the paper's form is a named option.
 
-Public names: :func:`accuracy`, :func:`plausibility`, :func:`plausibility_scores`, :func:`sid_at_k`,
+Public names: :func:`accuracy`, :func:`plausibility`, :func:`plausibility_scores` (built from
+:func:`plausibility_maps` and :func:`dilate_masks`, which the Fig. 6 view reuses), :func:`sid_at_k`,
 :func:`class_independence`, :func:`contrastiveness`, :func:`contrastiveness_overlaps`,
 :func:`patch_contextualisation`, :func:`compactness`, :func:`part_alignment` (:class:`PartAlignment`).
 """
@@ -33,16 +34,19 @@ from tqdm import tqdm
 __all__ = [
     "CHUNK_SIZE",
     "CONTRASTIVENESS_METHODS",
+    "DILATION_SIZE",
     "PartAlignment",
     "accuracy",
     "class_independence",
     "compactness",
     "contrastiveness",
     "contrastiveness_overlaps",
+    "dilate_masks",
     "part_alignment",
     "patch_cls_cosines",
     "patch_contextualisation",
     "plausibility",
+    "plausibility_maps",
     "plausibility_scores",
     "sid_at_k",
 ]
@@ -124,10 +128,47 @@ def accuracy(logits_or_pred: ArrayLike, labels: ArrayLike) -> float:
 # ----------------------------------------------------------------------------------------------------------------
 # plausibility (Eq. 3-5; reference_spec §5.5)
 # ----------------------------------------------------------------------------------------------------------------
-def _dilate(masks: torch.Tensor) -> torch.Tensor:
-    """3x3 rectangular dilation, one iteration, nothing added beyond the border (cv2.dilate defaults)."""
-    m = masks.float().unsqueeze(1)  # (n, 1, H, W)
-    return F.max_pool2d(m, kernel_size=3, stride=1, padding=1).squeeze(1) > 0  # (n, H, W)
+#: Side of the square structuring element of M_dil (Eq. 5: a 3x3 square, ``cv2.dilate`` once in the reference).
+DILATION_SIZE = 3
+
+
+def dilate_masks(masks: ArrayLike) -> torch.Tensor:
+    """M_dil of Eq. 5: a ``DILATION_SIZE`` square dilation, one iteration, nothing added beyond the border.
+
+    The same as ``cv2.dilate`` with a 3x3 rectangular kernel and its default border (reference_spec §5.5).
+
+    Args:
+        masks: (N, H, W) bool (or 0/1) masks.
+
+    Returns:
+        bool tensor (N, H, W) on the masks' device.
+    """
+    m = (_tensor(masks, "masks", 3, "(N, H, W)") != 0).float().unsqueeze(1)  # (n, 1, H, W)
+    return F.max_pool2d(m, kernel_size=DILATION_SIZE, stride=1, padding=DILATION_SIZE // 2).squeeze(1) > 0
+
+
+def plausibility_maps(feature_maps: ArrayLike, weights: ArrayLike, *, subtract_min: bool = True) -> torch.Tensor:
+    """The map whose share on the object Plausibility measures: ``G = sum_d W[d] F_d`` (Eq. 3), made non-negative.
+
+    Args:
+        feature_maps: (N, D, H, W) feature maps.
+        weights: (N, D) weight row of each sample's predicted class.
+        subtract_min: shift G by its minimum (reference code) instead of clipping negatives (paper).
+
+    Returns:
+        float tensor (N, H, W) >= 0 on the maps' device.
+
+    Raises:
+        ValueError: for mismatched shapes or non-finite inputs.
+    """
+    maps = _tensor(feature_maps, "feature_maps", 4, "(N, D, H, W)")
+    w = _tensor(weights, "weights", 2, "(N, D)")
+    _check_maps_weights(maps, w)
+    _check_finite(w, "weights")
+    f = _float(maps)
+    _check_finite(f, "feature_maps")
+    g = torch.einsum("nd,ndhw->nhw", w.to(f), f)  # (n, H, W)
+    return g - g.amin(dim=(1, 2), keepdim=True) if subtract_min else g.clamp_min(0)
 
 
 def plausibility_scores(
@@ -175,12 +216,9 @@ def plausibility_scores(
     _check_finite(w, "weights")
     out = []
     for s in range(0, maps.shape[0], CHUNK_SIZE):
-        f = _float(maps[s : s + CHUNK_SIZE])  # (n, D, H, W)
-        _check_finite(f, "feature_maps")
-        g = torch.einsum("nd,ndhw->nhw", w[s : s + CHUNK_SIZE].to(f), f)  # (n, H, W)
-        g = g - g.amin(dim=(1, 2), keepdim=True) if subtract_min else g.clamp_min(0)
-        mk = m[s : s + CHUNK_SIZE].to(f.device) != 0
-        mk = _dilate(mk) if dilate else mk
+        g = plausibility_maps(maps[s : s + CHUNK_SIZE], w[s : s + CHUNK_SIZE], subtract_min=subtract_min)
+        mk = m[s : s + CHUNK_SIZE].to(g.device) != 0
+        mk = dilate_masks(mk) if dilate else mk
         total = g.sum(dim=(1, 2))  # (n,)
         inside = (g * mk).sum(dim=(1, 2))  # (n,)
         score = torch.where(total > 0, inside / torch.where(total > 0, total, 1), 0)

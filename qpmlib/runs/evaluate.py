@@ -2,7 +2,8 @@
 
 * :func:`model_metrics`: the Table 1-2 metrics of any model with a ``head_weight`` (reference_spec §5), in the
   one layout every stage of every method stores (see :mod:`qpmlib.runs.run`).
-* :func:`test_masks_and_parts`: the object masks and SynthBirds part maps those metrics need.
+* :func:`test_masks_and_parts`: the object masks and SynthBirds part maps those metrics need; :func:`object_masks`
+  the masks of any images.
 * :func:`sid_at`: a run's SID@k for a k other than the stored 5 (the smoke profile has 2 features per class).
 * :func:`test_image`: "model on test image i": the image, its prediction, its feature maps and the predicted
   class's weights (:class:`TestImage`), what every explanation figure draws; :func:`cam` turns maps and weights
@@ -29,8 +30,8 @@ from qpmlib.embeddings import get_store
 from qpmlib.runs.run import Run
 from qpmlib.train import Evaluation, TokenData, evaluate, extract_features
 
-__all__ = ["split_tokens", "test_masks_and_parts", "model_metrics", "prediction_tensors", "sid_at", "cam",
-           "TestImage", "test_image", "maps_for_rows"]
+__all__ = ["split_tokens", "test_masks_and_parts", "object_masks", "model_metrics", "prediction_tensors", "sid_at",
+           "cam", "TestImage", "test_image", "maps_for_rows"]
 
 
 def split_tokens(profile: Profile, split: str, *, verbose: bool = False) -> TokenData:
@@ -48,10 +49,26 @@ def test_masks_and_parts(profile: Profile, test: TokenData) -> tuple[np.ndarray 
     dataset = DATASETS[profile.data.dataset]
     if not dataset.segmentations or test.image_ids is None:
         return None, None
-    root = prepare(profile.data, verbose=False)
     grid = math.isqrt(test.n_patches)
     ids = np.asarray(test.image_ids)
-    return patch_masks(root, ids, grid), part_maps(root, ids, grid) if dataset.parts else None
+    masks = object_masks(profile, ids, grid)
+    return masks, part_maps(prepare(profile.data, verbose=False), ids, grid) if dataset.parts else None
+
+
+def object_masks(profile: Profile, image_ids: Any, grid: int) -> np.ndarray | None:
+    """The object masks Plausibility uses (reference_spec §5.5): the segmentations on a ``grid`` x ``grid`` patch grid.
+
+    Args:
+        profile: the profile whose dataset the ids belong to.
+        image_ids: the dataset's image ids.
+        grid: patches per side.
+
+    Returns:
+        bool array (N, grid, grid), or None when the dataset has no segmentations.
+    """
+    if not DATASETS[profile.data.dataset].segmentations:
+        return None
+    return patch_masks(prepare(profile.data, verbose=False), np.atleast_1d(np.asarray(image_ids)), grid)
 
 
 def model_metrics(
