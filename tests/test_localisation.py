@@ -117,6 +117,7 @@ def test_plausibility_figure_marks_each_peak_by_region():
     fig = plausibility_figure(np.zeros((24, 24, 3)), view, title="example")
     ax_img, ax_cam, ax_grid = fig.axes
     markers = [line.get_marker() for line in ax_cam.get_lines()]
+    assert [line.get_marker() for line in ax_grid.get_lines()] == markers
     assert markers == ["o", "^", "X"]
     assert "1 of 3 peaks" in ax_cam.get_title()
     assert f"Plausibility {view.score:.2f}" in ax_grid.get_title()
@@ -124,3 +125,28 @@ def test_plausibility_figure_marks_each_peak_by_region():
     shares = [float(t.split(": ")[1].split("%")[0]) for t in labels]
     assert shares[0] + shares[1] == pytest.approx(100 * view.score, abs=1.0)  # object + ring = the score
     assert len(ax_img.collections) == 2  # the two outlines
+
+
+@pytest.mark.slow
+def test_views_of_stored_runs_agree_with_the_stored_plausibility(tmp_path, monkeypatch):
+    from qpmlib.analysis.localisation import image_mask, margin_example, probe_vs_qpm
+    from qpmlib.config import apply_overrides
+    from qpmlib.runs.evaluate import split_tokens, test_image
+    from qpmlib.runs.methods import run_method
+
+    monkeypatch.setenv("QPMLIB_HOME", str(tmp_path))
+    torch.set_num_threads(1)
+    prof = apply_overrides("smoke", {"train.dense_epochs": 1, "train.ft_epochs": 1})
+    qpm, probe = run_method("dino_qpm", prof, 0), run_method("linear_probe", prof, 0)
+    views = [test_image(qpm, i) for i in range(len(split_tokens(prof, "test")))]
+    scores = [plausibility_view(v.feature_maps, v.weights, image_mask(qpm, v)).score for v in views]
+    assert np.mean(scores) == pytest.approx(qpm.metrics["plausibility"], abs=1e-6)  # the metric, image by image
+    (pair,) = probe_vs_qpm(probe, qpm, [3])
+    assert pair.qpm.image_id == pair.probe.image_id == views[3].image_id
+    assert pair.probe.feature_maps.shape[0] == probe.model().in_dim  # the probe's maps are the patch tokens
+    index = margin_example(qpm)
+    gains = [plausibility_view(v.feature_maps, v.weights, image_mask(qpm, v)) for v in views]
+    gains = np.array([g.score - g.score_undilated for g in gains])
+    right = np.array([v.prediction == v.label for v in views])
+    pool = np.flatnonzero(right) if right.any() else np.arange(len(views))
+    assert gains[index] == pytest.approx(gains[pool].max())

@@ -92,6 +92,8 @@ def test_default_pairs_and_example_index():
     assert pairs.default_pairs(y, y, y, 3) == [(0, 1)]  # nothing confused
     with pytest.raises(ValueError, match="n must be"):
         pairs.default_pairs(y, q, d, 0)
+    assert pairs.default_pairs(y, q, d, 5, first=[(0, 2)]) == [(0, 2), (0, 1), (1, 2)]  # given pairs lead
+    assert pairs.default_pairs(y, q, d, 2, first=[(0, 1), (0, 2)]) == [(0, 1), (0, 2)]  # no repeats, at most n
     assert pairs.example_index(y, q, 0) == 0  # class 0 never right -> first sample
     assert pairs.example_index(y, q, 1) == 2  # first sample of class 1, and right
     assert pairs.example_index(y, np.array([0, 0, 2, 1, 2, 2]), 1) == 3  # the first right one, not the first
@@ -153,3 +155,47 @@ def test_top_activating_patches_array_and_batches_agree():
     assert pairs.top_activating_patches(maps, 1, 2, one_per_image=False) == [(0, 2, 1, 5.0), (0, 0, 0, 4.0)]
     with pytest.raises(ValueError, match=r"outside \[0, 2\)"):
         pairs.top_activating_patches(maps, 2, 1)
+
+
+def test_paper_pairs_found_by_name_in_cub_and_cars_lists():
+    cub = ["001.Black_footed_Albatross", "010.Red_winged_Blackbird", "009.Brewer_Blackbird", "097.Orchard_Oriole",
+           "095.Baltimore_Oriole", "096.Hooded_Oriole", "164.Cerulean_Warbler", "165.Chestnut_sided_Warbler",
+           "161.Blue_winged_Warbler", "169.Magnolia_Warbler", "170.Mourning_Warbler", "160.Black_throated_Blue_Warbler",
+           "167.Hooded_Warbler", "168.Kentucky_Warbler", "011.Rusty_Blackbird"]
+    names = [n.split(".", 1)[1].replace("_", " ") for n in cub]  # what class_names gives
+    found = pairs.paper_pairs(names)
+    assert found == {"Fig. 5": (2, 14), "Fig. 14": (5, 12), "Fig. 15": (8, 13)}
+    assert pairs.paper_pairs(cub) == found  # the raw folder names match too
+    cars = ["AM General Hummer SUV 2000", "Bentley Continental Flying Spur Sedan 2007", "Acura RL Sedan 2012",
+            "Bentley Continental GT Coupe 2007", "Cadillac CTS-V Sedan 2012"]
+    assert pairs.paper_pairs(cars) == {"Fig. 16": (2, 4), "Fig. 17": (1, 3)}
+    assert pairs.paper_pairs(["Blue Sparrow", "Red Finch"]) == {}  # SynthBirds: none
+    assert pairs.paper_pairs(["Hooded Oriole"]) == {}  # one class of a pair is not enough
+
+
+def test_inspect_run_names_the_profiles_datasets():
+    from qpmlib.analysis.inspection import inspect_run
+
+    with pytest.raises(ValueError, match="no dataset 'cars'; its datasets: synthbirds"):
+        inspect_run("smoke", dataset="cars")
+
+
+@pytest.mark.slow
+def test_inspect_run_on_an_extra_dataset_and_its_pairs(tmp_path, monkeypatch):
+    import torch
+
+    from qpmlib.analysis.inspection import inspect_run
+    from qpmlib.book.views import show_class_pairs
+    from qpmlib.config import apply_overrides
+
+    monkeypatch.setenv("QPMLIB_HOME", str(tmp_path))
+    torch.set_num_threads(1)
+    prof = apply_overrides("smoke", {"train.dense_epochs": 1, "train.ft_epochs": 1}).replace(
+        extra_datasets=("synthcars",))
+    cars = inspect_run(prof, dataset="synthcars")
+    assert cars.profile.data.dataset == "synthcars" and cars.run.profile.data.dataset == "synthcars"
+    assert not cars.has_parts and cars.parts is None
+    assert len(cars.names) == prof.data.n_classes and cars.maps("test").shape[0] == len(cars.predictions)
+    shown = show_class_pairs(cars, 2, n_patches=2)
+    assert 1 <= len(shown) <= 2 and all(a < b for a, b in shown)
+    assert shown == cars.class_pairs(2)

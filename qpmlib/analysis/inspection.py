@@ -1,6 +1,7 @@
 """One trained DINO-QPM run with everything the interpretability chapters look at (Figs. 5, 14-23).
 
     ins = inspect_run("demo")              # the profile's first seed
+    cars = inspect_run("paper", dataset="cars")   # the same run on one of the profile's extra_datasets
     ins.maps("train"), ins.assignment, ins.predictions, ins.parts, ins.images["test"][3]
 
 :class:`RunInspection` opens the run's embedding stores, names the classes, loads display images lazily and
@@ -18,8 +19,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from qpmlib.analysis.pairs import feature_parts
-from qpmlib.config import Profile, get_profile
+from qpmlib.analysis.pairs import default_pairs, feature_parts, paper_pairs
+from qpmlib.config import Profile, apply_overrides, get_profile
 from qpmlib.data import DATASETS, class_names, prepare, read_index
 from qpmlib.data.images import ImageList
 from qpmlib.data.synthbirds import class_attributes, part_maps, part_names
@@ -116,6 +117,13 @@ class RunInspection:
         """SynthBirds' class attributes (:func:`qpmlib.data.synthbirds.class_attributes`); None elsewhere."""
         return class_attributes(self.root) if self.has_parts else None
 
+    def class_pairs(self, n: int) -> list[tuple[int, int]]:
+        """The class pairs a chapter offers: the paper's figure pairs present in this dataset
+        (:func:`qpmlib.analysis.pairs.paper_pairs`), then the most confused ones
+        (:func:`qpmlib.analysis.pairs.default_pairs`); at most ``n``."""
+        p = self.predictions
+        return default_pairs(p.label, p.pred, p.dense_pred, n, first=paper_pairs(self.names).values())
+
     def describe(self) -> str:
         """One line: classes, selected features, features per class and the maps' shape."""
         a = self.assignment
@@ -123,18 +131,30 @@ class RunInspection:
                 f"feature maps {self.maps('train').shape[1:]} per image")
 
 
-def inspect_run(profile: str | Profile, seed: int | None = None) -> RunInspection:
+def inspect_run(profile: str | Profile, seed: int | None = None, *, dataset: str | None = None) -> RunInspection:
     """Open the DINO-QPM run of a profile's default configuration (trained once, only when missing).
 
     Args:
         profile: profile name or object.
         seed: run seed (None: the profile's first seed).
+        dataset: one of the profile's datasets (:meth:`qpmlib.config.Profile.dataset_overrides`: its own, then
+            ``extra_datasets``, e.g. "cars" on ``paper``); None for its own. The run is the one Table 1 trains
+            on that dataset.
 
     Returns:
         :class:`RunInspection`.
+
+    Raises:
+        ValueError: for a dataset that the profile does not have (the message lists those it has).
     """
     prof = get_profile(profile)
-    run = run_dino_qpm(prof, prof.seeds[0] if seed is None else seed, verbose=False)
+    datasets = prof.dataset_overrides()
+    if dataset is not None and dataset not in datasets:
+        raise ValueError(f"profile {prof.name!r} has no dataset {dataset!r}; its datasets: {', '.join(datasets)}")
+    overrides = datasets[dataset or prof.data.dataset]
+    seed = prof.seeds[0] if seed is None else seed
+    run = run_dino_qpm(prof, seed, overrides=overrides, verbose=False)
+    prof = apply_overrides(prof, overrides)
     root = prepare(prof.data, verbose=False)
     index = read_index(root, prof.data.dataset).set_index("image_id")
     stores = {split: get_store(prof, split, verbose=False) for split in SPLITS}

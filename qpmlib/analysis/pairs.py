@@ -3,6 +3,7 @@
 Paper Figs. 5 and 14-17, plus what only SynthBirds can check, since its true parts and class attributes are known:
 
 * :func:`class_pair_features` (shared and class-specific features of two classes), :func:`most_confused_pairs`,
+  :func:`paper_pairs` (the pairs the paper shows, :data:`PAPER_PAIRS`, where the dataset has them),
   :func:`default_pairs` (the pairs a chapter offers) and :func:`example_index` (an image of a class);
 * :func:`feature_parts` (which true part each feature sits on, via :func:`qpmlib.metrics.part_alignment`),
   :func:`distinguishing_attributes` (what tells two SynthBirds classes apart), :func:`class_pair_table` (both
@@ -29,7 +30,9 @@ from qpmlib.metrics import part_alignment
 
 __all__ = [
     "NO_PART",
+    "PAPER_PAIRS",
     "class_pair_features",
+    "paper_pairs",
     "most_confused_pairs",
     "default_pairs",
     "example_index",
@@ -43,6 +46,41 @@ __all__ = [
 ]
 
 NO_PART = "(none)"  # part name of a feature that is never positive
+
+#: The class pairs of the paper's figures, by figure: CUB-2011 (Figs. 5, 14, 15) and Stanford Cars (Figs. 16, 17).
+PAPER_PAIRS: dict[str, tuple[str, str]] = {
+    "Fig. 5": ("Brewer Blackbird", "Rusty Blackbird"),
+    "Fig. 14": ("Hooded Oriole", "Hooded Warbler"),
+    "Fig. 15": ("Blue winged Warbler", "Kentucky Warbler"),
+    "Fig. 16": ("Acura RL Sedan 2012", "Cadillac CTS-V Sedan 2012"),
+    "Fig. 17": ("Bentley Continental GT Coupe 2007", "Bentley Continental Flying Spur Sedan 2007"),
+}
+
+
+def _key(name: str) -> str:
+    """A class name reduced to lower-case letters and digits, without CUB's ``NNN.`` prefix."""
+    return "".join(ch for ch in name.split(".", 1)[-1].lower() if ch.isalnum())
+
+
+def paper_pairs(class_names: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """The paper's figure pairs (:data:`PAPER_PAIRS`) whose two classes both exist among ``class_names``.
+
+    Names match ignoring case, spaces, punctuation and a CUB ``NNN.`` prefix ("Blue winged Warbler" is
+    ``161.Blue_winged_Warbler``).
+
+    Args:
+        class_names: the dataset's class names in label order.
+
+    Returns:
+        ``{figure: (c1, c2)}`` with ``c1 < c2``, in figure order; empty on a dataset without those classes
+        (SynthBirds, SynthCars).
+    """
+    label = {_key(n): i for i, n in enumerate(class_names)}
+    found = {}
+    for fig, (a, b) in PAPER_PAIRS.items():
+        if _key(a) in label and _key(b) in label:
+            found[fig] = tuple(sorted((label[_key(a)], label[_key(b)])))
+    return found
 
 
 def class_pair_features(
@@ -320,14 +358,17 @@ def confused_pairs_table(
     return pd.DataFrame(rows, columns=columns)
 
 
-def default_pairs(y_true: Any, pred_qpm: Any, pred_dense: Any, n: int) -> list[tuple[int, int]]:
-    """Class pairs to offer in a chapter: DINO-QPM's most confused pairs, then the dense model's, then (0, 1).
+def default_pairs(y_true: Any, pred_qpm: Any, pred_dense: Any, n: int, *,
+                  first: Iterable[tuple[int, int]] = ()) -> list[tuple[int, int]]:
+    """Class pairs to offer in a chapter: ``first``, then DINO-QPM's most confused pairs, then the dense model's,
+    then (0, 1).
 
     Args:
         y_true: (N,) true labels.
         pred_qpm: (N,) DINO-QPM predictions.
         pred_dense: (N,) dense-model predictions.
         n: at most this many pairs (>= 1).
+        first: pairs ``(c1, c2)``, ``c1 < c2``, to offer before the confused ones (e.g. :func:`paper_pairs`).
 
     Returns:
         up to n distinct ``(c1, c2)`` with ``c1 < c2``; never empty (falls back to classes 0 and 1).
@@ -338,6 +379,9 @@ def default_pairs(y_true: Any, pred_qpm: Any, pred_dense: Any, n: int) -> list[t
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     pairs: list[tuple[int, int]] = []
+    for pair in first:
+        if tuple(pair) not in pairs and len(pairs) < n:
+            pairs.append(tuple(pair))
     for pred in (pred_qpm, pred_dense):
         for c1, c2, _ in most_confused_pairs(y_true, pred, n):
             if (c1, c2) not in pairs and len(pairs) < n:

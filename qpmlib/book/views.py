@@ -5,7 +5,8 @@ Everything here displays or builds widgets; the numbers come from :mod:`qpmlib.a
 
 * :func:`figure_widget`: a control (slider, drop-down) above a picture that is redrawn when it changes, as PNG
   so that the executed notebook keeps the picture without a live kernel.
-* :func:`pair_view`, :func:`show_pair`, :func:`pair_widget`: one class pair of a trained run (Figs. 5, 14-17).
+* :func:`pair_view`, :func:`show_pair`, :func:`pair_widget`: one class pair of a trained run (Figs. 5, 14-17);
+  :func:`show_class_pairs` all of it for a run on another dataset of the profile (Cars: Figs. 16-17).
 * :func:`show_failure_category`, :func:`failure_widget`: the failure rows of one category (Figs. 18-23).
 * :func:`beside_paper_view`, :func:`beside_bars_widget`: the reproducibility report's numbers beside the paper's.
 * :func:`switch_view`, :func:`figure_switch`, :func:`pair_switch`, :func:`failure_switch`,
@@ -34,6 +35,7 @@ from qpmlib.analysis.failures import FAILURE_CATEGORIES, FAILURE_TITLES, Failure
 from qpmlib.analysis.inspection import RunInspection
 from qpmlib.analysis.pairs import (
     class_pair_table,
+    confused_pairs_table,
     distinct_on_differing_parts,
     distinguishing_attributes,
     example_index,
@@ -46,9 +48,9 @@ from qpmlib.figures.plots import bar_beside_paper, figure_png
 from qpmlib.figures.switch import PLOTLY_MIME, State, StateLike, picture, switch_figure
 from qpmlib.paper import method_display, metric_display
 
-__all__ = ["figure_widget", "pair_view", "show_pair", "pair_widget", "show_failure_category", "failure_widget",
-           "beside_paper_view", "beside_bars_widget", "StaticView", "switch_view", "figure_switch", "pair_switch",
-           "failure_switch", "beside_bars_switch", "gallery_indices", "PLOTLY_MIME"]
+__all__ = ["figure_widget", "pair_view", "show_pair", "show_class_pairs", "pair_widget", "show_failure_category",
+           "failure_widget", "beside_paper_view", "beside_bars_widget", "StaticView", "switch_view", "figure_switch",
+           "pair_switch", "failure_switch", "beside_bars_switch", "gallery_indices", "PLOTLY_MIME"]
 
 #: Where the live version of a control runs, said next to its static twin in the book.
 LIVE_DEFAULT = ("the live control, with every value, is the widget in the cell above: it runs in Jupyter (download "
@@ -143,6 +145,28 @@ def pair_switch(ins: RunInspection, pairs: Sequence[tuple[int, int]]) -> StaticV
         fig, table = pair_view(ins, pair)
         states[_pair_label(ins, pair)] = State(picture(fig, fmt="webp"), table)
     return switch_view(states, label="pair", what=f"the {len(pairs)} class pairs of the widget")
+
+
+def show_class_pairs(ins: RunInspection, n_pairs: int, *, n_patches: int = 5) -> list[tuple[int, int]]:
+    """Display a run's class pairs as chapter 07 does for its main dataset, in one go (paper Figs. 14-17 on a
+    profile's other datasets): the run, the pairs offered (:meth:`RunInspection.class_pairs`: the paper's figure
+    pairs first), everything about the first pair (:func:`show_pair`) and every pair's figure (:func:`pair_switch`).
+
+    Args:
+        ins: the run, e.g. ``inspect_run(profile, dataset="cars")``.
+        n_pairs: most pairs offered.
+        n_patches: most activating training patches shown per feature.
+
+    Returns:
+        The pairs shown.
+    """
+    pairs = ins.class_pairs(n_pairs)
+    preds = ins.predictions
+    display(Markdown(f"**{ins.profile.data.dataset}**: {ins.describe()}."))
+    display(confused_pairs_table(preds.label, preds.pred, n_pairs, class_names=ins.names, attributes=ins.attributes))
+    show_pair(ins, pairs[0], n_patches=n_patches)
+    display(pair_switch(ins, pairs))
+    return pairs
 
 
 # -------------------------------------------------------------------------------------------- failure analysis

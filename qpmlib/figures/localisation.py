@@ -85,7 +85,8 @@ def plausibility_figure(image: Any, view: PlausibilityView, *, title: str | None
     (a) the image with the object mask M (solid) and its dilation M_dil (dashed); (b) the map G of Eq. 3,
     as the metric computes it, over the image with both outlines and each feature's strongest patch (a circle on
     M, a triangle on the ring that the dilation adds, a cross outside M_dil); (c) the patch grid coloured by
-    region, with the share of G that falls in each: the score is the object's share plus the ring's.
+    region and darkened where G is large, with the share of G that falls in each region: the score is the
+    object's share plus the ring's.
 
     Args:
         image: (H, W, 3) image in [0, 1].
@@ -115,7 +116,8 @@ def plausibility_figure(image: Any, view: PlausibilityView, *, title: str | None
     grid = view.mask.shape
     for p in view.peaks.itertuples():
         x, y = (p.col + 0.5) * size[1] / grid[1] - 0.5, (p.row + 0.5) * size[0] / grid[0] - 0.5
-        ax_cam.plot(x, y, _PEAK_MARKERS[p.region], ms=9, mec="black", mfc=feature_colours([p.feature])[0])
+        ax_cam.plot(x, y, _PEAK_MARKERS[p.region], ms=10, mec="white", mew=1.5, mfc=feature_colours([p.feature])[0])
+        ax_grid.plot(p.col, p.row, _PEAK_MARKERS[p.region], ms=8, mec="black", mfc=feature_colours([p.feature])[0])
         if p.region == "margin":
             ax_cam.annotate("", xy=(x, y), xytext=(x + size[1] * 0.12, y - size[0] * 0.12),
                             arrowprops={"arrowstyle": "->", "color": "white", "lw": 1.5})
@@ -123,8 +125,9 @@ def plausibility_figure(image: Any, view: PlausibilityView, *, title: str | None
     ax_cam.set_title(f"(b) weighted map G and the features' peaks\n{n_margin} of {len(view.peaks)} peaks on the "
                      "ring only M_dil covers", fontsize="small")
     region = np.where(view.mask, 0, np.where(view.dilated, 1, 2))
-    ax_grid.imshow(np.array([REGION_COLOURS[r] for r in REGIONS])[region])
-    total = view.cam.sum()
+    total, top = view.cam.sum(), view.cam.max()
+    strength = view.cam / top if top > 0 else view.cam  # darker where G is larger
+    ax_grid.imshow(np.array([REGION_COLOURS[r] for r in REGIONS])[region] * (1 - 0.6 * strength[..., None]))
     shares = {r: float(view.cam[region == k].sum() / total) if total > 0 else 0.0 for k, r in enumerate(REGIONS)}
     ax_grid.legend(handles=[mpatches.Patch(color=REGION_COLOURS[r], label=f"{r}: {shares[r]:.0%} of G")
                             for r in REGIONS], loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small",
