@@ -28,12 +28,13 @@ __version__ = "0.1.0"
 #: The names the chapters use, by module.
 CHAPTER_API: dict[str, tuple[str, ...]] = {
     "qpmlib.book.chapter": ("start", "glue", "provenance", "standin_summary"),
-    "qpmlib.book.views": ("figure_widget", "show_pair", "pair_widget", "show_failure_category", "failure_widget",
+    "qpmlib.book.views": ("figure_widget", "show_pair", "show_class_pairs", "pair_widget", "show_failure_category",
+                          "failure_widget",
                           "beside_paper_view", "beside_bars_widget",
                           "figure_switch", "pair_switch", "failure_switch", "beside_bars_switch", "gallery_indices"),
     "qpmlib.book.runner": ("build_dir",),
     "qpmlib.paper": ("TABLE3_SETTINGS", "TABLE4_BACKBONES", "claim", "method_display", "metric_display"),
-    "qpmlib.data": ("prepare", "read_index"),
+    "qpmlib.data": ("class_names", "prepare", "read_index"),
     "qpmlib.data.synthbirds": ("sample_grid",),
     "qpmlib.data.images": ("load_image",),
     "qpmlib.backbones": ("build_backbone", "pretrained_available"),
@@ -55,7 +56,8 @@ CHAPTER_API: dict[str, tuple[str, ...]] = {
     "qpmlib.analysis.inspection": ("inspect_run",),
     "qpmlib.analysis.peers": ("example_indices", "named_features", "peer_explanations", "peer_records", "peer_table",
                               "quoted_values"),
-    "qpmlib.analysis.pairs": ("class_pair_features", "confused_pairs_table", "default_pairs", "pair_part_scores"),
+    "qpmlib.analysis.pairs": ("class_pair_features", "confused_pairs_table", "pair_part_scores"),
+    "qpmlib.analysis.localisation": ("plausibility_example", "probe_vs_qpm"),
     "qpmlib.analysis.failures": ("FAILURE_CATEGORIES", "category_counts", "confusing_features_table",
                                  "failure_data", "failure_examples"),
     "qpmlib.analysis.standin": ("artefact_table", "artefacts_appear", "calibration_table", "card_table",
@@ -66,5 +68,6 @@ CHAPTER_API: dict[str, tuple[str, ...]] = {
                              "radar_plot", "sweep_heatmap"),
     "qpmlib.figures.explanations": ("explanation_figure", "peer_explanations_figure", "sweep_maps_figure"),
     "qpmlib.figures.walkthrough": ("image_walkthrough",),
+    "qpmlib.figures.localisation": ("plausibility_figure", "probe_vs_qpm_figure"),
     "qpmlib.figures.standin": ("loss_curves_figure", "norm_histogram_figure", "pca_figure"),
 }

@@ -129,7 +129,7 @@ def test_plausibility_figure_marks_each_peak_by_region():
 
 @pytest.mark.slow
 def test_views_of_stored_runs_agree_with_the_stored_plausibility(tmp_path, monkeypatch):
-    from qpmlib.analysis.localisation import image_mask, margin_example, probe_vs_qpm
+    from qpmlib.analysis.localisation import image_mask, margin_example, plausibility_example, probe_vs_qpm
     from qpmlib.config import apply_overrides
     from qpmlib.runs.evaluate import split_tokens, test_image
     from qpmlib.runs.methods import run_method
@@ -150,3 +150,7 @@ def test_views_of_stored_runs_agree_with_the_stored_plausibility(tmp_path, monke
     right = np.array([v.prediction == v.label for v in views])
     pool = np.flatnonzero(right) if right.any() else np.arange(len(views))
     assert gains[index] == pytest.approx(gains[pool].max())
+    shown, example = plausibility_example(qpm)
+    assert shown.image_id == views[index].image_id
+    assert example.score == pytest.approx(scores[index]) and example.peaks.feature.tolist() == \
+        views[index].feature_ids.tolist()

@@ -4,6 +4,7 @@
     pairs[0].cams(), pairs[0].plausibility()
     view = plausibility_view(maps, weights, mask)          # Fig. 6: the map, M, M_dil and each feature's peak
     index = margin_example(qpm_run)                         # a test image on which the dilation matters most
+    image, view = plausibility_example(qpm_run)             # that image and its view
 
 Every number here is computed by :mod:`qpmlib.metrics` itself (:func:`~qpmlib.metrics.plausibility_maps`,
 :func:`~qpmlib.metrics.dilate_masks`, :func:`~qpmlib.metrics.plausibility_scores`) and the CAM by
@@ -26,7 +27,7 @@ from qpmlib.runs.run import Run
 from qpmlib.train import evaluate
 
 __all__ = ["REGIONS", "PlausibilityView", "plausibility_view", "ExplanationPair", "probe_vs_qpm", "image_mask",
-           "margin_example"]
+           "margin_example", "plausibility_example"]
 
 #: Where a patch lies with respect to the object: on the mask M, on the ring M_dil \ M that the dilation adds,
 #: or outside M_dil.
@@ -189,3 +190,24 @@ def margin_example(run: Run) -> int | None:
     pool = np.flatnonzero(ev.predictions == ev.labels)
     pool = pool if pool.size else np.arange(len(gain))
     return int(pool[np.argmax(gain[pool])])
+
+
+def plausibility_example(run: Run, index: int | None = None) -> tuple[TestImage, PlausibilityView] | None:
+    """A test image under a run's model and its :class:`PlausibilityView` (paper Fig. 6).
+
+    Args:
+        run: a finished run with a ``head_weight`` (e.g. DINO-QPM).
+        index: test image index; None picks :func:`margin_example`.
+
+    Returns:
+        ``(image view, plausibility view)`` with the peaks of the predicted class's features, or None when the
+        dataset has no segmentations.
+    """
+    index = margin_example(run) if index is None else index
+    if index is None:
+        return None
+    view = test_image(run, index)
+    mask = image_mask(run, view)
+    if mask is None:
+        return None
+    return view, plausibility_view(view.feature_maps, view.weights, mask, feature_ids=view.feature_ids)
