@@ -7,6 +7,8 @@
 * :mod:`~qpmlib.analysis.sweeps`: the ablation grids of Figs. 7-13 and their trends.
 * :mod:`~qpmlib.analysis.pairs`: class pairs, the parts features sit on, prototype patches.
 * :mod:`~qpmlib.analysis.inspection`: one trained run with its data and feature maps.
+* :mod:`~qpmlib.analysis.localisation`: where explanations lie on the object (Figs. 1 and 6, from the metric's
+  own functions).
 * :mod:`~qpmlib.analysis.failures`: where DINO-QPM and the dense model disagree.
 * :mod:`~qpmlib.analysis.report`: the reproducibility report (paper-vs-code differences, compute time).
 * :mod:`~qpmlib.analysis.standin`: the stand-in backbone's cards, calibration, probes and token norms.
