@@ -187,6 +187,7 @@ def test_inspect_run_on_an_extra_dataset_and_its_pairs(tmp_path, monkeypatch):
     from qpmlib.analysis.inspection import inspect_run
     from qpmlib.book.views import show_class_pairs
     from qpmlib.config import apply_overrides
+    from qpmlib.runs.methods import run_method
 
     monkeypatch.setenv("QPMLIB_HOME", str(tmp_path))
     torch.set_num_threads(1)
@@ -195,6 +196,8 @@ def test_inspect_run_on_an_extra_dataset_and_its_pairs(tmp_path, monkeypatch):
     cars = inspect_run(prof, dataset="synthcars")
     assert cars.profile.data.dataset == "synthcars" and cars.run.profile.data.dataset == "synthcars"
     assert not cars.has_parts and cars.parts is None
+    table1_run = run_method("dino_qpm", prof, 0, overrides=prof.dataset_overrides()["synthcars"], compute=False)
+    assert cars.run.stages["qpm"].path == table1_run.stages["qpm"].path  # Table 1's run on that dataset, not a new one
     assert len(cars.names) == prof.data.n_classes and cars.maps("test").shape[0] == len(cars.predictions)
     shown = show_class_pairs(cars, 2, n_patches=2)
     assert 1 <= len(shown) <= 2 and all(a < b for a, b in shown)
