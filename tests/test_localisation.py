@@ -102,9 +102,9 @@ def test_linear_probe_cam_is_the_weighted_sum_of_the_patch_tokens():
     fig = probe_vs_qpm_figure([pair, pair], class_names=["a", "b", "c"])
     axes = fig.axes
     assert len(axes) == 8
-    assert axes[1].get_title().startswith("(b) ") and f"{scores[0]:.2f}" in axes[1].get_title()
-    assert "DINO-QPM" in axes[2].get_title() and "pred: b" in axes[2].get_title()
-    assert axes[3].get_title() == "(d) its 2 features"
+    assert axes[1].get_title(loc="left").startswith("(b) ") and f"{scores[0]:.2f}" in axes[1].get_title(loc="left")
+    assert "DINO-QPM" in axes[2].get_title(loc="left") and "pred: b" in axes[2].get_title(loc="left")
+    assert axes[3].get_title(loc="left") == "(d) its 2 features" and not axes[3].get_title()
     with pytest.raises(ValueError, match="no image"):
         probe_vs_qpm_figure([])
 

@@ -7,6 +7,7 @@ Public names: :func:`probe_vs_qpm_figure` (Fig. 1), :func:`plausibility_figure` 
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,7 +28,8 @@ _PEAK_MARKERS = {"object": "o", "margin": "^", "background": "X"}
 
 
 def _name(names: Sequence[str] | None, c: int) -> str:
-    return names[c] if names is not None else f"class {c}"
+    """A class's name, wrapped to fit above one panel (long SynthBirds and Cars names)."""
+    return textwrap.fill(names[c] if names is not None else f"class {c}", 30)
 
 
 def probe_vs_qpm_figure(pairs: Sequence[ExplanationPair], *, class_names: Sequence[str] | None = None) -> Figure:
@@ -56,16 +58,17 @@ def probe_vs_qpm_figure(pairs: Sequence[ExplanationPair], *, class_names: Sequen
         row[0].imshow(pair.qpm.image)
         row[0].set_axis_off()
         row[0].set_title(f"(a) image {pair.qpm.image_id}\ntrue: {_name(class_names, pair.qpm.label)}",
-                         fontsize="small")
+                         fontsize="small", loc="left")
         for k, (ax, view, g, label) in enumerate(zip(row[1:3], (pair.probe, pair.qpm), (probe_cam, qpm_cam),
                                                      (method_display("linear_probe"), method_display("dino_qpm")))):
             cam_figure(view.image, g, ax=ax)
-            score = "" if scores is None else f", Plausibility {scores[k]:.2f}"
+            score = "" if scores is None else f"\nPlausibility {scores[k]:.2f}"
             ax.set_title(f"({'bc'[k]}) {label} CAM\npred: {_name(class_names, view.prediction)}{score}",
-                         fontsize="small")
+                         fontsize="small", loc="left")
         local_explanation(pair.qpm.image, pair.qpm.feature_maps, pair.qpm.feature_ids.tolist(), ax=row[3],
                           title=f"(d) its {len(pair.qpm.feature_ids)} features")
-        row[3].title.set_fontsize("small")
+        row[3].set_title(row[3].get_title(), fontsize="small", loc="left")
+        row[3].set_title("")
     return fig
 
 
