@@ -174,9 +174,9 @@ def part_probe_table(profile: str | Profile, names: list[str], *, random: tuple[
     """Whether the frozen patch tokens localise the true parts: a per-patch linear probe of each patch's part.
 
     For each stand-in (and, for names in ``random``, its random-weight twin) a class-balanced logistic regression
-    (:func:`qpmlib.pretrain.probe.part_probe_recall`) learns each patch's region (:func:`qpmlib.pretrain.probe.part_labels`:
-    the part covering most of it, or the background) from its token, on ``n_train`` training images, and is scored
-    on every patch of ``n_test`` test images (images drawn by ``seed``, the same for every backbone). A last row
+    (:func:`qpmlib.pretrain.probe.part_probe_recall`) learns each patch's region
+    (:func:`qpmlib.pretrain.probe.part_labels`: the part covering most of it, or the background) from its token, on
+    ``n_train`` training images, and is scored on every patch of ``n_test`` test images (images drawn by ``seed``, the same for every backbone). A last row
     reads only where the patch is (a one-hot of its grid position): what the parts' usual places alone give.
 
     Returns:
