@@ -16,8 +16,8 @@ from qpmlib import backbones, data
 from qpmlib.config import Profile, apply_overrides, get_profile
 from qpmlib.data.images import load_image
 from qpmlib.embeddings import get_store
-from qpmlib.heads.parts import part_truth, require_part_truth
 from qpmlib.files import read_json_object
+from qpmlib.heads.parts import part_truth, require_part_truth
 from qpmlib.pretrain import probe
 
 __all__ = [
@@ -176,8 +176,9 @@ def part_probe_table(profile: str | Profile, names: list[str], *, random: tuple[
     For each stand-in (and, for names in ``random``, its random-weight twin) a class-balanced logistic regression
     (:func:`qpmlib.pretrain.probe.part_probe_recall`) learns each patch's region
     (:func:`qpmlib.pretrain.probe.part_labels`: the part covering most of it, or the background) from its token, on
-    ``n_train`` training images, and is scored on every patch of ``n_test`` test images (images drawn by ``seed``, the same for every backbone). A last row
-    reads only where the patch is (a one-hot of its grid position): what the parts' usual places alone give.
+    ``n_train`` training images, and is scored on every patch of ``n_test`` test images (images drawn by ``seed``,
+    the same for every backbone). A last row reads only where the patch is (a one-hot of its grid position): what
+    the parts' usual places alone give.
 
     Returns:
         DataFrame with columns backbone, weights ("stand-in", "random" or "-"), ``balanced accuracy`` (mean recall
