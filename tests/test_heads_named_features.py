@@ -1,5 +1,7 @@
 """Tests for qpmlib.heads.named_features and qpmlib.heads.parts: names, explanations, agreement, part truth."""
 
+import itertools
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -16,6 +18,7 @@ from qpmlib.heads.named_features import (
     defining_attributes,
     name_features,
     part_shares,
+    region_areas,
 )
 from qpmlib.heads.parts import keypoint_part_maps, part_truth, require_part_truth
 
@@ -33,29 +36,57 @@ def _maps():
     return feats, parts
 
 
-def test_features_are_named_after_the_region_with_most_activation():
-    feats, parts = _maps()
+def test_features_are_named_after_the_region_whose_share_most_exceeds_its_area():
+    feats, parts = _maps()  # areas: head 1/2, wing 1/4, background 1/4
     shares = part_shares(feats, parts)
     assert np.allclose(shares[0], [1, 0, 0]) and np.allclose(shares[1], [0, 0.25, 0.75])
     assert np.allclose(shares[2], 0)
+    assert np.allclose(region_areas(parts), [0.5, 0.25, 0.25])
     names = name_features(feats, parts, ["head", "wing"])
     assert names.names == ["head", BACKGROUND, UNNAMED]
-    assert np.allclose(names.confidence, [1.0, 0.75, 0.0])
+    # head: (1 - 1/2) / (1 - 1/2); background: (3/4 - 1/4) / (1 - 1/4)
+    assert np.allclose(names.confidence, [1.0, 2 / 3, 0.0])
     table = names.table(feature_ids=[10, 11, 12])
-    assert list(table.columns) == ["feature", "name", "confidence", "head", "wing", BACKGROUND]
+    assert list(table.columns) == ["feature", "name", "confidence", "share", "area", "head", "wing", BACKGROUND]
     assert table["feature"].tolist() == [10, 11, 12]
+    assert np.allclose(table["share"][:2], [1.0, 0.75]) and np.allclose(table["area"][:2], [0.5, 0.25])
+    assert np.isnan(table.loc[2, "share"]) and np.isnan(table.loc[2, "area"])
 
 
-def test_confidence_is_part_alignment_when_a_part_wins():
+def _small_part_on_background():
+    """Four 5 x 5 images of background with a one-patch "eye" and a 2 x 2 "wing" (areas 1/25, 4/25, 20/25)."""
+    parts = np.zeros((4, 2, 5, 5), np.float32)
+    parts[:, 0, 0, 0] = 1
+    parts[:, 1, 3:, 3:] = 1
+    return parts
+
+
+def test_closed_form_confidences():
+    parts = _small_part_on_background()
+    feats = np.zeros((4, 4, 5, 5), np.float32)
+    feats[:, 0] = 0.7  # uniform over the image: no better than chance anywhere
+    feats[:, 1, 0, 0] = 3.0  # all on the small eye
+    feats[:, 2, 1:3, :3] = 1.0  # background only
+    feats[:, 3] = 0.3  # mostly on the background, but its excess is on the wing
+    feats[:, 3, 3:, 3:] = 1.0
+    names = name_features(feats, parts, ["eye", "wing"])
+    assert names.confidence[0] == pytest.approx(0.0, abs=1e-12)
+    assert names.names[1:] == ["eye", BACKGROUND, "wing"]
+    assert names.confidence[1:3] == pytest.approx([1.0, 1.0])
+    share = 4.0 / (4.0 + 21 * 0.3)  # wing mass over total mass per image
+    assert names.shares[3, 2] > names.shares[3, 1] > names.areas[1]  # the background holds the largest raw share
+    assert names.confidence[3] == pytest.approx((share - 4 / 25) / (1 - 4 / 25))
+
+
+def test_part_shares_match_part_alignment():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 4, size=(5, 4, 4))
     parts = np.stack([(labels == k) for k in range(1, 4)], axis=1).astype(np.float32)
     feats = rng.random((5, 6, 4, 4)).astype(np.float32) * (labels[:, None] > 0) + 0.01
-    names = name_features(feats, parts, ["a", "b", "c"])
+    shares = part_shares(feats, parts)
     align = qmetrics.part_alignment(feats, parts)
-    won = [j for j, n in enumerate(names.names) if n != BACKGROUND]
-    assert won and np.allclose(names.confidence[won], align.per_feature[won])
-    assert [names.names[j] for j in won] == [["a", "b", "c"][align.best_part[j]] for j in won]
+    assert np.allclose(shares[:, :-1].max(axis=1), align.per_feature)
+    assert np.allclose(shares.sum(axis=1), 1) and np.isclose(region_areas(parts).sum(), 1)
 
 
 def test_bad_inputs_are_named():
@@ -64,6 +95,8 @@ def test_bad_inputs_are_named():
         part_shares(feats[:1], parts)
     with pytest.raises(ValueError, match="coverage fractions"):
         part_shares(feats, parts * 2)
+    with pytest.raises(ValueError, match="coverage fractions"):
+        region_areas(-parts)
     with pytest.raises(ValueError, match="2 part maps but 3 part names"):
         name_features(feats, parts, ["a", "b", "c"])
 
@@ -72,7 +105,7 @@ def test_class_explanations_in_words():
     feats, parts = _maps()
     names = name_features(feats, parts, ["head", "wing"])
     text = class_explanations(np.array([[1, 1, 0], [0, 0, 0]]), names, ["Red_bird", "Blue_bird"], feature_ids=[4, 9, 7])
-    assert text == ["class 0 (Red_bird) = head #4 (1.00) + background #9 (0.75)", "class 1 (Blue_bird) = nothing"]
+    assert text == ["class 0 (Red_bird) = head #4 (1.00) + background #9 (0.67)", "class 1 (Blue_bird) = nothing"]
 
 
 def _classes() -> pd.DataFrame:
@@ -93,13 +126,18 @@ def test_defining_attributes_are_what_separates_the_nearest_classes():
         defining_attributes(_classes(), "all")
 
 
-def test_agreement_scores_the_words_against_the_defining_parts():
+def _named_maps():
+    """Four features, each on one patch of a 2 x 2 image: head, belly, crest and the background."""
     feats = np.zeros((1, 4, 2, 2), np.float32)
     parts = np.zeros((1, 3, 2, 2), np.float32)
     for j, (y, x) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
         feats[0, j, y, x] = 1.0
     parts[0, 0, 0, 0] = parts[0, 1, 0, 1] = parts[0, 2, 1, 0] = 1  # head, belly, crest; (1, 1) background
-    names = name_features(feats, parts, ["head", "belly", "crest"])
+    return feats, parts, ["head", "belly", "crest"]
+
+
+def test_agreement_scores_the_words_against_the_defining_parts():
+    names = name_features(*_named_maps())
     assert names.names == ["head", "belly", "crest", BACKGROUND]
     assignment = np.array([[1, 1, 0, 0],   # A: head (defining) + belly -> precision 1/2, recall 1/1
                            [0, 0, 0, 1],   # B: background only -> 0, 0
@@ -109,8 +147,30 @@ def test_agreement_scores_the_words_against_the_defining_parts():
     assert out.per_class["recall"].tolist() == pytest.approx([1.0, 0.0, 2 / 3])
     assert out.precision == pytest.approx((0.5 + 0 + 2 / 3) / 3) and out.mode == "nearest"
     assert out.per_class.loc[2, "defining_parts"] == ["back", "belly", "crest"]
+    # chance: of the 4 features, one is named head, belly, crest each; A draws 2, B 1, C 3 at random
+    assert out.per_class["chance_precision"].tolist() == pytest.approx([1 / 4, 1 / 4, 2 / 4])
+    assert out.per_class["chance_recall"].tolist() == pytest.approx([1 - 3 / 6, 1 - 3 / 4, (0 + 3 / 4 + 3 / 4) / 3])
+    assert out.chance_precision == pytest.approx(1 / 3)
     with pytest.raises(ValueError, match="assignment must be"):
         attribute_agreement(assignment[:2], names, _classes())
+
+
+def test_chance_agreement_is_the_mean_over_all_random_draws():
+    names = name_features(*_named_maps())
+    assignment = np.array([[1, 1, 0, 0], [0, 1, 1, 1], [1, 0, 1, 0]])
+    out = attribute_agreement(assignment, names, _classes(), mode="visible")
+    drawn = []
+    for label, k in enumerate(assignment.sum(axis=1)):  # every k-subset of the 4 features, equally likely
+        draws = [attribute_agreement(_one_row(label, cols, 3), names, _classes(), mode="visible").per_class.loc[label]
+                 for cols in itertools.combinations(range(4), int(k))]
+        drawn.append([np.mean([d["precision"] for d in draws]), np.mean([d["recall"] for d in draws])])
+    assert out.per_class[["chance_precision", "chance_recall"]].to_numpy() == pytest.approx(np.array(drawn))
+
+
+def _one_row(label: int, cols, n_classes: int) -> np.ndarray:
+    assignment = np.zeros((n_classes, 4), int)
+    assignment[label, list(cols)] = 1
+    return assignment
 
 
 def test_keypoint_part_maps_split_the_mask_by_the_nearest_visible_keypoint():

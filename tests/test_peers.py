@@ -89,3 +89,5 @@ def test_named_features_and_examples_on_smoke(tmp_path, monkeypatch):
     assert all(set(p) == {ATTRIBUTE_PART[a] for a in attrs}
                for p, attrs in zip(per_class["defining_parts"], per_class["defining_attributes"]))
     assert 0.0 <= named.agreement.precision <= 1.0
+    assert 0.0 <= named.agreement.chance_precision <= 1.0 and 0.0 <= named.agreement.chance_recall <= 1.0
+    assert ((named.names.confidence >= 0) & (named.names.confidence <= 1)).all()

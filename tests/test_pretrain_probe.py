@@ -23,6 +23,24 @@ def test_probe_features_concatenate_cls_and_mean_patch():
     np.testing.assert_allclose(out[:, 3:], patches.mean(1))
 
 
+def test_part_labels_take_the_largest_cover_or_the_background():
+    maps = np.zeros((1, 2, 2, 2))
+    maps[0, 0, 0, 0] = 0.6  # part 0 wins over the background (0.4)
+    maps[0, 1, 0, 1] = 0.3  # the background (0.7) wins
+    maps[0, 0, 1, 0] = maps[0, 1, 1, 0] = 0.5  # a tie goes to the lower label
+    assert probe.part_labels(maps).tolist() == [[0, 2, 0, 2]]
+
+
+def test_part_probe_finds_a_rare_part_and_not_shuffled_labels():
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(2000, int), np.ones(20, int), np.full(200, 2)]  # a background-like class and a rare part
+    x = np.eye(3)[y] * 6 + rng.normal(size=(len(y), 3))
+    recall = probe.part_probe_recall(x, y, x[::2], y[::2], 4)
+    assert recall[:3] == pytest.approx([1, 1, 1], abs=0.1) and np.isnan(recall[3])  # class 3 is absent
+    noise = probe.part_probe_recall(x, rng.permutation(y), x, y, 3)
+    assert np.nanmean(noise) < 0.6
+
+
 def test_linear_probe_separates_separable_classes_and_not_noise():
     x, y = blobs(10, 4, 8, 0.1, 0)
     xt, yt = blobs(5, 4, 8, 0.1, 0)

@@ -10,6 +10,7 @@ import torch
 from qpmlib import backbones
 from qpmlib.analysis import standin
 from qpmlib.config import get_profile
+from qpmlib.data import synthbirds
 from qpmlib.figures import standin as standin_figures
 from qpmlib.pretrain import trainer
 
@@ -81,6 +82,11 @@ def test_probe_table_pca_and_norms_on_the_smoke_profile(standins):
     probes = standin.probe_table(prof, list(TWINS), random=("standin_t14_reg",))
     assert list(probes["weights"]) == ["stand-in", "stand-in", "random"]
     assert probes[["k-NN", "linear probe"]].apply(lambda c: c.between(0, 1)).all().all()
+    parts = standin.part_probe_table(prof, ["standin_t14_reg"], random=("standin_t14_reg",), n_train=3, n_test=2,
+                                     min_patches=1)
+    assert list(parts["weights"]) == ["stand-in", "random", "-"] and parts["backbone"].iloc[-1] == "patch position only"
+    assert list(parts.columns[3:]) == [*synthbirds.PART_NAMES, "background"]
+    assert parts["balanced accuracy"].between(0, 1).all()
     fig = standin_figures.pca_figure(prof, ["standin_t14_reg"], n_images=2, random=("standin_t14_reg",))
     assert len([ax for ax in fig.axes if ax.images]) == 3 * 2  # images, stand-in, random
     norms = standin.token_norms_of(prof, list(TWINS), n_images=3)

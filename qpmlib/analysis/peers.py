@@ -221,7 +221,8 @@ class NamedFeatures:
 
     Attributes:
         names: :class:`qpmlib.heads.named_features.FeatureNames` of the selected features (training images).
-        table: one row per selected feature: ``feature`` (dense id), ``name``, ``confidence``, share per region.
+        table: one row per selected feature: ``feature`` (dense id), ``name``, ``confidence``, the named region's
+            ``share`` and ``area``, then the raw share per region (:meth:`FeatureNames.table`).
         explanations: one line per class, ``"class c (Name) = part #id (confidence) + ..."``.
         agreement: SynthBirds only: :class:`qpmlib.heads.named_features.Agreement` with the classes' defining
             attributes (None on CUB).

@@ -17,6 +17,7 @@ from qpmlib.config import Profile, apply_overrides, get_profile
 from qpmlib.data.images import load_image
 from qpmlib.embeddings import get_store
 from qpmlib.files import read_json_object
+from qpmlib.heads.parts import part_truth, require_part_truth
 from qpmlib.pretrain import probe
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "profile_with",
     "probe_table",
     "probe_headlines",
+    "part_probe_table",
     "sample_test_images",
     "load_images",
     "token_norms_of",
@@ -165,6 +167,60 @@ def probe_headlines(probes: pd.DataFrame, main: str, n_classes: int) -> dict[str
     out["sb_knn_random"] = np.nan if random is None else 100 * random["k-NN"]
     out["sb_chance"] = 100 / n_classes
     return {key: float(v) for key, v in out.items()}
+
+
+def part_probe_table(profile: str | Profile, names: list[str], *, random: tuple[str, ...] = (), n_train: int = 150,
+                     n_test: int = 100, min_patches: int = 20, seed: int = 0, verbose: bool = False) -> pd.DataFrame:
+    """Whether the frozen patch tokens localise the true parts: a per-patch linear probe of each patch's part.
+
+    For each stand-in (and, for names in ``random``, its random-weight twin) a class-balanced logistic regression
+    (:func:`qpmlib.pretrain.probe.part_probe_recall`) learns each patch's region
+    (:func:`qpmlib.pretrain.probe.part_labels`: the part covering most of it, or the background) from its token, on
+    ``n_train`` training images, and is scored on every patch of ``n_test`` test images (images drawn by ``seed``,
+    the same for every backbone). A last row reads only where the patch is (a one-hot of its grid position): what
+    the parts' usual places alone give.
+
+    Returns:
+        DataFrame with columns backbone, weights ("stand-in", "random" or "-"), ``balanced accuracy`` (mean recall
+        over the regions with at least ``min_patches`` test patches; a smaller part's recall is noise) and the
+        recall of every region.
+
+    Raises:
+        ValueError: on a dataset without part ground truth.
+    """
+    prof = get_profile(profile)
+    require_part_truth(prof.data.dataset, "the part probe")
+    root = data.prepare(prof.data, verbose=verbose)
+    rng = np.random.default_rng(seed)
+    rows, labels, grid = [], None, None
+    for name in names:
+        for weights in ("auto", "random") if name in random else ("auto",):
+            stores = {split: get_store(profile_with(prof, name, weights), split, verbose=verbose)
+                      for split in ("train", "test")}
+            if labels is None:  # images and labels: drawn once, shared by every backbone
+                grid = int(round(stores["train"].patch_tokens.shape[1] ** 0.5))
+                picks = {split: np.sort(rng.choice(len(st.image_ids), size=min(n, len(st.image_ids)), replace=False))
+                         for (split, st), n in zip(stores.items(), (n_train, n_test))}
+                truth = {split: part_truth(root, prof.data.dataset, np.asarray(stores[split].image_ids)[picks[split]],
+                                           grid) for split in stores}
+                labels = {split: probe.part_labels(t.maps).ravel() for split, t in truth.items()}
+                regions = [*truth["train"].names, "background"]
+            x = {split: np.asarray(st.patch_tokens[picks[split]], np.float32).reshape(len(labels[split]), -1)
+                 for split, st in stores.items()}
+            rows.append(_part_probe_row(name, "stand-in" if weights == "auto" else "random", x, labels, regions,
+                                        min_patches))
+    if labels is not None:
+        position = {split: np.tile(np.eye(grid * grid, dtype=np.float32), (len(labels[split]) // grid ** 2, 1))
+                    for split in labels}
+        rows.append(_part_probe_row("patch position only", "-", position, labels, regions, min_patches))
+    return pd.DataFrame(rows)
+
+
+def _part_probe_row(name: str, weights: str, x: dict, labels: dict, regions: list[str], min_patches: int) -> dict:
+    recall = probe.part_probe_recall(x["train"], labels["train"], x["test"], labels["test"], len(regions))
+    counted = np.bincount(labels["test"], minlength=len(regions)) >= min_patches
+    return {"backbone": name, "weights": weights, "balanced accuracy": float(np.mean(recall[counted])),
+            **dict(zip(regions, recall))}
 
 
 def sample_test_images(profile: str | Profile, n_images: int, seed: int = 0):

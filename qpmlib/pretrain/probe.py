@@ -5,6 +5,8 @@ These are the stand-in chapter's measurements and the calibration probe of ``doc
 * :func:`linear_probe_accuracy`: a ridge classifier on standardised features (its penalty chosen by
   leave-one-out cross-validation on the training images), fitted on the training split.
 * :func:`knn_accuracy`: DINO's weighted k-NN classifier on L2-normalised features (votes ``exp(cos / T)``).
+* :func:`part_probe_recall`: a class-balanced logistic regression of each patch's true part (or background) from
+  its token, scored on patches of held-out images: whether the tokens localise the parts.
 * :func:`pca_rgb`: the first three principal components of the patch tokens of a few images, scaled to [0, 1] and
   shown as RGB, the picture of the DINOv2 paper (parts of the same kind get the same colour across images).
 * :func:`token_norms`: the norms of the last block's output tokens before the final norm, patch and register
@@ -27,6 +29,8 @@ __all__ = [
     "probe_features",
     "linear_probe_accuracy",
     "knn_accuracy",
+    "part_labels",
+    "part_probe_recall",
     "split_features",
     "heldout_probe",
     "pca_rgb",
@@ -77,6 +81,62 @@ def knn_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, t
     weights = np.exp(np.take_along_axis(sim, nearest, 1) / temperature)
     np.add.at(votes, (np.repeat(np.arange(len(b)), k), train_y[nearest].ravel()), weights.ravel())
     return float((votes.argmax(1) == test_y).mean())
+
+
+def part_labels(part_maps: np.ndarray) -> np.ndarray:
+    """Each patch's true region: the part covering most of it, or the background (label ``n_parts``).
+
+    Args:
+        part_maps: (N, n_parts, H, W) part coverage fractions (background = 1 - their sum).
+
+    Returns:
+        int64 (N, H * W) labels in [0, n_parts]; ties go to the lower label.
+    """
+    p = np.asarray(part_maps, np.float64)
+    background = np.clip(1 - p.sum(axis=1, keepdims=True), 0, 1)
+    return np.concatenate([p, background], axis=1).argmax(axis=1).reshape(len(p), -1)
+
+
+def part_probe_recall(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
+                      n_classes: int, *, weight_decay: float = 1e-3, max_iter: int = 100) -> np.ndarray:
+    """Per-class recall of a class-balanced logistic regression (L-BFGS, L2 penalty) on standardised features.
+
+    Each class's loss weight is inversely proportional to its training count, so a rare part counts as much as the
+    background that covers most patches; the mean of the returned recalls is the balanced accuracy.
+
+    Args:
+        train_x: (N, F) features (one row per patch); train_y: (N,) int labels in [0, n_classes).
+        test_x: (M, F); test_y: (M,).
+        n_classes: number of labels.
+        weight_decay: L2 penalty on the weights.
+        max_iter: L-BFGS iterations.
+
+    Returns:
+        float64 (n_classes,) recall of each class on the test rows; NaN for a class absent from them.
+    """
+    xtr, xte = torch.as_tensor(train_x, dtype=torch.float32), torch.as_tensor(test_x, dtype=torch.float32)
+    ytr, yte = torch.as_tensor(train_y, dtype=torch.long), torch.as_tensor(test_y, dtype=torch.long)
+    mean, std = xtr.mean(0), xtr.std(0) + 1e-6
+    xtr, xte = (xtr - mean) / std, (xte - mean) / std
+    counts = torch.bincount(ytr, minlength=n_classes).float()
+    weight = torch.where(counts > 0, counts.sum() / (n_classes * counts.clamp_min(1)), 0.0)
+    linear = torch.nn.Linear(xtr.shape[1], n_classes)
+    torch.nn.init.zeros_(linear.weight)
+    torch.nn.init.zeros_(linear.bias)
+    opt = torch.optim.LBFGS(linear.parameters(), max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe")
+    loss_fn = torch.nn.CrossEntropyLoss(weight=weight)
+
+    def closure():
+        opt.zero_grad()
+        loss = loss_fn(linear(xtr), ytr) + weight_decay * linear.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        pred = linear(xte).argmax(1)
+    return np.array([float((pred[yte == k] == k).float().mean()) if bool((yte == k).any()) else np.nan
+                     for k in range(n_classes)])
 
 
 def split_features(backbone: FrozenBackbone, root: str | Path, split: str, *, out_dir: str | Path,
