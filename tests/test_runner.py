@@ -150,15 +150,17 @@ def test_a_cell_past_its_limit_runs_the_chapter_once_more(fake_book, monkeypatch
         bookrunner.run_chapters("smoke", verbose=False)
 
 
+PROVENANCE_RECORD = {
+    "profile": "smoke", "profile_description": "tiny", "dataset": "synthbirds", "extra_datasets": [],
+    "backbone": "tiny_vit_test", "backbone_weights": "random weights", "seeds": [0], "git_commit": "abc1234",
+    "device": "cpu", "python": "3.11", "finished": "2026-11-22T00:00:00+00:00",
+    "chapters": {"01_a": {"seconds": 1.5, "reused": False}, "02_b": {"seconds": 2.0, "reused": True}},
+    "packages": {"torch": "2.14.1"},
+}
+
+
 def test_provenance_page_lists_the_run():
-    record = {
-        "profile": "smoke", "profile_description": "tiny", "dataset": "synthbirds", "extra_datasets": [],
-        "backbone": "tiny_vit_test", "backbone_weights": "random weights", "seeds": [0], "git_commit": "abc1234",
-        "device": "cpu", "python": "3.11", "finished": "2026-11-22T00:00:00+00:00",
-        "chapters": {"01_a": {"seconds": 1.5, "reused": False}, "02_b": {"seconds": 2.0, "reused": True}},
-        "packages": {"torch": "2.14.1"},
-    }
-    md = provenance_markdown(record)
+    md = provenance_markdown(PROVENANCE_RECORD)
     assert "| profile | `smoke`: tiny |" in md
     assert "| **total** | 3.5 | |" in md
     assert "| 02_b | 2.0 | reused from an earlier run |" in md
@@ -318,6 +320,38 @@ def test_widget_state_is_dropped_only_when_no_widget_is_shown():
         assert "widgets" not in bookrunner.drop_hidden_widget_state(nb(hidden))["metadata"]
     for shown in ([], ["remove-input"]):
         assert "widgets" in bookrunner.drop_hidden_widget_state(nb(shown))["metadata"]
+
+
+def test_widget_manager_is_staged_only_when_a_chapter_keeps_widget_state(fake_book, monkeypatch):
+    vendor = fake_book / "vendor"
+    for rel in bookrunner.VENDOR_FILES.values():
+        (vendor / rel).parent.mkdir(parents=True, exist_ok=True)
+        (vendor / rel).write_text("/* js */")
+    (vendor / ".complete-1").touch()
+    monkeypatch.setattr(bookrunner, "VENDOR_DIR", vendor)
+    (fake_book / "_config.yml").write_text("title: t\n")
+    (fake_book / "book").mkdir()
+    (fake_book / "book" / "index.md").write_text("# t\n")
+    out = fake_book / "book" / "_build" / "smoke"
+    (out / "src" / "chapters").mkdir(parents=True)
+    for name in ("01_a", "02_b"):
+        (out / "src" / "chapters" / f"{name}.ipynb").write_text((fake_book / "chapters" / f"{name}.ipynb").read_text())
+    (out / "run.json").write_text(json.dumps(PROVENANCE_RECORD))
+    stale = out / "_build" / "html" / "_static" / "vendor" / "html-manager" / "dist" / "embed-amd.js"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("/* an earlier build's */")
+
+    staged = bookrunner.stage_book("smoke") / "_vendor" / "vendor"
+    assert (staged / "plotly" / "plotly.min.js").exists() and (staged / "mathjax" / "es5" / "tex-chtml.js").exists()
+    assert not (staged / "html-manager").exists() and not (staged / "require.js").exists()
+    assert not stale.parent.parent.exists(), "an earlier build's widget manager stays in the HTML"
+
+    executed = out / "src" / "chapters" / "02_b.ipynb"
+    nb = json.loads(executed.read_text())
+    nb["metadata"]["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {"m": {}}}}
+    executed.write_text(json.dumps(nb))
+    staged = bookrunner.stage_book("smoke") / "_vendor" / "vendor"
+    assert all((staged / rel).exists() for rel in bookrunner.VENDOR_FILES.values())
 
 
 def test_plotly_figures_are_dropped_only_beside_html():

@@ -9,7 +9,8 @@ Command line (what ``make book`` and ``make test`` call)::
 Layout of one profile's build, ``book/_build/<profile>/``::
 
     src/                  staged book source: _config.yml, _toc.yml, book/*.md, executed chapters/*.ipynb
-    src/_vendor/vendor/   MathJax, require.js, the widget manager and plotly.js, served locally (offline HTML)
+    src/_vendor/vendor/   MathJax and plotly.js, served locally (offline HTML); require.js and the widget manager
+                          only when some chapter shows a live ipywidget (none does: each has a static twin)
     run.json              provenance of the run (profile, versions, commit, device, per-chapter times)
     _build/html/          the rendered book (index.html)
 
@@ -61,6 +62,7 @@ __all__ = [
     "build_dir",
     "parse_parameters",
     "drop_hidden_widget_state",
+    "keeps_widget_state",
     "drop_plotly_figures",
     "run_note",
     "add_run_note",
@@ -82,6 +84,9 @@ VENDOR_FILES = {
     "html-manager": "html-manager/dist/embed-amd.js",
     "plotly": "plotly/plotly.min.js",
 }
+#: The vendored packages that only a page showing a live ipywidget loads (myst-nb adds them to a page whose
+#: notebook keeps widget state): staged only when some executed chapter keeps it (see drop_hidden_widget_state).
+WIDGET_VENDOR = ("requirejs", "html-manager")
 PACKAGES_IN_PROVENANCE = (
     "torch", "torchvision", "timm", "numpy", "scipy", "pandas", "scikit-learn", "schedulefree",
     "gurobipy", "jupyter-book", "myst-nb", "papermill", "ipywidgets", "nbval", "matplotlib", "seaborn",
@@ -252,6 +257,11 @@ def drop_hidden_widget_state(nb: dict) -> dict:
     if not shown:
         nb.get("metadata", {}).pop("widgets", None)
     return nb
+
+
+def keeps_widget_state(nb: dict) -> bool:
+    """Whether an executed notebook keeps saved widget state, so that its page loads the widget manager."""
+    return bool(nb.get("metadata", {}).get("widgets"))
 
 
 def run_note(chapter: str, profile: str) -> str:
@@ -554,18 +564,28 @@ def stage_book(profile: str) -> Path:
     record = json.loads(record_path.read_text())
     (book_src / "provenance.md").write_text(provenance_markdown(record))
     vendor_target = src / "_vendor" / "vendor"
-    for name, rel in VENDOR_FILES.items():
+    widgets = any(keeps_widget_state(_notebook(src / "chapters" / c.source.name)) for c in chapters())
+    wanted = [rel for name, rel in VENDOR_FILES.items() if widgets or name not in WIDGET_VENDOR]
+    unused = {VENDOR_FILES[name].split("/")[0] for name in WIDGET_VENDOR} if not widgets else set()
+    for rel in wanted:
         if not (VENDOR_DIR / rel).exists():
             raise FileNotFoundError(
                 f"offline JavaScript missing: {VENDOR_DIR / rel}; run `make vendor` (needs the npm registry once)"
             )
     stamps = sorted(p.name for p in VENDOR_DIR.glob(".complete*"))  # `make vendor` names its stamp by the pins
     if stamps != sorted(p.name for p in vendor_target.glob(".complete*")) or not all(
-            (vendor_target / rel).exists() for rel in VENDOR_FILES.values()):
+            (vendor_target / rel).exists() for rel in wanted) or any((vendor_target / u).exists() for u in unused):
         if vendor_target.exists():
             shutil.rmtree(vendor_target)
         vendor_target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(VENDOR_DIR, vendor_target)
+        shutil.copytree(VENDOR_DIR, vendor_target,
+                        ignore=lambda folder, names: unused if Path(folder) == VENDOR_DIR else ())
+    for entry in unused:  # left in the HTML by an earlier build: Sphinx copies static files but never removes one
+        stale = build_dir(profile) / "_build" / "html" / "_static" / "vendor" / entry
+        if stale.is_dir():
+            shutil.rmtree(stale)
+        elif stale.exists():
+            stale.unlink()
     return src
 
 
