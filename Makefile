@@ -71,10 +71,15 @@ html: env vendor
 
 book: env vendor data run html
 
+# pytest-xdist workers (0: run in this process). --dist loadfile keeps each file, so each chapter's nbval cells and
+# their kernel, in one worker; --no-loadscope-reorder keeps the files in collection order, which tests/conftest.py
+# begins with the long Slurm files.
+TEST_WORKERS ?= 2
 test: env vendor
 	$(MAKE) --no-print-directory book PROFILE=smoke
 	QPMLIB_PROFILE=smoke QPMLIB_BOOK_PROFILE=smoke QPMLIB_REQUIRE_BOOK=1 \
-		$(PY) -m pytest tests chapters --nbval-lax -p no:cacheprovider
+		$(PY) -m pytest tests chapters --nbval-lax -p no:cacheprovider \
+		-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25
 
 # The stand-in backbones are committed under weights/ with their provenance cards; this rebuilds them (all, or
 # VARIANTS="standin_s14_reg standin_t14_reg"). Interrupted runs resume from their checkpoints.

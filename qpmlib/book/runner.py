@@ -39,6 +39,7 @@ from pathlib import Path
 import yaml
 
 from qpmlib import backbones
+from qpmlib.book.kernel import RunnerKernelManager
 from qpmlib.book.progress import ChapterProgress
 from qpmlib.config import PROFILES, get_profile
 from qpmlib.figures.switch import PLOTLY_MIME
@@ -416,6 +417,7 @@ def _execute(profile: str, selected: list[Chapter], parameters: dict, *, force: 
                         log_output=False,
                         stderr_file=progress.stream if progress is not None else None,
                         report_mode=False,
+                        kernel_manager_class=RunnerKernelManager,  # no reply waits unseen until the cell limit
                     )
 
             try:
