@@ -462,8 +462,9 @@ def compute(
         poll_s: seconds between two looks at the queue.
         wait: False submits the missing tasks and returns (a later call waits for the same jobs).
         workers: with ``local``, compute the missing tasks in this many spawned processes (1: in this process).
-            Tasks that share an entry (a dense stage, a QP) wait for each other on the entry's lock; the numbers do
-            not depend on the worker count when the runs fix their torch threads (``cluster.threads``).
+            Each worker runs torch on its share of the cores; tasks that share an entry (a dense stage, a QP) wait
+            for each other on the entry's lock. The numbers do not depend on the worker count when the runs fix
+            their torch threads (a profile's ``cluster.threads``).
         verbose: show progress (a tqdm bar; plain text in papermill runs).
 
     Returns:
@@ -503,18 +504,22 @@ def compute(
     return report
 
 
-def _worker_task(task: Task) -> str:
-    """What a local worker process runs: :func:`run_task`, never through another executor."""
+def _worker_task(task: Task, threads: int) -> str:
+    """What a local worker process runs: :func:`run_task` on ``threads`` torch threads (a profile's
+    ``cluster.threads`` still wins inside the run), never through another executor."""
     os.environ[ENV_EXECUTOR] = "local"
+    torch.set_num_threads(threads)
     return run_task(task)
 
 
 def _compute_in_workers(tasks: Sequence[Task], report: RunReport, workers: int, verbose: bool) -> None:
-    """:func:`run_task` of every task in ``workers`` spawned processes, in the order given; the first failure is
-    raised once the tasks already running have ended (nothing more is started)."""
+    """:func:`run_task` of every task in ``workers`` spawned processes, in the order given, each on its share of
+    the cores (more threads than cores make every step wait for the others); the first failure is raised once the
+    tasks already running have ended (nothing more is started)."""
     context = multiprocessing.get_context("spawn")  # no forked torch or lock state in the workers
+    threads = max(1, (os.cpu_count() or 1) // workers)
     with concurrent.futures.ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=context) as pool:
-        futures = {pool.submit(_worker_task, task): task for task in tasks}
+        futures = {pool.submit(_worker_task, task, threads): task for task in tasks}
         bar = tqdm(total=len(tasks), desc=f"runs (local, {workers} workers)", unit="run", disable=not verbose)
         with bar:
             for future in concurrent.futures.as_completed(futures):
