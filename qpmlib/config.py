@@ -224,13 +224,6 @@ class ClusterConfig:
     account: str | None = None  # Slurm account (None: the user's default)
     setup: tuple[str, ...] = ()  # shell lines each job runs before Python starts, e.g. "module load cuda/12.4"
     max_retries: int = 2  # how often a job that ended without its result (failed, preempted, cancelled) is resubmitted
-    # Local compute: processes that `make runs` (qpmlib.runs.executor.compute) computes missing runs in, and the
-    # torch threads of every run's training and evaluation, here, in those processes and in Slurm jobs (None: torch's
-    # default, the machine's cores). Float sums depend on the thread count, so a fixed count gives the same numbers
-    # on every machine and with any number of workers; on 2 busy cores one thread per run is also several times
-    # faster than two (benchmarks/bench_demo_stages.py).
-    workers: int = 1
-    threads: int | None = None
     poll_s: float = 30.0  # seconds between two looks at the queue while a chapter or `make runs` waits
     # Paper-scale figures of the dry run's GPU-hour estimate (qpmlib.runs.tasks.estimate_hours): an epoch on
     # CUB's 5,994 training images took 6 s (the MLP models) and 3 s (the CLS linear probe) on the paper's RTX 3090
@@ -240,6 +233,13 @@ class ClusterConfig:
     probe_seconds_per_epoch: float = 3.0
     run_overhead_s: float = 300.0
     extract_images_per_s: float = 150.0
+    # Local compute: processes that `make runs` (qpmlib.runs.executor.compute) computes missing runs in, and the
+    # torch threads of every run's training and evaluation, here, in those processes and in Slurm jobs (None: torch's
+    # default, the machine's cores). Float sums depend on the thread count, so a fixed count gives the same numbers
+    # on every machine and with any number of workers; on 2 busy cores one thread per run is also several times
+    # faster than two (benchmarks/bench_demo_stages.py).
+    workers: int = 1
+    threads: int | None = None
 
 
 @dataclass(frozen=True)
