@@ -29,11 +29,11 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import getpass
-import multiprocessing
 import importlib
 import json
 import logging
 import math
+import multiprocessing
 import os
 import shutil
 import socket
