@@ -7,7 +7,9 @@ Three measurements in a fresh ``$QPMLIB_HOME`` (a temporary folder; the SynthBir
 2. **one run, stage by stage**, for each ``--threads`` count: the dense stage (training, then evaluation and
    metrics), the QP, the fine-tune (training, then metrics), from the stages' stored provenance, and the run's
    accuracy (so that the thread counts' numbers can be compared);
-3. **``--runs`` independent dense runs** (the Fig. 11 grid of ``train.dense_fdl``, no QP: its time limit would hide
+3. **the QP** of that run's dense features with each ``--qp`` setting (solver@seconds): objective, bound, seconds
+   (the demo's Gurobi solves stop at their 30 s limit, so their result depends on the machine's speed and load);
+4. **``--runs`` independent dense runs** (the Fig. 11 grid of ``train.dense_fdl``, no QP: its time limit would hide
    the rest) computed by :func:`qpmlib.runs.executor.compute` with one process (this one, torch's default threads),
    then with ``--workers`` spawned processes (one core's share of threads each), and the largest difference of
    their stored metrics.
@@ -15,7 +17,7 @@ Three measurements in a fresh ``$QPMLIB_HOME`` (a temporary folder; the SynthBir
 Usage::
 
     python benchmarks/bench_demo_stages.py                      # threads 2 and 1, 4 runs, 2 workers
-    python benchmarks/bench_demo_stages.py --threads 1 --runs 0 --method dense
+    python benchmarks/bench_demo_stages.py --threads 1 --runs 0 --qp open@5 gurobi@5
 
 The machine's load (``os.getloadavg``) is printed before each measurement: on shared cores the figures move with it.
 """
@@ -58,6 +60,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="*", default=[2, 1])
     parser.add_argument("--runs", type=int, default=4, help="dense runs of part 3 (0: skip it)")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--qp", nargs="*", default=["gurobi@30", "gurobi@5", "open@5"],
+                        help="QP settings solver@seconds of part 3 (the run must have a dense stage)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary home (its path is printed)")
     args = parser.parse_args()
 
@@ -65,10 +69,12 @@ def main() -> None:
     os.environ["QPMLIB_HOME"] = str(home)
     import torch
 
+    from qpmlib import qp
     from qpmlib.config import get_profile
     from qpmlib.embeddings import get_store
     from qpmlib.runs.executor import compute
     from qpmlib.runs.methods import RunRequest, run_methods
+    from qpmlib.results import FEATURES_FILE
     from qpmlib.runs.tasks import request_specs, run_tasks
 
     prof = get_profile("demo")
@@ -93,11 +99,25 @@ def main() -> None:
             print(f"     {'whole run':<28} {wall:7.1f} s; accuracy {run.metrics['accuracy']:.6f}")
         torch.set_num_threads(default_threads)
 
+        if args.qp:
+            stored = run.stages["dense"].tensors(FEATURES_FILE)
+            A, R = qp.qpm_matrices(stored["features"].numpy(), stored["labels"].numpy())
+            q = prof.qp
+            threshold = qp.r_threshold(R, q.n_selected, mode=q.r_mode)
+            print(f"\n3. the QP of that run's dense features ({q.n_selected} features, {q.n_per_class} per class)")
+            for setting in args.qp:
+                solver, _, seconds = setting.partition("@")
+                print(f"   {setting:<12} {_load()}", end="", flush=True)
+                sol = qp.solve_qpm(A, R, q.n_selected, q.n_per_class, r_threshold=threshold, solver=solver,
+                                   time_limit=float(seconds), seed=0, gurobi=q.gurobi)
+                bound = "none" if sol.bound is None else f"{sol.bound:.2f}"
+                print(f"  objective {sol.objective:.2f}, bound {bound}, {sol.runtime:.1f} s ({sol.solver})")
+
         if args.runs > 0:
             grid = (prof.train.dense_fdl, *[v for v in prof.sweeps.fdl if v != prof.train.dense_fdl])
             requests = [RunRequest.of("dense", [0], {"train.dense_fdl": v}) for v in grid[:args.runs]]
             tasks = run_tasks(request_specs(requests, prof))
-            print(f"\n3. {len(tasks)} dense runs (train.dense_fdl in {list(grid[:len(tasks)])})")
+            print(f"\n4. {len(tasks)} dense runs (train.dense_fdl in {list(grid[:len(tasks)])})")
             metrics = {}
             for workers in (1, args.workers):
                 shutil.rmtree(home / "results", ignore_errors=True)
