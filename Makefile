@@ -30,7 +30,7 @@ help:
 	@echo "make test                              unit tests + chapters under nbval (smoke) + book check"
 	@echo "make weights [VARIANTS=standin_s14_reg] pretrain the stand-in backbones again (hours on a CPU; resumable)"
 	@echo "make clean                             remove built books (keeps data, caches and results)"
-	@echo "make runs [PROFILE=..] [EXECUTOR=local|slurm] [DRY_RUN=1]   compute every run the book needs, no chapters"
+	@echo "make runs [PROFILE=..] [EXECUTOR=local|slurm] [DRY_RUN=1] [WORKERS=2]   compute every run the book needs, no chapters"
 	@echo "make export|import [PROFILE=..] [ARCHIVE=file.tar]          pack the book's runs / install such an archive"
 
 env: $(STAMP)
@@ -102,7 +102,7 @@ ARCHIVE  ?= results-$(PROFILE).tar
 
 runs: env $(if $(filter 1,$(DRY_RUN)),,data)
 	$(PY) -m qpmlib.book.store runs --profile $(PROFILE) $(if $(EXECUTOR),--executor $(EXECUTOR)) \
-		$(if $(filter 1,$(DRY_RUN)),--dry-run)
+		$(if $(filter 1,$(DRY_RUN)),--dry-run) $(if $(WORKERS),--workers $(WORKERS))
 
 export: env
 	$(PY) -m qpmlib.book.store export --profile $(PROFILE) --archive $(ARCHIVE)

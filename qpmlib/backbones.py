@@ -567,6 +567,7 @@ def weights_id(name: str, weights: str | Path = "auto", *, seed: int = 0) -> str
     known = known if isinstance(known, dict) else {}
     known[str(path)] = {"stat": stamp, "id": wid}
     try:
+        cache.parent.mkdir(parents=True, exist_ok=True)  # a fresh home has no cache folder yet
         atomic_write_json(cache, known, indent=1)
     except OSError as exc:  # a read-only cache only costs the hash next time
         log.warning("could not remember the weights id in %s: %s", cache, exc)

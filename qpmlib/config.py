@@ -233,6 +233,13 @@ class ClusterConfig:
     probe_seconds_per_epoch: float = 3.0
     run_overhead_s: float = 300.0
     extract_images_per_s: float = 150.0
+    # Local compute: processes that `make runs` (qpmlib.runs.executor.compute) computes missing runs in, and the
+    # torch threads of every run's training and evaluation, here, in those processes and in Slurm jobs (None: torch's
+    # default, the machine's cores). Float sums depend on the thread count, so a fixed count gives the same numbers
+    # on every machine and with any number of workers; on 2 busy cores one thread per run is also several times
+    # faster than two (benchmarks/bench_demo_stages.py).
+    workers: int = 1
+    threads: int | None = None
 
 
 @dataclass(frozen=True)

@@ -409,13 +409,18 @@ def _gmm2_batched(x: np.ndarray, max_iter: int = 100, tol: float = 1e-3, reg_cov
 
 def _gmm2_sklearn(x: np.ndarray, seed: int, verbose: bool):
     from sklearn.mixture import GaussianMixture
+    from threadpoolctl import threadpool_limits
 
     d = x.shape[1]
     mu, sd = np.zeros((2, d)), np.ones((2, d))
-    for j in tqdm(range(d), desc="GMM per feature", disable=not verbose):
-        gmm = GaussianMixture(n_components=2, random_state=seed).fit(x[:, j : j + 1])
-        mu[:, j] = gmm.means_[:, 0]
-        sd[:, j] = np.sqrt(gmm.covariances_[:, 0, 0])
+    # one OpenMP thread: a 1-D fit of a few hundred values is far too small to share, and on busy cores the k-means
+    # start's threads wait for each other (64 demo features: 33 s with 2 threads, 4 s with 1 on 2 loaded cores,
+    # the same overlaps to the last bit)
+    with threadpool_limits(1):
+        for j in tqdm(range(d), desc="GMM per feature", disable=not verbose):
+            gmm = GaussianMixture(n_components=2, random_state=seed).fit(x[:, j : j + 1])
+            mu[:, j] = gmm.means_[:, 0]
+            sd[:, j] = np.sqrt(gmm.covariances_[:, 0, 0])
     return mu, sd
 
 

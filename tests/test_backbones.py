@@ -1,6 +1,7 @@
 """Tests for qpmlib.backbones: registry, frozen forward, official-checkpoint loading, offline fallback."""
 
 import dataclasses
+import json
 import logging
 import math
 import time
@@ -300,6 +301,18 @@ def test_extraction_backbone_is_rebuilt_when_its_weights_file_changes(tmp_path, 
     second = embeddings._profile_backbone("standin_t14_reg", "auto", 56)
     assert second.weights_id != first.weights_id
     assert second.weights_id == backbones.weights_id("standin_t14_reg", "auto")
+
+
+def test_a_checkpoints_weights_id_is_remembered_in_a_fresh_home(tmp_path, monkeypatch):
+    monkeypatch.setattr(backbones, "WEIGHTS_DIR", tmp_path / "weights")
+    monkeypatch.setenv("QPMLIB_HOME", str(tmp_path / "home"))  # no cache folder yet
+    (tmp_path / "weights").mkdir()
+    _fake_standin(tmp_path / "weights", seed=0)
+    wid = backbones.weights_id("standin_t14_reg", "auto")
+    remembered = json.loads((tmp_path / "home" / "cache" / ".weights_ids.json").read_text())
+    assert [entry["id"] for entry in remembered.values()] == [wid]
+    monkeypatch.setattr(backbones, "state_dict_sha256", lambda *a: pytest.fail("the id was hashed again"))
+    assert backbones.weights_id("standin_t14_reg", "auto") == wid
 
 
 def test_standin_weights_load_after_the_hash_check(tmp_path, monkeypatch):

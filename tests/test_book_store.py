@@ -35,3 +35,7 @@ def test_errors_say_what_to_do(home, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("QPMLIB_EXECUTOR", "ray")
     assert main(["runs", "--profile", "smoke"]) == 1
     assert "unknown executor 'ray'" in capsys.readouterr().err
+    monkeypatch.delenv("QPMLIB_EXECUTOR")
+    assert main(["runs", "--profile", "smoke", "--workers", "0"]) == 1
+    assert "cluster.workers must be an integer >= 1, got 0" in capsys.readouterr().err
+    assert not (home / "results").exists()

@@ -27,7 +27,8 @@ def test_the_book_profiles_pass(name):
      ("cluster.executor", "ray", "cluster.executor must be one of local, slurm"),
      ("cluster.train", {"cpus": 0}, "cluster.train.cpus"), ("cluster.embed", {"mem_gb": 0.0}, "cluster.embed.mem_gb"),
      ("cluster.partition", " ", "cluster.partition"), ("cluster.poll_s", 0.0, "cluster.poll_s"),
-     ("cluster.run_overhead_s", -1.0, "cluster.run_overhead_s")],
+     ("cluster.run_overhead_s", -1.0, "cluster.run_overhead_s"), ("cluster.workers", 0, "cluster.workers"),
+     ("cluster.threads", 0, "cluster.threads")],
 )
 def test_check_profile_names_the_field(key, value, match):
     with pytest.raises(ValueError, match=match):

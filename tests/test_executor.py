@@ -114,6 +114,41 @@ def test_local_failure_raises_the_task_error(tmp_path):
         compute([probe_task(tmp_path, 0, fail=True)], executor="local", verbose=False)
 
 
+def test_local_workers_compute_in_parallel_processes_with_the_same_results(tmp_path):
+    tasks = [probe_task(tmp_path / "pool", seed) for seed in range(4)]
+    report = compute(tasks, executor="local", workers=2, verbose=False)
+    assert sorted(report.computed) == [t.name for t in tasks] and report.stored == []
+    for seed, task in enumerate(tasks):
+        _assert_clean_and_correct(task, seed)
+        same = probe_task(tmp_path / "serial", seed)
+        compute([same], executor="local", verbose=False)
+        for name in SAME_BYTES:  # a worker stores byte for byte what this process stores
+            assert (_entry(task) / name).read_bytes() == (_entry(same) / name).read_bytes()
+    again = compute(tasks, executor="local", workers=2, verbose=False)
+    assert again.computed == [] and len(again.stored) == 4
+
+
+def test_local_workers_raise_the_first_failure_and_refuse_a_bad_count(tmp_path):
+    tasks = [probe_task(tmp_path, 0, fail=True), probe_task(tmp_path, 1)]
+    with pytest.raises(RuntimeError, match="asked to fail"):
+        compute(tasks, executor="local", workers=2, verbose=False)
+    with pytest.raises(ValueError, match="workers must be an integer >= 1"):
+        compute([probe_task(tmp_path, 2)], executor="local", workers=0, verbose=False)
+
+
+def test_torch_threads_holds_a_count_and_restores_the_old_one():
+    before = torch.get_num_threads()
+    with ex.torch_threads(1):
+        assert torch.get_num_threads() == 1
+        with ex.torch_threads(None):  # None leaves the count alone
+            assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="integer >= 1 or None"):
+        with ex.torch_threads(0):
+            pass
+    assert torch.get_num_threads() == before
+
+
 def test_slurm_executor_says_when_the_slurm_commands_are_missing(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(RuntimeError, match="needs the Slurm commands sbatch, squeue, srun, scancel"):

@@ -91,6 +91,27 @@ def test_run_methods_computes_all_seeds_then_only_loads(method, tmp_path, monkey
         methods.run_method(method, "smoke", 2, compute=False)
 
 
+def test_a_run_computes_on_the_profiles_torch_threads_then_restores_the_count(tmp_path, monkeypatch):
+    from qpmlib.runs import dino_qpm
+
+    monkeypatch.setenv("QPMLIB_HOME", str(tmp_path))
+    torch.set_num_threads(2)
+    seen = []
+    real = dino_qpm.train_dense
+    monkeypatch.setattr(dino_qpm, "train_dense", lambda *a, **kw: seen.append(torch.get_num_threads()) or
+                        real(*a, **kw))
+    try:
+        pinned = methods.run_method("dense", "smoke", 0, overrides={"cluster.threads": 1, "train.dense_epochs": 1})
+        assert seen == [1] and torch.get_num_threads() == 2
+        methods.run_method("dense", "smoke", 0, overrides={"train.dense_epochs": 2})  # None: the count as it is
+        assert seen == [1, 2] and torch.get_num_threads() == 2
+        # cluster.* says only how a run is computed: the same stage, found without training
+        again = methods.run_method("dense", "smoke", 0, overrides={"train.dense_epochs": 1})
+        assert seen == [1, 2] and again.stages["dense"].key == pinned.stages["dense"].key
+    finally:
+        torch.set_num_threads(1)
+
+
 @pytest.mark.slow
 def test_the_baselines_fine_tune_with_the_profiles_training_settings(tmp_path, monkeypatch):
     """The SLDD/QSENN fine-tune takes precision, FDL scale, device and BN recalibration from the profile."""

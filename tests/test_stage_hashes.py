@@ -81,7 +81,7 @@ OTHER_VALUE = {
     "qp.solver": "open", "qp.gurobi": "exact", "train.fdl_scale": "map_mean", "train.precision": "bf16",
     "train.device": "cuda", "baselines.qsenn_schedule": "qsenn", "baselines.compact": (6, 1),
     "heads.cosine_epochs": 10,
-    "cluster.executor": "slurm", "cluster.partition": "gpu", "cluster.account": "proj",
+    "cluster.executor": "slurm", "cluster.partition": "gpu", "cluster.account": "proj", "cluster.threads": 1,
     "extra_overrides": (("data.n_classes", 7),),
 }
 

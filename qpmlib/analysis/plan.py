@@ -81,7 +81,7 @@ def compute(requests: Sequence[RunRequest], profile: str | Profile, *, executor:
     """
     prof = get_profile(profile)
     executor = resolve_executor(executor, prof)
-    if executor != "local":
+    if executor != "local" or prof.cluster.workers > 1:  # as tasks: jobs, or the profile's local worker processes
         compute_requests(requests, prof, executor=executor, verbose=verbose)
         return
     for request in tqdm(requests, desc="runs", disable=not verbose):

@@ -2,7 +2,7 @@
 
 What ``make runs``, ``make export`` and ``make import`` call::
 
-    python -m qpmlib.book.store runs   --profile paper [--executor slurm] [--dry-run]
+    python -m qpmlib.book.store runs   --profile paper [--executor slurm] [--dry-run] [--workers 2]
     python -m qpmlib.book.store export --profile paper --archive results-paper.tar
     python -m qpmlib.book.store import --archive results-paper.tar
 
@@ -10,6 +10,8 @@ What ``make runs``, ``make export`` and ``make import`` call::
 of ``--executor``, else ``$QPMLIB_EXECUTOR``, else the profile's ``cluster.executor`` (see
 :func:`qpmlib.runs.executor.resolve_executor`); a later ``make book`` finds them all and only renders. ``--dry-run``
 prints the jobs that would be submitted, their resources and the estimated GPU-hours, and computes nothing.
+``--workers N`` computes the missing runs of the local executor in N processes (default: the profile's
+``cluster.workers``).
 ``export`` packs the embedding stores and stages of those runs (they must be computed); ``import`` installs such an
 archive on another machine (see :func:`qpmlib.runs.tasks.export_runs` and :func:`~qpmlib.runs.tasks.import_runs`).
 """
@@ -22,15 +24,19 @@ import sys
 import time
 
 from qpmlib.analysis.plan import book_requests, compute
-from qpmlib.config import PROFILES, get_profile
+from qpmlib.config import PROFILES, apply_overrides, get_profile
 from qpmlib.runs.archive import ArchiveError
+from qpmlib.runs.checks import check_profile
 from qpmlib.runs.executor import RunsNotFinished, resolve_executor
 from qpmlib.runs.tasks import export_runs, import_runs, plan_requests
 
 __all__ = ["main"]
 
 
-def _runs(profile: str, executor: str | None, dry_run: bool) -> None:
+def _runs(profile: str, executor: str | None, dry_run: bool, workers: int | None = None) -> None:
+    if workers is not None:
+        profile = apply_overrides(profile, {"cluster.workers": workers})
+        check_profile(profile)
     requests = book_requests(profile)
     if dry_run:
         start = time.perf_counter()
@@ -43,9 +49,11 @@ def _runs(profile: str, executor: str | None, dry_run: bool) -> None:
               f"{time.perf_counter() - start:.1f} s; nothing was computed or submitted")
         return
     executor = resolve_executor(executor, profile)
-    print(f"[runs] computing the missing runs of profile {profile} with the {executor} executor")
+    name, n = get_profile(profile).name, get_profile(profile).cluster.workers
+    print(f"[runs] computing the missing runs of profile {name} with the {executor} executor"
+          + (f" ({n} worker processes)" if executor == "local" and n > 1 else ""))
     compute(requests, profile, executor=executor)
-    print(f"[runs] every run of profile {profile} is stored; `make book PROFILE={profile}` only renders now")
+    print(f"[runs] every run of profile {name} is stored; `make book PROFILE={name}` only renders now")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,13 +65,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--executor", default=None, help="local or slurm (default: $QPMLIB_EXECUTOR, else the "
                         "profile's cluster.executor)")
     parser.add_argument("--dry-run", action="store_true", help="runs: print the job list and the GPU-hour estimate")
+    parser.add_argument("--workers", type=int, default=None, help="runs: local worker processes (default: the "
+                        "profile's cluster.workers)")
     parser.add_argument("--archive", default=None, help="export/import: the archive (.tar)")
     args = parser.parse_args(argv)
     profile = args.profile or os.environ.get("QPMLIB_PROFILE", "demo")
     try:
         get_profile(profile)
         if args.action == "runs":
-            _runs(profile, args.executor or None, args.dry_run)
+            _runs(profile, args.executor or None, args.dry_run, args.workers)
             return 0
         if not args.archive:
             raise ValueError(f"{args.action} needs --archive FILE (make {args.action} ARCHIVE=...)")

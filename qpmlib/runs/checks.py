@@ -148,6 +148,9 @@ def _check_cluster(prof: Profile) -> None:
     if not all(isinstance(line, str) for line in c.setup):
         raise ValueError(f"cluster.setup must hold shell lines (strings), got {c.setup!r}")
     _positive_int("cluster.max_retries", c.max_retries, 0)
+    _positive_int("cluster.workers", c.workers)
+    if c.threads is not None:
+        _positive_int("cluster.threads", c.threads)
     for key in ("poll_s", "seconds_per_epoch", "probe_seconds_per_epoch", "extract_images_per_s"):
         value = getattr(c, key)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:

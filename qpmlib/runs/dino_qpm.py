@@ -51,7 +51,7 @@ from qpmlib.results import (
     provenance,
 )
 from qpmlib.runs.checks import check_profile, check_ready
-from qpmlib.runs.executor import cluster_runs, resolve_executor
+from qpmlib.runs.executor import cluster_runs, resolve_executor, torch_threads
 from qpmlib.runs.evaluate import model_metrics, prediction_tensors, test_masks_and_parts
 from qpmlib.runs.provenance import device_label, measured
 from qpmlib.runs.run import Run
@@ -184,7 +184,8 @@ def run_seeds(
         One :class:`~qpmlib.runs.run.Run` per seed, in the order of ``seeds``.
 
     With the ``slurm`` executor (:func:`qpmlib.runs.executor.resolve_executor`) the missing runs are computed as
-    Slurm jobs first and only loaded here.
+    Slurm jobs first and only loaded here; a local computation runs with the profile's ``cluster.threads`` torch
+    threads.
 
     Raises:
         ValueError: for invalid overrides or settings, or an empty or repeated seed list.
@@ -194,7 +195,8 @@ def run_seeds(
     if not compute:  # computed as jobs first, then only loaded here (see qpmlib.runs.methods.run_methods)
         cluster_runs("dense" if dense_only else "dino_qpm", prof.seeds if seeds is None else seeds,
                      get_profile(profile), overrides=overrides, verbose=verbose)
-    found = run_stages(prof, seeds, compute=compute, dense_only=dense_only, stack=stack, verbose=verbose)
+    with torch_threads(prof.cluster.threads if compute else None):
+        found = run_stages(prof, seeds, compute=compute, dense_only=dense_only, stack=stack, verbose=verbose)
     return [Run("dino_qpm", prof, seed, stages) for seed, stages in found.items()]
 
 

@@ -5,7 +5,8 @@ computes it (a key of :data:`TASK_FUNCTIONS`), plain JSON-ready keyword argument
 :class:`Resources`, and the :class:`StoreKey` of the entry it writes. :func:`compute` runs the tasks whose entry is
 missing, with one executor:
 
-* ``local``: one after another in this process (what chapters have always done);
+* ``local``: one after another in this process (what chapters have always done), or with ``workers`` > 1 in as
+  many spawned processes (each computes one task at a time, exactly as this process would);
 * ``slurm``: one Slurm job per task through submitit, with the GPUs, CPUs, memory and time of the task's stage.
   The call waits, showing how many jobs are queued, running and done; a job that ends without its entry (failed,
   cancelled, preempted, timed out, node lost) is submitted again, up to ``max_retries`` times, and at the end
@@ -24,18 +25,21 @@ reads job states from ``squeue`` and results from the store.
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import dataclasses
 import getpass
 import importlib
 import json
 import logging
 import math
+import multiprocessing
 import os
 import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,6 +70,7 @@ __all__ = [
     "cluster_runs",
     "resolve_executor",
     "run_task",
+    "torch_threads",
     "slurm_job_id",
     "plan",
     "parse_squeue",
@@ -132,6 +137,30 @@ def resolve_function(name: str) -> Callable[..., Any]:
     if name not in TASK_FUNCTIONS:
         raise ValueError(f"unknown task function {name!r}; registered: {', '.join(sorted(TASK_FUNCTIONS))}")
     return _load(TASK_FUNCTIONS[name])
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` torch threads (None: leave the count as it is), and restore the count afterwards.
+
+    The profile's ``cluster.threads`` (:func:`qpmlib.runs.methods.run_methods` holds it while a run computes):
+    float sums depend on the thread count, so a fixed count gives the same numbers here, in worker processes and in
+    Slurm jobs, on any machine.
+
+    Raises:
+        ValueError: for a count below 1.
+    """
+    if n is None:
+        yield
+        return
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"torch threads must be an integer >= 1 or None, got {n!r}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _load(target: str) -> Callable[..., Any]:
@@ -417,6 +446,7 @@ def compute(
     max_retries: int = 2,
     poll_s: float = 15.0,
     wait: bool = True,
+    workers: int = 1,
     verbose: bool = True,
 ) -> RunReport:
     """Compute every task whose entry is missing, here or as Slurm jobs.
@@ -431,6 +461,10 @@ def compute(
         max_retries: how many times a Slurm job that ended without its entry is submitted again.
         poll_s: seconds between two looks at the queue.
         wait: False submits the missing tasks and returns (a later call waits for the same jobs).
+        workers: with ``local``, compute the missing tasks in this many spawned processes (1: in this process).
+            Each worker runs torch on its share of the cores; tasks that share an entry (a dense stage, a QP) wait
+            for each other on the entry's lock. The numbers do not depend on the worker count when the runs fix
+            their torch threads (a profile's ``cluster.threads``).
         verbose: show progress (a tqdm bar; plain text in papermill runs).
 
     Returns:
@@ -454,6 +488,11 @@ def compute(
     if not missing:
         return report
     if executor == "local":
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+        if workers > 1 and len(missing) > 1:
+            _compute_in_workers(missing, report, workers, verbose)
+            return report
         for task in tqdm(missing, desc="runs (local)", unit="run", disable=not verbose):
             run_task(task)
             report.computed.append(task.name)
@@ -463,6 +502,35 @@ def compute(
     queue = _SlurmQueue(Path(folder) if folder else paths.home() / "slurm", resources)
     queue.wait(missing, report, max_retries=max_retries, poll_s=poll_s, wait=wait, verbose=verbose)
     return report
+
+
+def _worker_task(task: Task, threads: int) -> str:
+    """What a local worker process runs: :func:`run_task` on ``threads`` torch threads (a profile's
+    ``cluster.threads`` still wins inside the run), never through another executor."""
+    os.environ[ENV_EXECUTOR] = "local"
+    torch.set_num_threads(threads)
+    return run_task(task)
+
+
+def _compute_in_workers(tasks: Sequence[Task], report: RunReport, workers: int, verbose: bool) -> None:
+    """:func:`run_task` of every task in ``workers`` spawned processes, in the order given, each on its share of
+    the cores (more threads than cores make every step wait for the others); the first failure is raised once the
+    tasks already running have ended (nothing more is started)."""
+    context = multiprocessing.get_context("spawn")  # no forked torch or lock state in the workers
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with concurrent.futures.ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=context) as pool:
+        futures = {pool.submit(_worker_task, task, threads): task for task in tasks}
+        bar = tqdm(total=len(tasks), desc=f"runs (local, {workers} workers)", unit="run", disable=not verbose)
+        with bar:
+            for future in concurrent.futures.as_completed(futures):
+                try:
+                    future.result()
+                except BaseException:
+                    for other in futures:
+                        other.cancel()
+                    raise
+                report.computed.append(futures[future].name)
+                bar.update(1)
 
 
 def _unique(tasks: Sequence[Task]) -> list[Task]:

@@ -40,7 +40,7 @@ from qpmlib.config import Profile, apply_overrides, get_profile
 from qpmlib.runs.baselines import SPARSE_HEADS, run_sparse_head
 from qpmlib.runs.checks import check_profile
 from qpmlib.runs.dino_qpm import run_stages
-from qpmlib.runs.executor import cluster_runs, resolve_executor
+from qpmlib.runs.executor import cluster_runs, resolve_executor, torch_threads
 from qpmlib.runs.peer_heads import PEER_HEADS, run_peer_head
 from qpmlib.runs.run import Run
 from qpmlib.sparse import QSENN, SLDD, SLDDSettings
@@ -244,7 +244,8 @@ def run_methods(
     The pipeline stages of all missing seeds are computed together (on a GPU they train as one stacked model,
     see :func:`qpmlib.runs.dino_qpm.run_stages`); SLDD's selection and the baselines' fine-tunes run per seed.
     With the ``slurm`` executor the missing seeds are computed as Slurm jobs first (one per seed, see
-    :func:`qpmlib.runs.tasks.ensure_runs`), and this process only loads them.
+    :func:`qpmlib.runs.tasks.ensure_runs`), and this process only loads them. While it computes, torch runs with the
+    profile's ``cluster.threads`` threads (:func:`qpmlib.runs.executor.torch_threads`).
 
     Args:
         method: a key of :data:`METHODS`.
@@ -271,6 +272,14 @@ def run_methods(
         cluster_runs(method, prof.seeds if seeds is None else seeds, get_profile(profile), overrides=overrides,
                      executor=executor, verbose=verbose)
         compute = False
+    with torch_threads(prof.cluster.threads if compute else None):
+        return _run_heads(m, prof, seeds, compute, stack, verbose)
+
+
+def _run_heads(m: Method, prof: Profile, seeds: Sequence[int] | None, compute: bool, stack: bool | None,
+               verbose: bool) -> list[Run]:
+    """The body of :func:`run_methods` once the method's profile is known."""
+    method = m.key
     if m.head in PEER_HEADS:
         seeds = [int(s) for s in (prof.seeds if seeds is None else seeds)]
         return [Run(method, prof, seed, run_peer_head(m.head, prof, seed, k=sid_k(prof), compute=compute,

@@ -342,7 +342,8 @@ def plan_requests(requests: Sequence[RunRequest], profile: str | Profile) -> tup
 
 def compute_requests(requests: Sequence[RunRequest], profile: str | Profile, *, executor: str | None = None,
                      folder: str | Path | None = None, verbose: bool = True) -> list[RunReport]:
-    """Compute every missing run of the requests with one executor: the embedding stores first, then the runs.
+    """Compute every missing run of the requests with one executor: the embedding stores first, then the runs
+    (with ``local``, in the profile's ``cluster.workers`` processes).
 
     Args:
         requests: the runs (e.g. :func:`qpmlib.analysis.plan.book_requests`).
@@ -363,8 +364,8 @@ def compute_requests(requests: Sequence[RunRequest], profile: str | Profile, *, 
     c = prof.cluster
     options = dict(executor=executor, resources=stage_resources(prof), folder=folder, max_retries=c.max_retries,
                    poll_s=c.poll_s, verbose=verbose)
-    reports = [compute(extraction_tasks(specs), **options)]
-    reports.append(compute(run_tasks(specs), **options))
+    reports = [compute(extraction_tasks(specs), **options)]  # one at a time: an extraction uses every core
+    reports.append(compute(run_tasks(specs), workers=c.workers, **options))
     return reports
 
 
