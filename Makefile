@@ -69,7 +69,7 @@ run: env data
 html: env vendor
 	$(PY) -m qpmlib.book.runner build --profile $(PROFILE)
 
-book: env vendor data run html
+book: env vendor data runs run html
 
 # pytest-xdist workers (0: run in this process). --dist loadfile keeps each file, so each chapter's nbval cells and
 # their kernel, in one worker; --no-loadscope-reorder keeps the files in collection order, which tests/conftest.py

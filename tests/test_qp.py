@@ -259,6 +259,21 @@ def test_time_limit_respected():
     assert sol.runtime < 1.0 + 3.0  # the construction before the first deadline check is short
 
 
+def test_rounds_cap_the_search_deterministically():
+    a, r = medium_instance(0, n_features=40, n_classes=16)
+    thr = r_threshold(r, 8)
+    construction = solve_qpm(a, r, 8, 3, r_threshold=thr, solver="open", seed=7, rounds=0)
+    check_solution(construction, a, r, 8, 3, thr.threshold)
+    assert len(construction.history) == 1  # the construction only
+    capped = [solve_qpm(a, r, 8, 3, r_threshold=thr, solver="open", seed=7, rounds=3) for _ in range(2)]
+    assert len(capped[0].history) <= 1 + 3
+    np.testing.assert_array_equal(capped[0].selected, capped[1].selected)
+    np.testing.assert_array_equal(capped[0].assignment, capped[1].assignment)
+    free = solve_qpm(a, r, 8, 3, r_threshold=thr, solver="open", seed=7)
+    # the rounds only ever improve on the construction
+    assert construction.objective <= capped[0].objective + 1e-9 <= free.objective + 2e-9
+
+
 def test_selection_summary_rows():
     a, r, n, k = random_instance(2)
     sol = solve_qpm(a, r, n, k, solver="exhaustive")
@@ -277,6 +292,7 @@ def test_selection_summary_rows():
     (dict(n_selected=4, n_per_class=-1), "positive integer"),
     (dict(n_selected=4, n_per_class=2, solver="cplex"), "valid solvers"),
     (dict(n_selected=4, n_per_class=2, time_limit=0), "time_limit"),
+    (dict(n_selected=4, n_per_class=2, rounds=-1), "rounds"),
     (dict(n_selected=4, n_per_class=2, r_threshold=float("nan")), "r_threshold is NaN"),
     (dict(n_selected=4, n_per_class=2, b=np.ones(3)), "b must have shape"),
     (dict(n_selected=4, n_per_class=2, b=np.full(8, np.nan)), "b contains NaN"),

@@ -47,7 +47,7 @@ FIRST_STAGE = {
     **{f"model.{f}": "dense" for f in ("n_layers", "hidden_size", "n_features", "pooling", "dropout",
                                         "last_layer_bn_relu")},
     "model.standardise": "qpm",  # the sparse head's input; the dense stage and the QP never see it
-    **{f"qp.{f}": "qp" for f in ("n_selected", "n_per_class", "r_mode", "solver", "time_limit", "gurobi")},
+    **{f"qp.{f}": "qp" for f in ("n_selected", "n_per_class", "r_mode", "solver", "time_limit", "gurobi", "rounds")},
     **{f"train.dense_{f}": "dense" for f in ("epochs", "batch_size", "lr", "weight_decay", "fdl")},
     **{f"train.ft_{f}": "qpm" for f in ("epochs", "batch_size", "lr", "weight_decay", "fdl", "l1_fm", "l1_fv")},
     "train.recalibrate_bn": "dense",
@@ -78,7 +78,7 @@ NO_EFFECT = {
 OTHER_VALUE = {
     "name": "demo", "description": "another", "data.dataset": "cub", "data.normalisation": "imagenet",
     "backbone.name": "dinov2_vits14", "backbone.weights": "random", "model.pooling": "cls", "qp.r_mode": "qpm",
-    "qp.solver": "open", "qp.gurobi": "exact", "train.fdl_scale": "map_mean", "train.precision": "bf16",
+    "qp.solver": "open", "qp.gurobi": "exact", "qp.rounds": 0, "train.fdl_scale": "map_mean", "train.precision": "bf16",
     "train.device": "cuda", "baselines.qsenn_schedule": "qsenn", "baselines.compact": (6, 1),
     "heads.cosine_epochs": 10,
     "cluster.executor": "slurm", "cluster.partition": "gpu", "cluster.account": "proj", "cluster.threads": 1,

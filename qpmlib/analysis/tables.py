@@ -49,6 +49,7 @@ __all__ = [
     "table4_requests",
     "table4_records",
     "OPEN_SOLVER_CHECK",
+    "qp_setting_label",
     "reproduced_tables",
     "patch_contextualisation_of",
     "backbone_cosines",
@@ -308,7 +309,18 @@ def reproduced_tables(profile: str | Profile, seeds: Sequence[int] | None = None
 
 # ---------------------------------------------------------------------------------------------- the QP
 #: The second QP setting the main-results chapter compares with the profile's: the open solver with 1 s.
-OPEN_SOLVER_CHECK: dict[str, Any] = {"qp.solver": "open", "qp.time_limit": 1.0}
+OPEN_SOLVER_CHECK: dict[str, Any] = {"qp.solver": "open", "qp.time_limit": 1.0, "qp.rounds": None}
+
+
+def qp_setting_label(profile: str | Profile) -> str:
+    """The profile's QP setting in words, e.g. ``"gurobi, 30 s"`` or ``"open, construction only"``."""
+    q = get_profile(profile).qp
+    limits = []
+    if q.rounds is not None:
+        limits.append("construction only" if q.rounds == 0 else f"{q.rounds} rounds")
+    if q.time_limit is not None:
+        limits.append(f"{q.time_limit:g} s")
+    return f"{q.solver}, " + (" or ".join(limits) if limits else "no limit")
 
 
 def qp_overview(profile: str | Profile, seed: int = 0, *,

@@ -96,9 +96,9 @@ def _perturb(rng: np.random.Generator, sel: np.ndarray, n_features: int) -> np.n
 
 
 def solve_open(inst: Instance, *, time_limit: float | None = None, seed: int = 0, verbose: bool = False,
-               patience: int = 100, gap_tol: float = 1e-9) -> OpenResult:
+               patience: int = 100, gap_tol: float = 1e-9, rounds: int | None = None) -> OpenResult:
     """Heuristic search with a certified bound; stops at a proven optimum, after ``patience`` rounds without
-    improvement of incumbent or bound, or at ``time_limit`` seconds.
+    improvement of incumbent or bound, after ``rounds`` rounds, or at ``time_limit`` seconds.
 
     Args:
         inst: the scaled instance.
@@ -107,6 +107,8 @@ def solve_open(inst: Instance, *, time_limit: float | None = None, seed: int = 0
         verbose: show a plain-text progress bar with objective, bound and gap.
         patience: rounds (one perturbation + local search + 25 bound steps each) without improvement.
         gap_tol: stop when ``(bound - objective) <= gap_tol * max(1, |objective|)``.
+        rounds: at most this many rounds after the construction (0: construction only); None: no cap. Unlike a
+            time limit, a cap on rounds gives the same result on any machine and under any load.
 
     Returns:
         An :class:`OpenResult` with the best selection, its distinct assignment, objective and bound.
@@ -138,7 +140,8 @@ def solve_open(inst: Instance, *, time_limit: float | None = None, seed: int = 0
     duplicates_matter = best_val < relaxed_value(inst, best_sel) - 1e-9 * max(1.0, abs(best_val))
     stale = 0
     with tqdm(desc="QPM open solver", disable=not verbose, unit="round", mininterval=1.0) as bar:
-        while not done(best_val, bound) and stale < patience and time.monotonic() < deadline:
+        while (not done(best_val, bound) and stale < patience and time.monotonic() < deadline
+               and (rounds is None or len(history) <= rounds)):
             sel = _perturb(rng, current, n_f)
             if not duplicates_matter or rng.random() < 0.5:
                 sel, h = local_search(inst, sel)

@@ -7,6 +7,7 @@ The solvers sit behind :data:`SOLVER_FUNCTIONS`, a name-to-function registry; ea
 
 from __future__ import annotations
 
+import functools
 import time
 import warnings
 from collections.abc import Callable
@@ -46,8 +47,9 @@ class SolverOutput(NamedTuple):
     settings: dict
 
 
-def _open(inst: Instance, time_limit: float | None, seed: int, verbose: bool, gurobi: GurobiSettings) -> SolverOutput:
-    res = solve_open(inst, time_limit=time_limit, seed=seed, verbose=verbose)
+def _open(inst: Instance, time_limit: float | None, seed: int, verbose: bool, gurobi: GurobiSettings,
+          rounds: int | None = None) -> SolverOutput:
+    res = solve_open(inst, time_limit=time_limit, seed=seed, verbose=verbose, rounds=rounds)
     return SolverOutput(res.selected, res.assignment, res.objective, res.bound, res.history, {})
 
 
@@ -117,7 +119,7 @@ def _pick_auto(inst: Instance) -> str:
 
 def solve_qpm(A, R, n_selected: int, n_per_class: int, *, r_threshold: float | ThresholdResult | None = None,
               b=None, solver: str = "auto", time_limit: float | None = None, seed: int = 0,
-              verbose: bool = False, gurobi: str = "reference") -> QPMSolution:
+              verbose: bool = False, gurobi: str = "reference", rounds: int | None = None) -> QPMSolution:
     """Select ``n_selected`` features and assign ``n_per_class`` of them to every class (reference_spec §1.5).
 
     Maximises ``Z = 1000/(N_c * n_per_class) * sum of A over assigned edges - sum of R~ over selected pairs
@@ -135,6 +137,8 @@ def solve_qpm(A, R, n_selected: int, n_per_class: int, *, r_threshold: float | T
         b: optional (N_f,) bias per selected feature (§1.4; disabled in the reference).
         solver: "auto" (Gurobi if its licence can hold the model, else "open"), "open", "gurobi" or
             "exhaustive" (enumeration; tiny instances only).
+        rounds: the open solver's rounds of iterated local search after its construction, at most (0: the
+            construction only; None: no cap). Deterministic, unlike ``time_limit``; other solvers ignore it.
         time_limit: seconds for the open solver's search (its construction phase, about 1-2 s at CUB size,
             runs first) or Gurobi's TimeLimit (None: the open solver stops after 100 rounds without progress,
             Gurobi takes the limit of ``gurobi``).
@@ -154,6 +158,8 @@ def solve_qpm(A, R, n_selected: int, n_per_class: int, *, r_threshold: float | T
         raise ValueError(f"unknown solver {solver!r}; valid solvers are {SOLVERS}")
     if time_limit is not None and not time_limit > 0:
         raise ValueError(f"time_limit must be positive seconds or None; got {time_limit!r}")
+    if rounds is not None and not (isinstance(rounds, int) and rounds >= 0):
+        raise ValueError(f"rounds must be a non-negative int or None; got {rounds!r}")
     grb_settings = gurobi_settings(gurobi, time_limit)  # checks the name
     a, r, bb = check_problem(A, R, b)
     n_f, n_c = a.shape
@@ -173,8 +179,8 @@ def solve_qpm(A, R, n_selected: int, n_per_class: int, *, r_threshold: float | T
         ok, reason = gurobi_fits(*model_size(inst))
         if not ok:
             raise RuntimeError(f"{reason}. Use solver='open' (no licence needed) or solver='auto'.")
-    sel, assignment, value, bound, history, params = SOLVER_FUNCTIONS[used](inst, time_limit, seed, verbose,
-                                                                            grb_settings)
+    solve = functools.partial(_open, rounds=rounds) if used == "open" else SOLVER_FUNCTIONS[used]
+    sel, assignment, value, bound, history, params = solve(inst, time_limit, seed, verbose, grb_settings)
     runtime = time.monotonic() - start
     objective = qpm_objective(a, r, sel, assignment, r_threshold=r_threshold, b=bb)
     if abs(objective - value) > 1e-6 * max(1.0, abs(objective)):

@@ -87,6 +87,8 @@ def _check_model_and_qp(prof: Profile, n_classes: int | None) -> None:
     if q.time_limit is not None and not (isinstance(q.time_limit, (int, float)) and q.time_limit > 0):
         raise ValueError(f"qp.time_limit must be a positive number of seconds or None (no limit), got "
                          f"{q.time_limit!r}")
+    if q.rounds is not None and not (isinstance(q.rounds, int) and q.rounds >= 0):
+        raise ValueError(f"qp.rounds must be a non-negative int (the open solver's rounds) or None, got {q.rounds!r}")
     if not 1 <= q.n_per_class <= q.n_selected:
         raise ValueError(f"qp.n_per_class must be in [1, qp.n_selected={q.n_selected}], got {q.n_per_class}")
     if m.n_layers > 0 and q.n_selected > m.n_features:

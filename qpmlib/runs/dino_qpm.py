@@ -351,7 +351,8 @@ class _Context:
         A, R = qp.qpm_matrices(stored["features"].numpy(), stored["labels"].numpy())
         threshold = None if q.r_mode == "none" else qp.r_threshold(R, q.n_selected, mode=q.r_mode)
         sol = qp.solve_qpm(A, R, q.n_selected, q.n_per_class, r_threshold=threshold, solver=q.solver,
-                           time_limit=q.time_limit, seed=seed, verbose=self.verbose, gurobi=q.gurobi)
+                           time_limit=q.time_limit, seed=seed, verbose=self.verbose, gurobi=q.gurobi,
+                           rounds=q.rounds)
         metrics = {"objective": sol.objective, "bound": sol.bound, "gap": sol.gap, "solver": sol.solver,
                    "solve_seconds": sol.runtime, "r_threshold": sol.r_threshold,
                    "n_penalised": None if threshold is None else threshold.n_penalised}
