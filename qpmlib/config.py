@@ -452,6 +452,8 @@ def apply_overrides(profile: str | Profile, overrides: dict[str, Any] | None = N
             except TypeError:
                 valid = ", ".join(f.name for f in dataclasses.fields(old))
                 raise ValueError(f"override {key!r} takes a mapping of {valid}; got {value!r}") from None
+        elif value is None:  # only where the field may be None (e.g. qp.time_limit, qp.rounds)
+            ok = old is None or "None" in str(fields[name].type)
         elif isinstance(old, bool) or isinstance(value, bool):
             ok = isinstance(value, bool) and isinstance(old, bool)
         elif isinstance(old, float) and isinstance(value, (int, float)):

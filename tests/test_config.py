@@ -17,11 +17,19 @@ def test_overrides_replace_fields_and_coerce_numbers():
 @pytest.mark.parametrize(
     "key, value, match",
     [("train.l1", 1.0, "valid fields of train: dense_epochs"), ("optim.lr", 1.0, "section in data"),
-     ("model.n_layers", 2.5, "expects int"), ("model.pooling", 3, "expects str")],
+     ("model.n_layers", 2.5, "expects int"), ("model.pooling", 3, "expects str"),
+     ("model.n_layers", None, "expects int")],
 )
 def test_bad_overrides_say_what_is_valid(key, value, match):
     with pytest.raises(ValueError, match=match):
         apply_overrides("smoke", {key: value})
+
+
+def test_none_replaces_only_fields_that_may_be_none():
+    demo = get_profile("demo")  # qp.rounds = 0 and qp.time_limit = None there
+    prof = apply_overrides(demo, {"qp.rounds": None, "qp.time_limit": 1.0})
+    assert prof.qp.rounds is None and prof.qp.time_limit == 1.0
+    assert apply_overrides(prof, {"qp.rounds": 2}).qp.rounds == 2
 
 
 def test_overrides_reach_every_section():
