@@ -49,7 +49,8 @@ def _runs(profile: str, executor: str | None, dry_run: bool, workers: int | None
               f"{time.perf_counter() - start:.1f} s; nothing was computed or submitted")
         return
     executor = resolve_executor(executor, profile)
-    name, n = get_profile(profile).name, get_profile(profile).cluster.workers
+    prof = get_profile(profile)
+    name, n = prof.name, prof.cluster.workers
     print(f"[runs] computing the missing runs of profile {name} with the {executor} executor"
           + (f" ({n} worker processes)" if executor == "local" and n > 1 else ""))
     compute(requests, profile, executor=executor)

@@ -49,10 +49,10 @@ def test_masks_and_parts(profile: Profile, test: TokenData) -> tuple[np.ndarray 
     dataset = DATASETS[profile.data.dataset]
     if not dataset.segmentations or test.image_ids is None:
         return None, None
+    root = prepare(profile.data, verbose=False)  # once: it checks the dataset folder
     grid = math.isqrt(test.n_patches)
     ids = np.asarray(test.image_ids)
-    masks = object_masks(profile, ids, grid)
-    return masks, part_maps(prepare(profile.data, verbose=False), ids, grid) if dataset.parts else None
+    return patch_masks(root, ids, grid), part_maps(root, ids, grid) if dataset.parts else None
 
 
 def object_masks(profile: Profile, image_ids: Any, grid: int) -> np.ndarray | None:
