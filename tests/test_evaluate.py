@@ -28,7 +28,9 @@ def test_model_metrics_keys_and_sid_threshold():
     assert model_metrics(model, data, data, k=2)[0]["plausibility"] is None
     parts = np.zeros((len(data), 2, 2, 2))
     parts[:, 0] = 1.0
-    assert model_metrics(model, data, data, k=2, parts=parts)[0]["part_alignment"] == pytest.approx(1.0)
+    with_parts = model_metrics(model, data, data, k=2, parts=parts)[0]
+    assert with_parts["part_alignment"] == pytest.approx(1.0)
+    assert with_parts["part_peak_alignment"] == pytest.approx(1.0)  # every peak lies on part 0
 
 
 def test_cam_hand_computed():

@@ -93,7 +93,8 @@ def model_metrics(
         test: test tokens (Accuracy, Plausibility and SID@k with the predicted class, §5.1-5.2, §5.5).
         k: the k of SID@k, stored under ``sid_at_5`` (None when no class has k non-zero weights).
         masks: (N_test, H, W) bool object masks on the patch grid, or None (Plausibility is then None).
-        parts: (N_test, n_parts, H, W) SynthBirds part fractions, or None (no ``part_alignment``).
+        parts: (N_test, n_parts, H, W) SynthBirds part fractions, or None (no ``part_alignment`` and
+            ``part_peak_alignment``).
         seconds_per_epoch: mean training time per epoch to report.
         seed: Contrastiveness's GMM seed.
         device: where the model is evaluated.
@@ -118,6 +119,7 @@ def model_metrics(
     }
     if parts is not None:
         out["part_alignment"] = qmetrics.part_alignment(maps, parts).score
+        out["part_peak_alignment"] = qmetrics.part_peak_alignment(maps, parts).score
     return out, ev, train_feats
 
 
