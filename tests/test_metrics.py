@@ -298,6 +298,18 @@ def test_part_peak_alignment_closed_form():
     assert metrics.part_alignment(f, parts).per_feature[0] == pytest.approx(2.0 / 2.3)
 
 
+def test_part_peak_alignment_weights_images_by_peak_value():
+    parts = np.zeros((2, 2, 2, 2))
+    parts[:, 0, 0, 0] = 1.0
+    parts[:, 1, 0, 1] = 1.0
+    f = np.zeros((2, 1, 2, 2))
+    f[0, 0, 0, 0] = 3.0  # a strong peak on part 0
+    f[1, 0, 0, 1] = 1.0  # a weak peak on part 1
+    res = metrics.part_peak_alignment(f, parts)
+    np.testing.assert_allclose(res.per_feature, [0.75])
+    np.testing.assert_array_equal(res.best_part, [0])
+
+
 def test_part_peak_alignment_ties_and_coverage_fractions():
     parts = np.zeros((1, 1, 2, 2))
     parts[0, 0, 0, 0] = 0.25  # a part that covers a quarter of the first patch
