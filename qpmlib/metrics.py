@@ -603,7 +603,7 @@ class PartAlignment:
 
 
 def _part_chunks(feature_maps: ArrayLike, part_maps: ArrayLike):
-    """Check the inputs of the part-alignment metrics; yield ``(D, K)``, then chunks ``(a (n, D, HW), p (n, K, HW))``."""
+    """Check the part-alignment metrics' inputs; yield ``(D, K)``, then chunks ``a (n, D, HW), p (n, K, HW)``."""
     maps = _tensor(feature_maps, "feature_maps", 4, "(N, D, H, W)")
     parts = _tensor(part_maps, "part_maps", 4, "(N, K, H, W)")
     if parts.shape[0] != maps.shape[0] or parts.shape[2:] != maps.shape[2:]:
