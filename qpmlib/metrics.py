@@ -23,6 +23,7 @@ Public names: :func:`accuracy`, :func:`plausibility`, :func:`plausibility_scores
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Any
@@ -602,8 +603,12 @@ class PartAlignment:
     score: float
 
 
-def _part_chunks(feature_maps: ArrayLike, part_maps: ArrayLike):
-    """Check the part-alignment metrics' inputs; yield ``(D, K)``, then chunks ``a (n, D, HW), p (n, K, HW)``."""
+def _part_shares(feature_maps: ArrayLike, part_maps: ArrayLike, accumulate: Callable) -> PartAlignment:
+    """The part-alignment metrics' common frame: input checks, chunks of samples, each feature's best part.
+
+    ``accumulate(a (n, D, HW), p (n, K, HW))`` gives a chunk's (D, K) numerators and (D,) denominators; a
+    feature's share on part k is the ratio of their sums over all chunks.
+    """
     maps = _tensor(feature_maps, "feature_maps", 4, "(N, D, H, W)")
     parts = _tensor(part_maps, "part_maps", 4, "(N, K, H, W)")
     if parts.shape[0] != maps.shape[0] or parts.shape[2:] != maps.shape[2:]:
@@ -611,7 +616,9 @@ def _part_chunks(feature_maps: ArrayLike, part_maps: ArrayLike):
             f"part_maps must have shape (N, K, H, W) with N, H, W from feature_maps {tuple(maps.shape)}, "
             f"got part_maps of shape {tuple(parts.shape)}"
         )
-    yield maps.shape[1], parts.shape[1]
+    d, k = maps.shape[1], parts.shape[1]
+    num = torch.zeros(d, k, dtype=torch.float64)
+    den = torch.zeros(d, dtype=torch.float64)
     for s in range(0, maps.shape[0], CHUNK_SIZE):
         a = _float(maps[s : s + CHUNK_SIZE])
         _check_finite(a, "feature_maps")
@@ -619,19 +626,29 @@ def _part_chunks(feature_maps: ArrayLike, part_maps: ArrayLike):
         _check_finite(p, "part_maps")
         if bool((p < 0).any()) or bool((p > 1).any()):
             raise ValueError("part_maps must hold coverage fractions in [0, 1]")
-        yield a.flatten(2), p.flatten(2)
-
-
-def _best_parts(share: torch.Tensor, seen: torch.Tensor) -> PartAlignment:
-    """:class:`PartAlignment` from (D, K) shares; features where ``seen`` is False score 0 with best part -1."""
-    d, k = share.shape
+        chunk_num, chunk_den = accumulate(a.flatten(2), p.flatten(2))
+        num += chunk_num.double().cpu()
+        den += chunk_den.double().cpu()
+    seen = den > 0  # features with no positive activation score 0, best part -1
     if k == 0:
         per, best = torch.zeros(d, dtype=torch.float64), torch.full((d,), -1)
     else:
-        per, best = share.max(dim=1)
+        per, best = (num / den.clamp_min(1e-300)[:, None]).max(dim=1)
         per, best = torch.where(seen, per, 0.0), torch.where(seen, best, -1)
     per = per.clamp(0, 1).numpy()
     return PartAlignment(per_feature=per, best_part=best.numpy(), score=float(per.mean()) if d else 0.0)
+
+
+def _activation_mass(a: torch.Tensor, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    a = a.clamp_min(0)
+    return torch.einsum("ndp,nkp->dk", a, p), a.sum(dim=(0, 2))
+
+
+def _peak_coverage(a: torch.Tensor, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    peak = a.argmax(dim=2, keepdim=True)  # (n, D, 1): the first maximum
+    value = a.gather(2, peak).clamp_min(0)  # (n, D, 1): 0 where the feature is never positive
+    at_peak = p.transpose(1, 2).gather(1, peak.expand(-1, -1, p.shape[1]))  # (n, D, K): part coverage at each peak
+    return (at_peak * value).sum(dim=0), value.sum(dim=(0, 2))
 
 
 def part_alignment(feature_maps: ArrayLike, part_maps: ArrayLike) -> PartAlignment:
@@ -656,15 +673,7 @@ def part_alignment(feature_maps: ArrayLike, part_maps: ArrayLike) -> PartAlignme
     Raises:
         ValueError: for mismatched shapes, part fractions outside [0, 1] or non-finite inputs.
     """
-    chunks = _part_chunks(feature_maps, part_maps)
-    d, k = next(chunks)
-    mass = torch.zeros(d, k, dtype=torch.float64)
-    total = torch.zeros(d, dtype=torch.float64)
-    for a, p in chunks:
-        a = a.clamp_min(0)
-        mass += torch.einsum("ndp,nkp->dk", a, p).double().cpu()
-        total += a.sum(dim=(0, 2)).double().cpu()
-    return _best_parts(mass / total.clamp_min(1e-300)[:, None], total > 0)
+    return _part_shares(feature_maps, part_maps, _activation_mass)
 
 
 def part_peak_alignment(feature_maps: ArrayLike, part_maps: ArrayLike) -> PartAlignment:
@@ -699,14 +708,4 @@ def part_peak_alignment(feature_maps: ArrayLike, part_maps: ArrayLike) -> PartAl
     Raises:
         ValueError: for mismatched shapes, part fractions outside [0, 1] or non-finite inputs.
     """
-    chunks = _part_chunks(feature_maps, part_maps)
-    d, k = next(chunks)
-    cover = torch.zeros(d, k, dtype=torch.float64)
-    weight = torch.zeros(d, dtype=torch.float64)
-    for a, p in chunks:
-        peak = a.argmax(dim=2, keepdim=True)  # (n, D, 1): the first maximum
-        value = a.gather(2, peak).clamp_min(0)  # (n, D, 1): 0 where the feature is never positive
-        at_peak = p.transpose(1, 2).gather(1, peak.expand(-1, -1, k))  # (n, D, K): part coverage at each peak
-        cover += (at_peak * value).sum(dim=0).double().cpu()
-        weight += value.sum(dim=(0, 2)).double().cpu()
-    return _best_parts(cover / weight.clamp_min(1e-300)[:, None], weight > 0)
+    return _part_shares(feature_maps, part_maps, _peak_coverage)
