@@ -43,13 +43,15 @@ def main() -> None:
         feats = np.maximum(rng.normal(size=(n_train, d)) + rng.normal(size=d), 0)
         labels = rng.integers(0, n_c, n_train)
         tokens = rng.normal(size=(n, 257, 384)).astype(np.float16) if name == "demo" else None
+        part_maps = rng.random((n, 8, g, g)) / 8
         runs = [
             ("plausibility", metrics.plausibility, (maps, weights, masks), {}),
             ("sid_at_k(k=5)", metrics.sid_at_k, (maps, weights, 5), {}),
             ("class_independence", metrics.class_independence, (feats, labels), {}),
             ("contrastiveness(batched)", metrics.contrastiveness, (feats,), {}),
             ("contrastiveness(sklearn)", metrics.contrastiveness, (feats,), {"method": "sklearn"}),
-            ("part_alignment(K=8)", metrics.part_alignment, (maps, rng.random((n, 8, g, g)) / 8), {}),
+            ("part_alignment(K=8)", metrics.part_alignment, (maps, part_maps), {}),
+            ("part_peak_alignment(K=8)", metrics.part_peak_alignment, (maps, part_maps), {}),
         ]
         if tokens is not None:
             runs.append(("patch_contextualisation", metrics.patch_contextualisation, (tokens[:, 1:], tokens[:, 0]), {}))

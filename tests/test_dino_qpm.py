@@ -54,6 +54,7 @@ def test_smoke_pipeline_end_to_end(tmp_path, monkeypatch, one_thread):
     for method in ("dense", "dino_qpm"):
         assert 0.0 <= m[method]["accuracy"] <= 1.0 and 0.0 <= m[method]["plausibility"] <= 1.0
         assert 0.0 <= m[method]["part_alignment"] <= 1.0 and m[method]["seconds_per_epoch"] > 0
+        assert 0.0 <= m[method]["part_peak_alignment"] <= 1.0
     assert (m["dense"]["n_features"], m["dino_qpm"]["n_features"], m["dino_qpm"]["n_per_class"]) == (24, 8, 2.0)
     assert m["dino_qpm"]["sid_at_5"] is None and m["dense"]["sid_at_5"] is not None  # 2 features per class
     assert run.assignment.shape == (6, 8) and (run.assignment.sum(axis=1) == 2).all()

@@ -1,5 +1,7 @@
 """qpmlib.runs.evaluate: the metrics every stage stores, the CAM, and one test image under a model."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -7,7 +9,7 @@ from model_fixtures import class_tokens, real_head, tiny_dense
 
 from qpmlib.figures.explanations import cam_figure
 from qpmlib.model import DinoQPM, SparseHeadModel
-from qpmlib.runs.evaluate import cam, maps_for_rows, model_metrics
+from qpmlib.runs.evaluate import cam, maps_for_rows, model_metrics, part_peak_alignment_of
 from qpmlib.train import TokenData
 
 
@@ -28,7 +30,9 @@ def test_model_metrics_keys_and_sid_threshold():
     assert model_metrics(model, data, data, k=2)[0]["plausibility"] is None
     parts = np.zeros((len(data), 2, 2, 2))
     parts[:, 0] = 1.0
-    assert model_metrics(model, data, data, k=2, parts=parts)[0]["part_alignment"] == pytest.approx(1.0)
+    with_parts = model_metrics(model, data, data, k=2, parts=parts)[0]
+    assert with_parts["part_alignment"] == pytest.approx(1.0)
+    assert with_parts["part_peak_alignment"] == pytest.approx(1.0)  # every peak lies on part 0
 
 
 def test_cam_hand_computed():
@@ -43,8 +47,6 @@ def test_cam_hand_computed():
 
 
 def test_maps_for_rows_matches_a_full_evaluation():
-    from types import SimpleNamespace
-
     from qpmlib.train import evaluate
 
     rng = np.random.default_rng(0)
@@ -87,3 +89,8 @@ def test_test_image_sid_and_explanations_of_stored_runs(tmp_path, monkeypatch):
     assert dense.stages["dense"].path == run.stages["dense"].path
     assert explanation_figure(dense, 0).axes[0].get_title().endswith("(CAM)")
     assert sid_at(dense, 5) == dense.metrics["sid_at_5"]
+    # a run stored before part_peak_alignment existed: the stored model gives the value the stage stored
+    assert part_peak_alignment_of(run) == run.metrics["part_peak_alignment"]
+    older = SimpleNamespace(metrics={k: v for k, v in run.metrics.items() if k != "part_peak_alignment"},
+                            model=run.model, profile=run.profile)
+    assert part_peak_alignment_of(older) == pytest.approx(run.metrics["part_peak_alignment"], abs=1e-6)

@@ -275,3 +275,58 @@ def test_part_alignment_hand_computed():
         metrics.part_alignment(f, np.zeros((1, 2, 3, 3)))
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         metrics.part_alignment(f, parts * 3)
+
+
+def test_part_peak_alignment_closed_form():
+    # 4 images, 2x2 grid; part 0 covers patch (0, 0), part 1 covers patch (0, 1), the bottom row is background
+    parts = np.zeros((4, 2, 2, 2))
+    parts[:, 0, 0, 0] = 1.0
+    parts[:, 1, 0, 1] = 1.0
+    f = np.full((4, 5, 2, 2), 0.1)  # a positive floor everywhere
+    f[:, 0, 0, 1] = 2.0  # feature 0 always peaks on part 1
+    f[:2, 1, 0, 0] = 3.0  # feature 1 peaks half the time on part 0 ...
+    f[2:, 1, 0, 1] = 3.0  # ... and half the time on part 1
+    f[:, 2, 1, 0] = 5.0  # feature 2 always peaks on background
+    f[:, 3] = -1.0  # feature 3 is never positive
+    f[:, 4, 0, 1] = 1.0  # feature 4 peaks on part 1 where it is positive (images 0, 1) ...
+    f[2:, 4] = -2.0  # ... and is never positive in images 2, 3, which do not count
+    res = metrics.part_peak_alignment(f, parts)
+    np.testing.assert_allclose(res.per_feature, [1.0, 0.5, 0.0, 0.0, 1.0])
+    np.testing.assert_array_equal(res.best_part, [1, 0, 0, -1, 1])  # a tie between parts takes the first
+    assert res.score == pytest.approx(2.5 / 5)
+    # the mass-based twin is pulled down by the background floor of the same maps
+    assert metrics.part_alignment(f, parts).per_feature[0] == pytest.approx(2.0 / 2.3)
+
+
+def test_part_peak_alignment_weights_images_by_peak_value():
+    parts = np.zeros((2, 2, 2, 2))
+    parts[:, 0, 0, 0] = 1.0
+    parts[:, 1, 0, 1] = 1.0
+    f = np.zeros((2, 1, 2, 2))
+    f[0, 0, 0, 0] = 3.0  # a strong peak on part 0
+    f[1, 0, 0, 1] = 1.0  # a weak peak on part 1
+    res = metrics.part_peak_alignment(f, parts)
+    np.testing.assert_allclose(res.per_feature, [0.75])
+    np.testing.assert_array_equal(res.best_part, [0])
+
+
+def test_part_peak_alignment_ties_and_coverage_fractions():
+    parts = np.zeros((1, 1, 2, 2))
+    parts[0, 0, 0, 0] = 0.25  # a part that covers a quarter of the first patch
+    f = np.ones((1, 2, 2, 2))  # feature 0: all patches tie, the first (row-major) wins
+    f[0, 1, 1, 1] = 1.5  # feature 1 peaks on the uncovered last patch
+    res = metrics.part_peak_alignment(torch.tensor(f), torch.tensor(parts))
+    np.testing.assert_allclose(res.per_feature, [0.25, 0.0])
+    np.testing.assert_array_equal(res.best_part, [0, 0])
+
+
+def test_part_peak_alignment_rejects_bad_inputs():
+    f = np.ones((1, 3, 2, 2))
+    with pytest.raises(ValueError, match=r"\(1, 3, 2, 2\).*\(1, 2, 3, 3\)"):
+        metrics.part_peak_alignment(f, np.zeros((1, 2, 3, 3)))
+    with pytest.raises(ValueError, match=r"\(N, D, H, W\)"):
+        metrics.part_peak_alignment(np.ones((3, 2, 2)), np.zeros((1, 2, 2, 2)))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        metrics.part_peak_alignment(f, np.full((1, 2, 2, 2), 1.5))
+    with pytest.raises(ValueError, match="NaN"):
+        metrics.part_peak_alignment(np.full((1, 3, 2, 2), np.nan), np.zeros((1, 2, 2, 2)))

@@ -109,6 +109,7 @@ def test_model_metrics_wire_predictions_training_features_and_used_features():
         "n_per_class": 2.0,
         "seconds_per_epoch": 1.25,
         "part_alignment": qm.part_alignment(test_maps[:, rel], parts).score,
+        "part_peak_alignment": qm.part_peak_alignment(test_maps[:, rel], parts).score,
     }
     assert set(out) == set(expected)
     for name, value in expected.items():
@@ -126,10 +127,11 @@ def test_model_metrics_wire_predictions_training_features_and_used_features():
         "class independence with the unused feature": qm.class_independence(train_f, train.labels),
         "contrastiveness with the unused feature": qm.contrastiveness(train_f, seed=0),
         "part alignment with the unused feature": qm.part_alignment(test_maps, parts).score,
+        "part peak alignment with the unused feature": qm.part_peak_alignment(test_maps, parts).score,
     }
     right = {"plausibility": expected["plausibility"], "SID": expected["sid_at_5"],
              "class independence": expected["class_independence"], "contrastiveness": expected["contrastiveness"],
-             "part alignment": expected["part_alignment"]}
+             "part alignment": expected["part_alignment"], "part peak alignment": expected["part_peak_alignment"]}
     for name, value in mistakes.items():
         key = next(k for k in right if name.lower().startswith(k.lower()))
         assert abs(value - right[key]) > 1e-3, f"the test data cannot catch: {name}"
@@ -143,4 +145,5 @@ def test_model_metrics_without_masks_parts_or_k_features():
     train, test, _, _ = _data()
     out, _, _ = model_metrics(HandModel(), train, test, k=5, device="cpu")
     assert out["plausibility"] is None and out["sid_at_5"] is None and "part_alignment" not in out
+    assert "part_peak_alignment" not in out
     assert out["accuracy"] == 0.5 and np.isnan(out["seconds_per_epoch"])

@@ -34,7 +34,7 @@ def one_part_maps():
     maps[:, 0, 0, :] = 1.0  # feature 0: top row -> part 0, share 1
     maps[:, 1, 1, 0] = 2.0  # feature 1: bottom-left -> part 1, share 1
     maps[:, 2, 1, 1] = 1.0  # feature 2: bottom-right = background -> share 0, on_bird 0
-    maps[:, 2, 0, 0] = 1.0  # ... and half of it on part 0 -> part 0 share 0.5
+    maps[:, 2, 0, 0] = 1.0  # ... and half of it on part 0 -> part 0 share 0.5; its peak (first of a tie) on part 0
     parts = np.zeros((2, 2, 2, 2))
     parts[:, 0, 0, :] = 1.0
     parts[:, 1, 1, 0] = 1.0
@@ -48,6 +48,8 @@ def test_feature_parts_hand_computed():
     assert table["part"].tolist() == ["top", "corner", "top", "(none)"]
     np.testing.assert_allclose(table["share"], [1.0, 1.0, 0.5, 0.0])
     np.testing.assert_allclose(table["on_bird"], [1.0, 1.0, 0.5, 0.0])
+    assert table["peak_part"].tolist() == ["top", "corner", "top", "(none)"]
+    np.testing.assert_allclose(table["peak_share"], [1.0, 1.0, 1.0, 0.0])
     with pytest.raises(ValueError, match="one name per part"):
         pairs.feature_parts(maps, parts, ["top"])
     with pytest.raises(ValueError, match="one id per channel"):

@@ -5,7 +5,8 @@ Paper Figs. 5 and 14-17, plus what only SynthBirds can check, since its true par
 * :func:`class_pair_features` (shared and class-specific features of two classes), :func:`most_confused_pairs`,
   :func:`paper_pairs` (the pairs the paper shows, :data:`PAPER_PAIRS`, where the dataset has them),
   :func:`default_pairs` (the pairs a chapter offers) and :func:`example_index` (an image of a class);
-* :func:`feature_parts` (which true part each feature sits on, via :func:`qpmlib.metrics.part_alignment`),
+* :func:`feature_parts` (which true part each feature sits on, via :func:`qpmlib.metrics.part_alignment`, and
+  where it peaks, via :func:`qpmlib.metrics.part_peak_alignment`),
   :func:`distinguishing_attributes` (what tells two SynthBirds classes apart), :func:`class_pair_table` (both
   joined onto a pair's features), :func:`distinct_on_differing_parts` and :func:`pair_part_scores` (whether
   the features only one class uses sit on a part where the classes differ), :func:`confused_pairs_table`;
@@ -26,7 +27,7 @@ import pandas as pd
 import torch
 
 from qpmlib.data.synthbirds import ATTRIBUTE_PART, ATTRIBUTES
-from qpmlib.metrics import part_alignment
+from qpmlib.metrics import part_alignment, part_peak_alignment
 
 __all__ = [
     "NO_PART",
@@ -155,7 +156,10 @@ def feature_parts(
 
     Uses :func:`qpmlib.metrics.part_alignment`: a feature's part is the one holding most of its positive
     activation mass over the given images, ``share`` is that part's fraction of the mass, and ``on_bird`` the
-    fraction on any part at all (the rest lies on the background).
+    fraction on any part at all (the rest lies on the background). ``peak_part`` and ``peak_share`` read the
+    feature by where it peaks instead (:func:`qpmlib.metrics.part_peak_alignment`): the part its peaks lie on
+    most, and their value-weighted coverage by that part; a low activation floor over the background lowers
+    ``share`` but not ``peak_share``.
 
     Args:
         feature_maps: (N, D, H, W) feature maps, e.g. of the training images.
@@ -166,7 +170,7 @@ def feature_parts(
 
     Returns:
         DataFrame indexed by ``feature`` with columns ``part`` (name, "(none)" for a feature never positive),
-        ``share`` and ``on_bird`` (floats in [0, 1]).
+        ``share``, ``on_bird``, ``peak_part`` and ``peak_share`` (shares are floats in [0, 1]).
 
     Raises:
         ValueError: for mismatched shapes, or when the number of names or ids does not fit.
@@ -181,9 +185,12 @@ def feature_parts(
                          f"{ids.size} ids")
     per_part = part_alignment(maps, parts)
     bird = part_alignment(maps, np.clip(parts.sum(axis=1, keepdims=True), 0.0, 1.0))
+    peak = part_peak_alignment(maps, parts)
     names = [part_names[k] if k >= 0 else NO_PART for k in per_part.best_part]
+    peak_names = [part_names[k] if k >= 0 else NO_PART for k in peak.best_part]
     return pd.DataFrame(
-        {"part": names, "share": per_part.per_feature, "on_bird": bird.per_feature},
+        {"part": names, "share": per_part.per_feature, "on_bird": bird.per_feature, "peak_part": peak_names,
+         "peak_share": peak.per_feature},
         index=pd.Index(ids, name="feature"),
     )
 

@@ -4,7 +4,8 @@
   one layout every stage of every method stores (see :mod:`qpmlib.runs.run`).
 * :func:`test_masks_and_parts`: the object masks and SynthBirds part maps those metrics need; :func:`object_masks`
   the masks of any images.
-* :func:`sid_at`: a run's SID@k for a k other than the stored 5 (the smoke profile has 2 features per class).
+* :func:`sid_at`: a run's SID@k for a k other than the stored 5 (the smoke profile has 2 features per class);
+  :func:`part_peak_alignment_of` a run's ``part_peak_alignment``, also for runs stored before that key existed.
 * :func:`test_image`: "model on test image i": the image, its prediction, its feature maps and the predicted
   class's weights (:class:`TestImage`), what every explanation figure draws; :func:`cam` turns maps and weights
   into the CAM of reference_spec §5.7; :func:`maps_for_rows` the maps of a few images of a store.
@@ -31,7 +32,7 @@ from qpmlib.runs.run import Run
 from qpmlib.train import Evaluation, TokenData, evaluate, extract_features
 
 __all__ = ["split_tokens", "test_masks_and_parts", "object_masks", "model_metrics", "prediction_tensors", "sid_at",
-           "cam", "TestImage", "test_image", "maps_for_rows"]
+           "part_peak_alignment_of", "cam", "TestImage", "test_image", "maps_for_rows"]
 
 
 def split_tokens(profile: Profile, split: str, *, verbose: bool = False) -> TokenData:
@@ -93,7 +94,8 @@ def model_metrics(
         test: test tokens (Accuracy, Plausibility and SID@k with the predicted class, §5.1-5.2, §5.5).
         k: the k of SID@k, stored under ``sid_at_5`` (None when no class has k non-zero weights).
         masks: (N_test, H, W) bool object masks on the patch grid, or None (Plausibility is then None).
-        parts: (N_test, n_parts, H, W) SynthBirds part fractions, or None (no ``part_alignment``).
+        parts: (N_test, n_parts, H, W) SynthBirds part fractions, or None (no ``part_alignment`` and
+            ``part_peak_alignment``).
         seconds_per_epoch: mean training time per epoch to report.
         seed: Contrastiveness's GMM seed.
         device: where the model is evaluated.
@@ -118,6 +120,7 @@ def model_metrics(
     }
     if parts is not None:
         out["part_alignment"] = qmetrics.part_alignment(maps, parts).score
+        out["part_peak_alignment"] = qmetrics.part_peak_alignment(maps, parts).score
     return out, ev, train_feats
 
 
@@ -146,6 +149,27 @@ def sid_at(run: Run, k: int) -> float | None:
         return None
     rel = np.flatnonzero((weight != 0).any(axis=0))
     return qmetrics.sid_at_k(ev.feature_maps[:, rel], weight[ev.predictions][:, rel], k=k)
+
+
+def part_peak_alignment_of(run: Run) -> float | None:
+    """A run's :func:`qpmlib.metrics.part_peak_alignment` (rel features, test split).
+
+    The stored value when the run's last stage has one; runs stored before the key existed lack it, and their
+    stored model is evaluated again (seconds on the demo; nothing is trained or stored).
+
+    Returns:
+        The score, or None when the dataset has no part maps.
+    """
+    if "part_peak_alignment" in run.metrics:
+        return run.metrics["part_peak_alignment"]
+    test = split_tokens(run.profile, "test")
+    _, parts = test_masks_and_parts(run.profile, test)
+    if parts is None:
+        return None
+    model = run.model()
+    ev = evaluate(model, test, device="cpu")
+    rel = np.flatnonzero((model.head_weight.detach().cpu().numpy() != 0).any(axis=0))
+    return qmetrics.part_peak_alignment(ev.feature_maps[:, rel], parts).score
 
 
 def cam(feature_maps: Any, weights: Any) -> np.ndarray:

@@ -16,8 +16,10 @@ method                      stages
 
 Every stage that trains stores its metrics in one layout (:func:`qpmlib.runs.evaluate.model_metrics`):
 ``accuracy``, ``plausibility``, ``sid_at_5``, ``class_independence``, ``contrastiveness``, ``n_features``,
-``n_per_class``, ``seconds_per_epoch`` and, on SynthBirds, ``part_alignment``. ``run.metrics`` are those of the
-last stage; :meth:`Run.model` rebuilds the model of any stage that has one.
+``n_per_class``, ``seconds_per_epoch`` and, on SynthBirds, ``part_alignment`` and ``part_peak_alignment``.
+``run.metrics`` are those of the last stage; :meth:`Run.model` rebuilds the model of any stage that has one. A key
+that a later qpmlib added (``part_peak_alignment``) is absent from runs stored before it: the store does not
+recompute them (the metric set is not part of a result's hash), so readers use ``run.metrics.get(key)``.
 """
 
 from __future__ import annotations
