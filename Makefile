@@ -63,8 +63,11 @@ $(VENDOR_STAMP):
 data: env
 	$(PY) data_scripts/make_synthbirds.py --profile $(PROFILE)
 
+# Chapters executed at once (they start in _toc.yml order and read the runs that `make runs` stored; a chapter's
+# kernel is mostly single-threaded, so two at a time use both cores of a laptop).
+JOBS ?= 2
 run: env data
-	$(PY) -m qpmlib.book.runner run --profile $(PROFILE)
+	$(PY) -m qpmlib.book.runner run --profile $(PROFILE) --jobs $(JOBS)
 
 html: env vendor
 	$(PY) -m qpmlib.book.runner build --profile $(PROFILE)

@@ -94,3 +94,31 @@ def test_test_image_sid_and_explanations_of_stored_runs(tmp_path, monkeypatch):
     older = SimpleNamespace(metrics={k: v for k, v in run.metrics.items() if k != "part_peak_alignment"},
                             model=run.model, profile=run.profile)
     assert part_peak_alignment_of(older) == pytest.approx(run.metrics["part_peak_alignment"], abs=1e-6)
+
+
+def test_test_masks_and_parts_are_read_once_per_process_and_read_only(monkeypatch):
+
+    from qpmlib.config import get_profile
+    from qpmlib.data import prepare
+    from qpmlib.data.cub import patch_masks
+    from qpmlib.data.synthbirds import part_maps
+    from qpmlib.runs import evaluate
+
+    prof = get_profile("smoke")
+    root = prepare(prof.data, verbose=False)
+    ids = np.array([3, 1, 2])
+    test = SimpleNamespace(image_ids=ids, n_patches=16)
+    evaluate._masks_and_parts.cache_clear()
+    reads = []
+    monkeypatch.setattr(evaluate, "patch_masks", lambda *a: reads.append(a) or patch_masks(*a))
+    masks, parts = evaluate.test_masks_and_parts(prof, test)
+    np.testing.assert_array_equal(masks, patch_masks(root, ids, 4))
+    np.testing.assert_array_equal(parts, part_maps(root, ids, 4))
+    assert masks.shape == (3, 4, 4) and parts.shape[0] == 3 and parts.shape[2:] == (4, 4)
+    again = evaluate.test_masks_and_parts(prof, test)
+    assert again[0] is masks and again[1] is parts and len(reads) == 1  # the second run reads nothing
+    with pytest.raises(ValueError, match="read-only"):
+        masks[0, 0, 0] = not masks[0, 0, 0]
+    other = evaluate.test_masks_and_parts(prof, SimpleNamespace(image_ids=ids[:2], n_patches=16))
+    assert other[0].shape == (2, 4, 4) and len(reads) == 2  # other images: read, not served from the cache
+    evaluate._masks_and_parts.cache_clear()

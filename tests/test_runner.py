@@ -134,6 +134,29 @@ def test_run_reuses_up_to_date_chapters_and_keeps_earlier_ones_on_failure(fake_b
 
 
 @pytest.mark.slow
+def test_two_jobs_run_chapters_at_once_and_report_them_in_toc_order(fake_book):
+    stamp = ("import json, time\nstart = time.time()\ntime.sleep(3)\n"
+             "json.dump([start, time.time()], open('{name}.times', 'w'))")
+    for name in ("01_a", "02_b"):
+        _write_notebook(fake_book / "chapters" / f"{name}.ipynb",
+                        [("profile = 'demo'", ["parameters"]), (stamp.format(name=name), [])])
+    timings = bookrunner.run_chapters("smoke", verbose=False, jobs=2)
+    assert list(timings) == ["01_a", "02_b"] and not any(t["reused"] for t in timings.values())
+    (a0, a1), (b0, b1) = (json.loads((fake_book / "chapters" / f"{n}.times").read_text()) for n in ("01_a", "02_b"))
+    assert b0 < a1 and a0 < b1, "the two chapters did not run at the same time"
+
+    # the first chapter fails while the second runs: the failure is raised, the second is still executed
+    _write_notebook(fake_book / "chapters" / "01_a.ipynb", [("profile = 'demo'", ["parameters"]), ("1 / 0", [])])
+    executed = fake_book / "book" / "_build" / "smoke" / "src" / "chapters"
+    (executed / "02_b.ipynb").unlink()
+    with pytest.raises(ChapterFailed, match=r"01_a failed at code cell 2 \('1 / 0'\): ZeroDivisionError"):
+        bookrunner.run_chapters("smoke", verbose=False, jobs=2)
+    assert (executed / "02_b.ipynb").exists() and (executed / "01_a.failed.ipynb").exists()
+    with pytest.raises(ValueError, match="jobs must be at least 1"):
+        bookrunner.run_chapters("smoke", verbose=False, jobs=0)
+
+
+@pytest.mark.slow
 def test_a_cell_past_its_limit_runs_the_chapter_once_more(fake_book, monkeypatch, capsys):
     monkeypatch.setitem(bookrunner.CELL_TIMEOUT_S, "smoke", 3)
     stalls_once = ("import os, time\nif not os.path.exists('stalled'):\n    open('stalled', 'w').close()\n"

@@ -28,7 +28,7 @@ from traitlets import DottedObjectName, Type
 __all__ = ["POLL_SLICE_S", "SlicedPollChannel", "RunnerKernelClient", "RunnerKernelManager"]
 
 #: Longest single poll (seconds): the most a message that arrived unnoticed waits before it is read.
-POLL_SLICE_S = 1.0
+POLL_SLICE_S = 0.1
 
 
 class SlicedPollChannel(AsyncZMQSocketChannel):
@@ -50,7 +50,7 @@ class SlicedPollChannel(AsyncZMQSocketChannel):
         while True:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             step = POLL_SLICE_S if left is None else min(POLL_SLICE_S, left)
-            if await self.socket.poll(int(step * 1000)):
+            if await self.socket.poll(round(step * 1000)):
                 return await self._recv()
             if left is not None and left <= POLL_SLICE_S:
                 raise Empty

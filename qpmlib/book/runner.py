@@ -2,7 +2,7 @@
 
 Command line (what ``make book`` and ``make test`` call)::
 
-    python -m qpmlib.book.runner run   --profile demo [--chapters 01_introduction ...] [--force]
+    python -m qpmlib.book.runner run   --profile demo [--chapters 01_introduction ...] [--force] [--jobs 2]
     python -m qpmlib.book.runner build --profile demo
     python -m qpmlib.book.runner all   --profile demo          # run, then build
 
@@ -17,12 +17,14 @@ Layout of one profile's build, ``book/_build/<profile>/``::
 A chapter is re-executed only when its source notebook, its parameters, the library code or the pinned
 requirements changed (the key is stored in the executed copy's metadata), so running twice does no work twice.
 A failing chapter stops the run with its name and the failing cell; executed copies of earlier chapters stay.
+``--jobs N`` executes up to N chapters at once (started in ``_toc.yml`` order; ``make book`` uses 2).
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import concurrent.futures
 import contextlib
 import datetime as _dt
 import hashlib
@@ -346,8 +348,14 @@ def run_chapters(
     force: bool = False,
     extra_parameters: dict | None = None,
     verbose: bool = True,
+    jobs: int = 1,
 ) -> dict[str, dict]:
     """Execute chapters with papermill, in ``_toc.yml`` order, into ``build_dir(profile)/src/chapters``.
+
+    With ``jobs`` > 1, chapters still start in ``_toc.yml`` order, but up to ``jobs`` kernels run at once. Each
+    chapter reads its runs from the results store (``make runs`` computes them all first; two chapters asking
+    for one run compute it once), so the order never changes a number, and one chapter's kernel is mostly
+    single-threaded: on 2 cores two at a time take about half the time.
 
     Args:
         profile: profile name injected as the ``profile`` parameter.
@@ -355,15 +363,19 @@ def run_chapters(
         force: re-execute even when the executed copy is up to date.
         extra_parameters: more papermill parameters; each must be declared by every selected chapter.
         verbose: print one line per chapter.
+        jobs: chapters executed at once (at least 1).
 
     Returns:
-        ``{chapter name: {"seconds": float, "reused": bool}}``.
+        ``{chapter name: {"seconds": float, "reused": bool}}`` in ``_toc.yml`` order.
 
     Raises:
-        ValueError: unknown profile, chapter or parameter (the message lists valid ones).
-        ChapterFailed: a chapter raised; names the chapter and the failing cell.
+        ValueError: unknown profile, chapter or parameter (the message lists valid ones), or ``jobs`` < 1.
+        ChapterFailed: a chapter raised; names the chapter and the failing cell. Chapters that had not started
+            are skipped, running ones finish; the first failing chapter in ``_toc.yml`` order is raised.
     """
     prof = get_profile(profile)  # validates the name
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1 (chapters executed at once), got {jobs}")
     # a GPU profile without CUDA, missing real data or weights stop here, before the first chapter
     check_ready(prof, backbones=prof.sweeps.backbones)
     selected = select_chapters(names, chapters())
@@ -372,13 +384,12 @@ def run_chapters(
         check_parameters(chapter.source, parameters)
     # a second run of the same profile waits, then finds the chapters the first one executed up to date
     with file_lock(build_dir(profile) / ".run.lock", what=f"a book run of profile {profile!r}"):
-        return _execute(profile, selected, parameters, force=force, verbose=verbose)
+        return _execute(profile, selected, parameters, force=force, verbose=verbose, jobs=jobs)
 
 
-def _execute(profile: str, selected: list[Chapter], parameters: dict, *, force: bool, verbose: bool) -> dict:
+def _execute(profile: str, selected: list[Chapter], parameters: dict, *, force: bool, verbose: bool,
+             jobs: int) -> dict:
     """The chapter loop of :func:`run_chapters`, run while this process holds the profile's build lock."""
-    import papermill
-
     out_dir = build_dir(profile) / "src" / "chapters"
     out_dir.mkdir(parents=True, exist_ok=True)
     code = _code_fingerprint()
@@ -389,68 +400,30 @@ def _execute(profile: str, selected: list[Chapter], parameters: dict, *, force: 
     os.environ.setdefault("TQDM_MININTERVAL", "30")
     # The "python3" kernel runs `python` from PATH: make that this interpreter (e.g. the book's .venv).
     os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+
+    def one(chapter: Chapter) -> dict:
+        return _execute_chapter(chapter, out_dir / chapter.source.name, profile, parameters, code,
+                                force=force, verbose=verbose)
+
     try:
-        for chapter in selected:
-            target = out_dir / chapter.source.name
-            key = _run_key(chapter, parameters, code)
-            if not force and target.exists() and _executed_key(target) == key:
-                if verbose:
-                    print(f"[book] {chapter.name}: up to date, reused", flush=True)
-                timings[chapter.name] = {"seconds": 0.0, "reused": True}
-                continue
-            if verbose:
-                print(f"[book] {chapter.name}: executing on profile {profile!r} ...", flush=True)
-            partial = target.with_suffix(".partial.ipynb")
-            start = time.perf_counter()
-
-            def execute() -> None:
-                # the running cell and the kernel's progress bars on the console (qpmlib.book.progress)
-                with ChapterProgress(chapter.name, partial) if verbose else contextlib.nullcontext() as progress:
-                    papermill.execute_notebook(
-                        str(chapter.source),
-                        str(partial),
-                        parameters=parameters,
-                        cwd=str(chapter.source.parent),
-                        kernel_name="python3",
-                        progress_bar=False,
-                        execution_timeout=CELL_TIMEOUT_S.get(profile),
-                        log_output=False,
-                        stderr_file=progress.stream if progress is not None else None,
-                        report_mode=False,
-                        kernel_manager_class=RunnerKernelManager,  # no reply waits unseen until the cell limit
-                    )
-
-            try:
-                try:
-                    execute()
-                except TimeoutError:
-                    # a cell past its limit: on a loaded machine the client has been seen to wait for a reply that
-                    # an idle kernel never sends; every stage is stored, so a second run of the chapter is cheap
-                    print(f"[book] {chapter.name}: a cell ran past {CELL_TIMEOUT_S.get(profile)} s; running the "
-                          "chapter once more (its stored runs are reused)", file=sys.stderr, flush=True)
-                    execute()
-            except Exception as exc:  # a cell error, a cell timeout or a dead kernel all stop the run here
-                failed = target.with_suffix(".failed.ipynb")
-                if partial.exists():
-                    partial.replace(failed)
-                where = _failing_cell(failed) if failed.exists() else "unknown cell"
-                if where == "unknown cell":
-                    where = f"{where} ({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''})"
-                raise ChapterFailed(
-                    f"chapter {chapter.name} failed at {where}\n"
-                    f"  the executed notebook with the traceback is {failed}\n"
-                    f"  earlier chapters are kept; re-run with --chapters {chapter.name} after fixing"
-                ) from exc
-            seconds = time.perf_counter() - start
-            nb = add_run_note(drop_plotly_figures(drop_hidden_widget_state(_notebook(partial))), chapter.name, profile)
-            nb["metadata"][KEY_METADATA] = key
-            nb["metadata"]["qpmlib_seconds"] = round(seconds, 2)
-            atomic_write(target, json.dumps(nb, indent=1))
-            partial.unlink()
-            target.with_suffix(".failed.ipynb").unlink(missing_ok=True)
-            timings[chapter.name] = {"seconds": round(seconds, 2), "reused": False}
-            if verbose:
-                print(f"[book] {chapter.name}: done in {seconds:.1f} s", flush=True)
+        if jobs == 1:
+            for chapter in selected:
+                timings[chapter.name] = one(chapter)
+        else:
+            with concurrent.futures.ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="chapter") as pool:
+                futures = {chapter.name: pool.submit(one, chapter) for chapter in selected}
+                failed = None
+                for name, future in futures.items():  # _toc.yml order
+                    if failed is not None:
+                        future.cancel()  # not started yet: skipped, as after a failure in a sequential run
+                    try:
+                        timings[name] = future.result()
+                    except concurrent.futures.CancelledError:
+                        pass
+                    except ChapterFailed as exc:
+                        failed = failed or exc
+                if failed is not None:
+                    raise failed
     finally:
         for k, v in env_backup.items():
             if v is None:
@@ -459,6 +432,75 @@ def _execute(profile: str, selected: list[Chapter], parameters: dict, *, force: 
                 os.environ[k] = v
     _record_run(profile, timings)
     return timings
+
+
+def _execute_chapter(chapter: Chapter, target: Path, profile: str, parameters: dict, code: str, *, force: bool,
+                     verbose: bool) -> dict:
+    """Execute one chapter into ``target`` (or reuse it when up to date): ``{"seconds", "reused"}``.
+
+    Raises:
+        ChapterFailed: the chapter raised; ``target`` is left as it was and the failed copy is kept beside it.
+    """
+    import papermill
+
+    key = _run_key(chapter, parameters, code)
+    if not force and target.exists() and _executed_key(target) == key:
+        if verbose:
+            print(f"[book] {chapter.name}: up to date, reused", flush=True)
+        return {"seconds": 0.0, "reused": True}
+    if verbose:
+        print(f"[book] {chapter.name}: executing on profile {profile!r} ...", flush=True)
+    partial = target.with_suffix(".partial.ipynb")
+    start = time.perf_counter()
+
+    def execute() -> None:
+        # the running cell and the kernel's progress bars on the console (qpmlib.book.progress)
+        with ChapterProgress(chapter.name, partial) if verbose else contextlib.nullcontext() as progress:
+            papermill.execute_notebook(
+                str(chapter.source),
+                str(partial),
+                parameters=parameters,
+                cwd=str(chapter.source.parent),
+                kernel_name="python3",
+                progress_bar=False,
+                execution_timeout=CELL_TIMEOUT_S.get(profile),
+                log_output=False,
+                stderr_file=progress.stream if progress is not None else None,
+                report_mode=False,
+                kernel_manager_class=RunnerKernelManager,  # no reply waits unseen until the cell limit
+            )
+
+    try:
+        try:
+            execute()
+        except TimeoutError:
+            # a cell past its limit: on a loaded machine the client has been seen to wait for a reply that
+            # an idle kernel never sends; every stage is stored, so a second run of the chapter is cheap
+            print(f"[book] {chapter.name}: a cell ran past {CELL_TIMEOUT_S.get(profile)} s; running the "
+                  "chapter once more (its stored runs are reused)", file=sys.stderr, flush=True)
+            execute()
+    except Exception as exc:  # a cell error, a cell timeout or a dead kernel all stop the run here
+        failed = target.with_suffix(".failed.ipynb")
+        if partial.exists():
+            partial.replace(failed)
+        where = _failing_cell(failed) if failed.exists() else "unknown cell"
+        if where == "unknown cell":
+            where = f"{where} ({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''})"
+        raise ChapterFailed(
+            f"chapter {chapter.name} failed at {where}\n"
+            f"  the executed notebook with the traceback is {failed}\n"
+            f"  earlier chapters are kept; re-run with --chapters {chapter.name} after fixing"
+        ) from exc
+    seconds = time.perf_counter() - start
+    nb = add_run_note(drop_plotly_figures(drop_hidden_widget_state(_notebook(partial))), chapter.name, profile)
+    nb["metadata"][KEY_METADATA] = key
+    nb["metadata"]["qpmlib_seconds"] = round(seconds, 2)
+    atomic_write(target, json.dumps(nb, indent=1))
+    partial.unlink()
+    target.with_suffix(".failed.ipynb").unlink(missing_ok=True)
+    if verbose:
+        print(f"[book] {chapter.name}: done in {seconds:.1f} s", flush=True)
+    return {"seconds": round(seconds, 2), "reused": False}
 
 
 def _backbone_status(profile_name: str) -> str:
@@ -656,6 +698,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default=None, help=f"one of: {', '.join(PROFILES)} (default: $QPMLIB_PROFILE or demo)")
     parser.add_argument("--chapters", nargs="*", default=None, help="run only these chapters (names from _toc.yml)")
     parser.add_argument("--force", action="store_true", help="re-execute chapters even when up to date")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="chapters executed at once, started in _toc.yml order (default: 1)")
     parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                         help="extra papermill parameter (YAML value); every selected chapter must declare it")
     args = parser.parse_args(argv)
@@ -672,7 +716,7 @@ def main(argv: list[str] | None = None) -> int:
                              + ", ".join(c.name for c in chapters()))
         get_profile(profile)
         if args.action in ("run", "all"):
-            run_chapters(profile, args.chapters, force=args.force, extra_parameters=extra)
+            run_chapters(profile, args.chapters, force=args.force, extra_parameters=extra, jobs=args.jobs)
         if args.action in ("build", "all"):
             build_book(profile)
     except (ValueError, FileNotFoundError, ChapterFailed, RuntimeError) as exc:

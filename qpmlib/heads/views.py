@@ -29,7 +29,6 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from torchvision.ops import roi_align
 
 __all__ = ["ViewConfig", "ViewTokens", "crop_and_resize", "crop_images", "embed_views", "sample_views",
            "token_views"]
@@ -118,6 +117,9 @@ def crop_and_resize(maps: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor
     boxes = torch.as_tensor(boxes, dtype=maps.dtype, device=maps.device)
     scale = torch.tensor([w, h, w, h], dtype=maps.dtype, device=maps.device)
     rois = torch.cat([torch.arange(b, dtype=maps.dtype, device=maps.device)[:, None], boxes * scale], dim=1)
+    # imported here: torchvision.ops loads torch._dynamo (about 1.2 s), which every chapter kernel would pay
+    from torchvision.ops import roi_align
+
     out = roi_align(maps, rois, output_size=out_size or (h, w), spatial_scale=1.0, sampling_ratio=-1,
                     aligned=True)
     flipped = torch.nonzero(torch.as_tensor(flips, dtype=torch.bool, device=maps.device)).squeeze(1)

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -51,9 +52,21 @@ def test_masks_and_parts(profile: Profile, test: TokenData) -> tuple[np.ndarray 
     if not dataset.segmentations or test.image_ids is None:
         return None, None
     root = prepare(profile.data, verbose=False)  # once: it checks the dataset folder
-    grid = math.isqrt(test.n_patches)
-    ids = np.asarray(test.image_ids)
-    return patch_masks(root, ids, grid), part_maps(root, ids, grid) if dataset.parts else None
+    ids = tuple(np.asarray(test.image_ids).tolist())
+    return _masks_and_parts(str(root), profile.data.dataset, ids, math.isqrt(test.n_patches))
+
+
+@functools.lru_cache(maxsize=4)
+def _masks_and_parts(root: str, dataset: str, ids: tuple, grid: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read once per process (every run of a profile scores the same test images; about 1 s on demo), and
+    returned read-only, so that no caller can change what the next run is given."""
+    image_ids = np.asarray(ids)
+    masks = patch_masks(root, image_ids, grid)
+    parts = part_maps(root, image_ids, grid) if DATASETS[dataset].parts else None
+    for array in (masks, parts):
+        if array is not None:
+            array.setflags(write=False)
+    return masks, parts
 
 
 def object_masks(profile: Profile, image_ids: Any, grid: int) -> np.ndarray | None:
