@@ -97,7 +97,6 @@ def test_test_image_sid_and_explanations_of_stored_runs(tmp_path, monkeypatch):
 
 
 def test_test_masks_and_parts_are_read_once_per_process_and_read_only(monkeypatch):
-
     from qpmlib.config import get_profile
     from qpmlib.data import prepare
     from qpmlib.data.cub import patch_masks
