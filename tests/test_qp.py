@@ -126,15 +126,19 @@ def test_best_distinct_assignment_matches_brute_force(seed):
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_candidate_list_matching_equals_dense_matching(seed, monkeypatch):
-    import qpmlib.qp.assignment as assignment_module
+def test_candidate_list_matching_equals_a_matching_over_every_subset(seed):
+    from itertools import combinations
+
+    from scipy.optimize import linear_sum_assignment
+
     rng = np.random.default_rng(seed)
     values = rng.normal(size=(12, 6))
     values[3:6] = values[2] + 1e-3 * rng.normal(size=(3, 6))  # four near-identical classes
-    dense, dense_total = best_distinct_assignment(values, 3)
-    monkeypatch.setattr(assignment_module, "DENSE_LIMIT", 0)
+    subsets = np.array(list(combinations(range(6), 3)))  # all 20: a dense matching over every subset
+    rows, cols = linear_sum_assignment(values[:, subsets].sum(axis=2), maximize=True)
+    every_total = values[:, subsets].sum(axis=2)[rows, cols].sum()
     listed, listed_total = best_distinct_assignment(values, 3)
-    assert listed_total == pytest.approx(dense_total)
+    assert listed_total == pytest.approx(every_total)
     assert not has_duplicate_rows(listed) and np.all(listed.sum(axis=1) == 3)
     assert listed_total < values[np.arange(12)[:, None], np.argsort(-values)[:, :3]].sum()  # rule binds
 

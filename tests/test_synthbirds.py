@@ -36,6 +36,20 @@ def test_same_arguments_give_identical_files(root, tmp_path):
     assert not jpgs(_hashes(root)) & jpgs(_hashes(other))  # another seed draws other images
 
 
+@pytest.mark.parametrize("layout", ["cub", "cars"])
+def test_images_rendered_by_several_threads_are_the_same_files(root, tmp_path, monkeypatch, layout):
+    monkeypatch.setattr(sb, "RENDER_THREADS", 1)
+    one = sb.generate(tmp_path / "one", **ARGS, layout=layout, verbose=False)
+    monkeypatch.setattr(sb, "RENDER_THREADS", 3)
+    three = sb.generate(tmp_path / "three", **ARGS, layout=layout, verbose=False)
+    # a .mat file's 128-byte header holds the second it was written; the rest must match
+    tail = lambda r: {p.relative_to(r).as_posix(): p.read_bytes()[128 if p.suffix == ".mat" else 0:]  # noqa: E731
+                      for p in sorted(r.rglob("*")) if p.is_file()}
+    assert tail(one) == tail(three)
+    if layout == "cub":
+        assert _hashes(one) == _hashes(root)
+
+
 def test_cub_format_read_by_the_cub_reader(root):
     df = cub.read_index(root)
     n = ARGS["n_classes"] * (ARGS["n_train"] + ARGS["n_test"])

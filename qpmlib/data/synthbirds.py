@@ -39,9 +39,11 @@ same arguments give byte-identical files.
 from __future__ import annotations
 
 import colorsys
+import concurrent.futures
 import hashlib
 import io
 import json
+import functools
 import math
 import os
 import shutil
@@ -528,35 +530,56 @@ def _render_sample(args: dict, classes: list[_Class], cls: _Class, k: int) -> tu
     return _render(args["image_size"], cls.attrs, hue, rng)
 
 
+#: Threads that render a folder's images (NumPy and Pillow release the GIL for most of the work).
+RENDER_THREADS = 2
+
+
+def _encoded_sample(args: dict, classes: list[_Class], job: tuple[int, int]) -> dict:
+    """Image k of the c-th class (``job = (c, k)``), encoded as the files store it, with its parts' centres and box."""
+    c, k = job
+    rgb, part_map, alpha = _render_sample(args, classes, classes[c], k)
+    out = {"jpg": _jpeg_bytes(rgb)}
+    ys, xs = np.nonzero(part_map)
+    out["box"] = (int(xs.min()) + 1, int(ys.min()) + 1, int(xs.max()) + 1, int(ys.max()) + 1) if len(xs) else (1, 1, 1, 1)
+    if args.get("layout", "cub") == "cub":
+        out["mask"], out["parts"] = _png_bytes(_soft_mask(alpha)), _png_bytes(part_map)
+        centres = []
+        for pid in range(1, len(PART_NAMES) + 1):
+            ys, xs = np.nonzero(part_map == pid)
+            centres.append((pid, xs.mean() + 0.5, ys.mean() + 0.5, 1) if len(xs) >= 4 else (pid, 0.0, 0.0, 0))
+        out["centres"] = centres
+    return out
+
+
+def _encoded_samples(args: dict, classes: list[_Class], jobs: list[tuple[int, int]], *, desc: str, verbose: bool):
+    """:func:`_encoded_sample` of every job, in order, rendered by :data:`RENDER_THREADS` threads (every image has
+    its own generator, so the bytes do not depend on which thread drew it)."""
+    with tqdm(total=len(jobs), desc=desc, unit="img", disable=not verbose) as bar, \
+            concurrent.futures.ThreadPoolExecutor(RENDER_THREADS, thread_name_prefix="synthbirds") as pool:
+        for sample in pool.map(functools.partial(_encoded_sample, args, classes), jobs):
+            yield sample
+            bar.update(1)
+
+
 def _write_folder(out: Path, args: dict, exclude: frozenset[tuple[str, ...]], *, verbose: bool) -> None:
     classes = _make_classes(args["n_classes"], args["seed"], exclude)
     per_class = args["n_train"] + args["n_test"]
     images, labels, split, locs = [], [], [], []
-    image_id = 0
-    total = len(classes) * per_class
-    with tqdm(total=total, desc="SynthBirds", unit="img", disable=not verbose) as bar:
-        for cls in classes:
-            for dir_name in ("images", "segmentations", "part_segmentations"):
-                (out / dir_name / cls.folder).mkdir(parents=True)
-            for k in range(per_class):
-                image_id += 1
-                is_train = k < args["n_train"]
-                rgb, part_map, alpha = _render_sample(args, classes, cls, k)
-                stem = f"{cls.name}_{k + 1:04d}_{image_id}"
-                rel = f"{cls.folder}/{stem}"
-                (out / "images" / f"{rel}.jpg").write_bytes(_jpeg_bytes(rgb))
-                (out / "segmentations" / f"{rel}.png").write_bytes(_png_bytes(_soft_mask(alpha)))
-                (out / "part_segmentations" / f"{rel}.png").write_bytes(_png_bytes(part_map))
-                images.append(f"{image_id} {rel}.jpg")
-                labels.append(f"{image_id} {cls.index + 1}")
-                split.append(f"{image_id} {int(is_train)}")
-                for pid in range(1, len(PART_NAMES) + 1):
-                    ys, xs = np.nonzero(part_map == pid)
-                    if len(xs) >= 4:
-                        locs.append(f"{image_id} {pid} {xs.mean() + 0.5:.1f} {ys.mean() + 0.5:.1f} 1")
-                    else:
-                        locs.append(f"{image_id} {pid} 0.0 0.0 0")
-                bar.update(1)
+    for cls in classes:
+        for dir_name in ("images", "segmentations", "part_segmentations"):
+            (out / dir_name / cls.folder).mkdir(parents=True)
+    jobs = [(c, k) for c in range(len(classes)) for k in range(per_class)]
+    for image_id, ((c, k), sample) in enumerate(zip(jobs, _encoded_samples(args, classes, jobs, desc="SynthBirds",
+                                                                             verbose=verbose)), start=1):
+        cls = classes[c]
+        rel = f"{cls.folder}/{cls.name}_{k + 1:04d}_{image_id}"
+        (out / "images" / f"{rel}.jpg").write_bytes(sample["jpg"])
+        (out / "segmentations" / f"{rel}.png").write_bytes(sample["mask"])
+        (out / "part_segmentations" / f"{rel}.png").write_bytes(sample["parts"])
+        images.append(f"{image_id} {rel}.jpg")
+        labels.append(f"{image_id} {cls.index + 1}")
+        split.append(f"{image_id} {int(k < args['n_train'])}")
+        locs += [f"{image_id} {pid} {x:.1f} {y:.1f} {visible}" for pid, x, y, visible in sample["centres"]]
     _write_text(out / "images.txt", images)
     _write_text(out / "image_class_labels.txt", labels)
     _write_text(out / "train_test_split.txt", split)
@@ -588,20 +611,18 @@ def _write_cars_folder(out: Path, args: dict, exclude: frozenset[tuple[str, ...]
     import scipy.io
 
     classes = _make_classes(args["n_classes"], args["seed"], exclude)
-    samples = [(cls, k) for cls in classes for k in range(args["n_train"] + args["n_test"])]
+    samples = [(c, k) for c in range(len(classes)) for k in range(args["n_train"] + args["n_test"])]
     order = np.random.default_rng((args["seed"], 0xCA125)).permutation(len(samples))  # classes interleaved
     rows: dict[str, list] = {"cars_train": [], "cars_test": []}
     for split in rows:
         (out / split).mkdir(parents=True)
-    for i in tqdm(order, desc="SynthBirds (Cars layout)", unit="img", disable=not verbose):
-        cls, k = samples[i]
+    jobs = [samples[i] for i in order]
+    for (c, k), sample in zip(jobs, _encoded_samples(args, classes, jobs, desc="SynthBirds (Cars layout)",
+                                                      verbose=verbose)):
         split = "cars_train" if k < args["n_train"] else "cars_test"
-        rgb, part_map, _ = _render_sample(args, classes, cls, k)
         fname = f"{len(rows[split]) + 1:05d}.jpg"
-        (out / split / fname).write_bytes(_jpeg_bytes(rgb))
-        ys, xs = np.nonzero(part_map)
-        box = (int(xs.min()) + 1, int(ys.min()) + 1, int(xs.max()) + 1, int(ys.max()) + 1) if len(xs) else (1, 1, 1, 1)
-        rows[split].append((box, cls.index + 1, fname))
+        (out / split / fname).write_bytes(sample["jpg"])
+        rows[split].append((sample["box"], classes[c].index + 1, fname))
     (out / "car_devkit").mkdir()
     scipy.io.savemat(out / "car_devkit" / "cars_train_annos.mat", {"annotations": _cars_annotations(rows["cars_train"])})
     scipy.io.savemat(out / "cars_test_annos_withlabels.mat", {"annotations": _cars_annotations(rows["cars_test"])})
