@@ -26,7 +26,7 @@ VENDOR_STAMP     := $(VENDOR)/.complete-$(shell echo $(VENDOR_PKGS) | cksum | cu
 .PHONY: book test env vendor data run html clean help weights
 
 help:
-	@echo "make book [PROFILE=demo|smoke|paper|paper_code|paper_shapes] run every chapter and build the HTML book"
+	@echo "make book [PROFILE=demo|smoke|paper|paper_code|paper_shapes] [JOBS=2] run every chapter and build the HTML book"
 	@echo "make test                              unit tests + chapters under nbval (smoke) + book check"
 	@echo "make weights [VARIANTS=standin_s14_reg] pretrain the stand-in backbones again (hours on a CPU; resumable)"
 	@echo "make clean                             remove built books (keeps data, caches and results)"
