@@ -18,6 +18,9 @@ def test_book_requests_cover_the_tables_and_figures_once():
     assert RunRequest.of("dino_qpm", prof.seeds, {"backbone.name": prof.backbone.name}) in requests  # Table 4
     assert all(r in requests for r in peers.peer_requests(prof))  # the peer heads' chapter
     assert RunRequest.of("protosvit", [prof.seeds[0]]) in requests
+    # the stand-in chapter's random twin, on stand-in profiles only
+    assert RunRequest.of("dino_qpm", [prof.seeds[0]], {"backbone.weights": "random"}) in requests
+    assert not any(dict(r.overrides).get("backbone.weights") == "random" for r in plan.book_requests("paper"))
 
 
 def test_requests_are_values():
@@ -32,8 +35,9 @@ def test_embedding_profiles_are_each_store_the_book_reads_once():
     assert len(stores) == len(set(stores))
     assert ("synthcars", 196, "dinov2_vitb14_reg") in stores  # Table 1 on the Cars stand-in
     assert {b for d, _, b in stores if d == "synthbirds"} == {"dinov2_vitb14", *get_profile("paper").sweeps.backbones}
-    assert [(p.data.dataset, p.backbone.name) for p in plan.embedding_profiles("smoke")] == \
-        [("synthbirds", "standin_t14_reg"), ("synthbirds", "standin_t14")]  # Table 3's twin without registers
+    assert [(p.data.dataset, p.backbone.name, p.backbone.weights) for p in plan.embedding_profiles("smoke")] == \
+        [("synthbirds", "standin_t14_reg", "auto"), ("synthbirds", "standin_t14", "auto"),  # Table 3's other twin
+         ("synthbirds", "standin_t14_reg", "random")]  # the stand-in chapter's random twin
 
 
 def test_compute_runs_requests_here_or_hands_them_to_the_cluster_executor(monkeypatch):

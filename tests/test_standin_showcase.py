@@ -96,6 +96,21 @@ def test_probe_table_pca_and_norms_on_the_smoke_profile(standins):
     assert isinstance(standin_figures.norm_histogram_figure(norms), matplotlib.figure.Figure)
 
 
+def test_twin_part_table_compares_dino_qpm_on_the_stand_in_and_its_random_twin(standins):
+    from qpmlib.config import apply_overrides
+    from qpmlib.runs.methods import run_methods
+
+    prof = apply_overrides(get_profile("smoke"), {"train.dense_epochs": 1, "train.ft_epochs": 1})
+    table = standin.twin_part_table(prof, 0)
+    assert list(table["weights"]) == ["stand-in", "random"]
+    assert table[["accuracy", "part_alignment", "part_peak_alignment"]].apply(lambda c: c.between(0, 1)).all().all()
+    trained = run_methods("dino_qpm", prof, [0], compute=False)[0]  # the row is the stored run of Table 1's setting
+    assert table["accuracy"].iloc[0] == trained.metrics["accuracy"]
+    assert table["part_peak_alignment"].iloc[0] == trained.metrics["part_peak_alignment"]
+    assert standin.twin_requests(prof, 0)[0].overrides == (("backbone.weights", "random"),)
+    assert standin.twin_requests("paper", 0) == []  # DINOv2 is no stand-in: no twin run
+
+
 def norms_with_outliers(share_without, share_with, n=1000):
     def patches(share):
         x = np.ones((1, n))

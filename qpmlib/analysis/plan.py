@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from tqdm import tqdm
 
 from qpmlib.analysis.peers import peer_requests
+from qpmlib.analysis.standin import twin_requests
 from qpmlib.analysis.sweeps import FIGURE_GRIDS, sweep_requests
 from qpmlib.analysis.tables import OPEN_SOLVER_CHECK, table1_requests, table3_requests, table4_requests
 from qpmlib.config import Profile, get_profile
@@ -36,8 +37,8 @@ def book_requests(profile: str | Profile, seeds: Sequence[int] | None = None) ->
         seeds: the seeds of the tables (None: the profile's); the sweeps use ``profile.sweeps.seeds``.
 
     Returns:
-        The requests: Tables 1-2, 3 and 4, the grids of Figs. 7-13, the open-solver check of the QP and the
-        peer heads' comparison (first seed).
+        The requests: Tables 1-2, 3 and 4, the grids of Figs. 7-13, the open-solver check of the QP, the
+        peer heads' comparison and, on a stand-in, DINO-QPM on its random twin (first seed).
     """
     prof = get_profile(profile)
     first = (prof.seeds if seeds is None else seeds)[0]
@@ -46,6 +47,7 @@ def book_requests(profile: str | Profile, seeds: Sequence[int] | None = None) ->
     requests += [r for grid in FIGURE_GRIDS.values() for _, r in sweep_requests(prof, grid)]
     requests.append(RunRequest.of("dino_qpm", [first], OPEN_SOLVER_CHECK))
     requests += peer_requests(prof, [first])  # the peer heads' chapter (qpmlib.analysis.peers)
+    requests += twin_requests(prof, first)  # the stand-in chapter: DINO-QPM on the random twin
     return list(dict.fromkeys(requests))
 
 

@@ -1,5 +1,6 @@
 """What the stand-in chapter computes: training facts from the cards, the calibration record, probes on a
-profile's classes, and the token-norm diagnostic for register artefacts.
+profile's classes, where DINO-QPM's features sit against the true parts (stand-in against its random twin), and
+the token-norm diagnostic for register artefacts.
 
 Backbones are read through the embedding cache (:func:`qpmlib.embeddings.get_store`) where whole splits are
 needed, so the chapter reuses what the other chapters extract. The figures of the same chapter are in
@@ -19,6 +20,8 @@ from qpmlib.embeddings import get_store
 from qpmlib.files import read_json_object
 from qpmlib.heads.parts import part_truth, require_part_truth
 from qpmlib.pretrain import probe
+from qpmlib.runs.evaluate import part_peak_alignment_of
+from qpmlib.runs.methods import RunRequest, run_methods
 
 __all__ = [
     "profile_standins",
@@ -31,6 +34,9 @@ __all__ = [
     "probe_table",
     "probe_headlines",
     "part_probe_table",
+    "TWIN_METHOD",
+    "twin_requests",
+    "twin_part_table",
     "sample_test_images",
     "load_images",
     "token_norms_of",
@@ -221,6 +227,39 @@ def _part_probe_row(name: str, weights: str, x: dict, labels: dict, regions: lis
     counted = np.bincount(labels["test"], minlength=len(regions)) >= min_patches
     return {"backbone": name, "weights": weights, "balanced accuracy": float(np.mean(recall[counted])),
             **dict(zip(regions, recall))}
+
+
+#: The method whose features the stand-in chapter compares on the stand-in and on its random twin.
+TWIN_METHOD = "dino_qpm"
+
+
+def twin_requests(profile: str | Profile, seed: int) -> list[RunRequest]:
+    """The run the stand-in chapter adds to the book: :data:`TWIN_METHOD` on the profile's stand-in with random
+    weights (the run on the trained stand-in is Table 1's). None when the backbone is not a stand-in."""
+    prof = get_profile(profile)
+    if prof.backbone.name not in backbones.standin_names():
+        return []
+    return [RunRequest.of(TWIN_METHOD, [seed], {"backbone.weights": "random"})]
+
+
+def twin_part_table(profile: str | Profile, seed: int, *, verbose: bool = False) -> pd.DataFrame:
+    """:data:`TWIN_METHOD` on the profile's stand-in and on its random twin: accuracy and both part alignments.
+
+    ``part_alignment`` (:func:`qpmlib.metrics.part_alignment`) is the share of a feature's whole activation mass
+    on its best part; ``part_peak_alignment`` (:func:`qpmlib.metrics.part_peak_alignment`) the mean coverage of
+    its best part where the feature peaks. Both are means over the selected features, on the test split.
+
+    Returns:
+        DataFrame with columns weights ("stand-in", "random"), accuracy, part_alignment, part_peak_alignment.
+    """
+    prof = get_profile(profile)
+    rows = []
+    for weights, label in (("auto", "stand-in"), ("random", "random")):
+        run = run_methods(TWIN_METHOD, profile_with(prof, prof.backbone.name, weights), [seed], verbose=verbose)[0]
+        rows.append({"weights": label, "accuracy": run.metrics["accuracy"],
+                     "part_alignment": run.metrics.get("part_alignment"),
+                     "part_peak_alignment": part_peak_alignment_of(run)})
+    return pd.DataFrame(rows)
 
 
 def sample_test_images(profile: str | Profile, n_images: int, seed: int = 0):
