@@ -62,7 +62,7 @@ CHAPTER_API: dict[str, tuple[str, ...]] = {
                                  "failure_data", "failure_examples"),
     "qpmlib.analysis.standin": ("artefact_table", "artefacts_appear", "calibration_table", "card_table",
                                 "probe_headlines", "probe_table", "register_twins", "shown_standins", "token_norms_of",
-                                "part_probe_table"),
+                                "part_probe_table", "twin_part_table"),
     "qpmlib.analysis.report": ("compute_time", "discrepancy_table", "profile_differences", "reproduction_counts",
                                "setting_reason", "stage_origins", "origins_summary"),
     "qpmlib.figures.plots": ("bar_beside_paper", "cosine_histogram", "depth_plot", "lambda_sweep_plot",
