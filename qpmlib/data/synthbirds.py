@@ -40,10 +40,10 @@ from __future__ import annotations
 
 import colorsys
 import concurrent.futures
+import functools
 import hashlib
 import io
 import json
-import functools
 import math
 import os
 import shutil
