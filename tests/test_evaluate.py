@@ -35,6 +35,19 @@ def test_model_metrics_keys_and_sid_threshold():
     assert with_parts["part_peak_alignment"] == pytest.approx(1.0)  # every peak lies on part 0
 
 
+def test_sid_is_none_when_only_unpredicted_classes_have_k_weights():
+    # class 2 alone has 3 non-zero weights and is never predicted (paper_shapes' sparse glm heads at 200 classes
+    # with 1 test image each): SID@3 averages no sample, so it is "−", not an error
+    data = class_tokens()
+    weight = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [1.0, 1.0, 1.0]], dtype=np.float32)
+    bias = np.array([0.0, 0.0, -1e6], dtype=np.float32)
+    model = SparseHeadModel(tiny_dense(), [0, 1, 2], weight, bias, np.zeros(3), np.ones(3)).eval()
+    m, ev, _ = model_metrics(model, data, data, k=3)
+    assert 2 not in set(ev.predictions.tolist())
+    assert m["sid_at_5"] is None
+    assert model_metrics(model, data, data, k=1)[0]["sid_at_5"] is not None
+
+
 def test_cam_hand_computed():
     maps = np.array([[[1.0, 2.0], [3.0, 4.0]], [[0.0, 0.0], [0.0, 1.0]]])
     g = cam(maps, np.array([1.0, -2.0]))  # [[1, 2], [3, 2]] -> shift 1 -> /2

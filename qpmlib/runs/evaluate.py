@@ -105,7 +105,8 @@ def model_metrics(
         model: a dense or sparse model; ``head_weight`` is (N_c, K).
         train: training tokens (Class-Independence and Contrastiveness on train features, §5.3-5.4).
         test: test tokens (Accuracy, Plausibility and SID@k with the predicted class, §5.1-5.2, §5.5).
-        k: the k of SID@k, stored under ``sid_at_5`` (None when no class has k non-zero weights).
+        k: the k of SID@k, stored under ``sid_at_5`` (None when no test sample's predicted class has k non-zero
+            weights).
         masks: (N_test, H, W) bool object masks on the patch grid, or None (Plausibility is then None).
         parts: (N_test, n_parts, H, W) SynthBirds part fractions, or None (no ``part_alignment`` and
             ``part_peak_alignment``).
@@ -125,7 +126,7 @@ def model_metrics(
     out: dict[str, Any] = {
         "accuracy": qmetrics.accuracy(ev.logits, ev.labels),
         "plausibility": None if masks is None else qmetrics.plausibility(maps, rows, masks),
-        "sid_at_5": qmetrics.sid_at_k(maps, rows, k=k) if (weight != 0).sum(axis=1).max() >= k else None,
+        "sid_at_5": qmetrics.sid_at_k(maps, rows, k=k) if _has_k_weights(rows, k) else None,
         "class_independence": qmetrics.class_independence(train_feats[:, rel], train.labels),
         "contrastiveness": qmetrics.contrastiveness(train_feats[:, rel], seed=seed),
         **qmetrics.compactness(weight),
@@ -151,17 +152,23 @@ def sid_at(run: Run, k: int) -> float | None:
     evaluated again.
 
     Returns:
-        The value, or None when no class has k non-zero weights (the paper's "−").
+        The value, or None when no test sample's predicted class has k non-zero weights (the paper's "−").
     """
     if k == 5:
         return run.metrics["sid_at_5"]
     model = run.model()
     ev = evaluate(model, split_tokens(run.profile, "test"), device="cpu")
     weight = model.head_weight.detach().cpu().numpy()  # (N_c, K)
-    if (weight != 0).sum(axis=1).max() < k:
-        return None
     rel = np.flatnonzero((weight != 0).any(axis=0))
-    return qmetrics.sid_at_k(ev.feature_maps[:, rel], weight[ev.predictions][:, rel], k=k)
+    rows = weight[ev.predictions][:, rel]
+    if not _has_k_weights(rows, k):
+        return None
+    return qmetrics.sid_at_k(ev.feature_maps[:, rel], rows, k=k)
+
+
+def _has_k_weights(rows: np.ndarray, k: int) -> bool:
+    """Whether some test sample's predicted class has k non-zero weights (SID@k averages only those samples)."""
+    return rows.size > 0 and int((rows != 0).sum(axis=1).max()) >= k
 
 
 def part_peak_alignment_of(run: Run) -> float | None:
